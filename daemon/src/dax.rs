@@ -1,0 +1,1 @@
+//! dax (in progress).

@@ -1,0 +1,1 @@
+//! filesystem (in progress).

@@ -1,0 +1,11 @@
+//! `vfsdaxd` as a library: the vhost-user-fs backend, the FUSE server, the passthrough filesystem
+//! and the DAX mapping bookkeeping. The binary in `main.rs` only parses options and wires these up.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod cli;
+pub mod dax;
+pub mod filesystem;
+pub mod passthrough;
+pub mod ratelimit;
+pub mod server;

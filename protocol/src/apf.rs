@@ -1,0 +1,1 @@
+//! apf (in progress).

@@ -1,0 +1,11 @@
+//! Wire formats of vfsdax, without any I/O:
+//!
+//! - [`fuse`]: the FUSE ABI as a Linux 6.x virtio-fs guest speaks it (7.31+), including the DAX
+//!   messages `FUSE_SETUPMAPPING` / `FUSE_REMOVEMAPPING`.
+//! - [`apf`]: the paravirtual async-page-fault ABI with the error extension.
+//! - [`report`]: the fault-report record the VMM glue emits for every DAX fault.
+#![warn(missing_docs)]
+
+pub mod apf;
+pub mod fuse;
+pub mod report;
