@@ -1,1 +1,0 @@
-//! fuse (in progress).
