@@ -1,1 +1,9 @@
-//! dax (in progress).
+//! The DAX side of the VMM: the window a virtio-fs device's cache lives in, the table of live
+//! mappings inside it, and the vhost-user frontend request handler that serves the daemon's
+//! `SHMEM_MAP` / `SHMEM_UNMAP` requests.
+//!
+//! - [`table`]: [`MappingTable`], window offset range → file, queried by vCPU threads.
+
+pub mod table;
+
+pub use table::{FileIdentity, Mapping, MappingTable};
