@@ -3,7 +3,13 @@
 //! `SHMEM_MAP` / `SHMEM_UNMAP` requests.
 //!
 //! - [`table`]: [`MappingTable`], window offset range → file, queried by vCPU threads.
+//! - [`window`]: [`DaxWindow`], the reserved host range and `MAP_FIXED` mapping inside it.
 
 pub mod table;
+pub mod window;
+
+#[cfg(test)]
+mod testutil;
 
 pub use table::{FileIdentity, Mapping, MappingTable};
+pub use window::{DaxWindow, WindowError};

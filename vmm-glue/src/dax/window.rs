@@ -1,0 +1,433 @@
+//! The DAX window: one reserved range of host virtual memory that backs a virtio shared memory
+//! region (the virtio-fs cache) and inside which file ranges are mapped with `MAP_FIXED`.
+//!
+//! The whole window is reserved once, inaccessible (`PROT_NONE`, `MAP_NORESERVE`), so the VMM can
+//! register it as a single KVM memslot. Mapping a file range replaces part of the reservation;
+//! unmapping puts an inaccessible placeholder back over it, so the window never has a hole another
+//! `mmap` could take. All arguments are checked by pure functions ([`validate_range`],
+//! [`validate_map`], [`check_access`]) before any system call.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+
+use super::table::{FileIdentity, Mapping, MappingTable};
+
+/// Errors of the DAX window.
+#[derive(Debug, Error)]
+pub enum WindowError {
+    /// The window size is zero or not a multiple of the host page size.
+    #[error("window size {size:#x} is zero or not a multiple of the page size {page_size:#x}")]
+    BadSize {
+        /// Requested size.
+        size: u64,
+        /// Host page size.
+        page_size: u64,
+    },
+    /// A request with a zero length.
+    #[error("zero-length range")]
+    ZeroLength,
+    /// An offset or length that is not a multiple of the host page size.
+    #[error(
+        "range (window offset {window_offset:#x}, file offset {file_offset:#x}, length {len:#x}) \
+         is not aligned to the page size {page_size:#x}"
+    )]
+    Unaligned {
+        /// Offset in the window.
+        window_offset: u64,
+        /// Offset in the file (0 for unmap requests).
+        file_offset: u64,
+        /// Length.
+        len: u64,
+        /// Host page size.
+        page_size: u64,
+    },
+    /// An offset plus length that does not fit in 64 bits (or, for files, in `off_t`).
+    #[error("offset {offset:#x} plus length {len:#x} overflows")]
+    Overflow {
+        /// The offset.
+        offset: u64,
+        /// The length.
+        len: u64,
+    },
+    /// A range that does not lie inside the window.
+    #[error("range {window_offset:#x}+{len:#x} lies outside the window of size {size:#x}")]
+    OutOfWindow {
+        /// Offset in the window.
+        window_offset: u64,
+        /// Length.
+        len: u64,
+        /// Window size.
+        size: u64,
+    },
+    /// The file descriptor's access mode does not allow the requested mapping.
+    #[error("the file was not opened for {}", if *writable { "reading and writing" } else { "reading" })]
+    Access {
+        /// Whether a writable mapping was requested.
+        writable: bool,
+    },
+    /// Inspecting or duplicating the file descriptor failed.
+    #[error("cannot inspect or duplicate the file descriptor")]
+    Fd(#[source] io::Error),
+    /// Reserving the window failed.
+    #[error("cannot reserve {size:#x} bytes of address space for the window")]
+    Reserve {
+        /// Requested size.
+        size: u64,
+        /// The `mmap` error.
+        #[source]
+        source: io::Error,
+    },
+    /// Mapping a file range (or zero pages) into the window failed; the range is inaccessible.
+    #[error("cannot map the range into the window")]
+    Map(#[source] io::Error),
+    /// Putting the inaccessible placeholder back failed.
+    #[error("cannot put the placeholder back over the range")]
+    Placeholder(#[source] io::Error),
+}
+
+impl WindowError {
+    /// The errno to report to a peer for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            WindowError::BadSize { .. }
+            | WindowError::ZeroLength
+            | WindowError::Unaligned { .. }
+            | WindowError::Overflow { .. }
+            | WindowError::OutOfWindow { .. } => libc::EINVAL,
+            WindowError::Access { .. } => libc::EACCES,
+            WindowError::Fd(e)
+            | WindowError::Reserve { source: e, .. }
+            | WindowError::Map(e)
+            | WindowError::Placeholder(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+/// The host page size in bytes.
+pub fn host_page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions; it only reads a system value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
+}
+
+/// Checks that `[window_offset, window_offset + len)` is a non-empty, page-aligned range inside a
+/// window of `window_size` bytes.
+pub fn validate_range(
+    window_size: u64,
+    page_size: u64,
+    window_offset: u64,
+    len: u64,
+) -> Result<(), WindowError> {
+    if len == 0 {
+        return Err(WindowError::ZeroLength);
+    }
+    if page_size == 0 || !window_offset.is_multiple_of(page_size) || !len.is_multiple_of(page_size)
+    {
+        return Err(WindowError::Unaligned {
+            window_offset,
+            file_offset: 0,
+            len,
+            page_size,
+        });
+    }
+    let end = window_offset
+        .checked_add(len)
+        .ok_or(WindowError::Overflow {
+            offset: window_offset,
+            len,
+        })?;
+    if end > window_size {
+        return Err(WindowError::OutOfWindow {
+            window_offset,
+            len,
+            size: window_size,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a request to map `len` bytes of a file at `file_offset` to `window_offset`: the window
+/// range as in [`validate_range`], plus a page-aligned file offset whose end fits in `off_t`.
+pub fn validate_map(
+    window_size: u64,
+    page_size: u64,
+    window_offset: u64,
+    len: u64,
+    file_offset: u64,
+) -> Result<(), WindowError> {
+    validate_range(window_size, page_size, window_offset, len).map_err(|e| match e {
+        WindowError::Unaligned { .. } => WindowError::Unaligned {
+            window_offset,
+            file_offset,
+            len,
+            page_size,
+        },
+        e => e,
+    })?;
+    if !file_offset.is_multiple_of(page_size) {
+        return Err(WindowError::Unaligned {
+            window_offset,
+            file_offset,
+            len,
+            page_size,
+        });
+    }
+    let overflow = WindowError::Overflow {
+        offset: file_offset,
+        len,
+    };
+    let file_end = file_offset.checked_add(len).ok_or(overflow)?;
+    if file_end > i64::MAX as u64 {
+        return Err(WindowError::Overflow {
+            offset: file_offset,
+            len,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a file descriptor whose `F_GETFL` access mode is `accmode` (`O_RDONLY`, `O_WRONLY`
+/// or `O_RDWR`) can be mapped shared, writable or not: `mmap` needs read access, and write access
+/// for a writable shared mapping.
+pub fn check_access(accmode: i32, writable: bool) -> Result<(), WindowError> {
+    let ok = match accmode & libc::O_ACCMODE {
+        libc::O_RDWR => true,
+        libc::O_RDONLY => !writable,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(WindowError::Access { writable })
+    }
+}
+
+/// A reserved DAX window and the table of what is mapped in it.
+#[derive(Debug)]
+pub struct DaxWindow {
+    base: usize,
+    size: u64,
+    page_size: u64,
+    table: Arc<MappingTable>,
+    /// Serializes changes so the table always describes the host mappings in the same order.
+    change: Mutex<()>,
+}
+
+impl DaxWindow {
+    /// Reserves an inaccessible window of `size` bytes (a non-zero multiple of the page size).
+    pub fn new(size: u64) -> Result<Self, WindowError> {
+        let page_size = host_page_size();
+        let bad = || WindowError::BadSize { size, page_size };
+        if size == 0 || !size.is_multiple_of(page_size) {
+            return Err(bad());
+        }
+        let len = usize::try_from(size).map_err(|_| bad())?;
+        // SAFETY: a new anonymous mapping at an address the kernel chooses touches no existing
+        // memory; the result is checked below and owned by the returned window until Drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(WindowError::Reserve {
+                size,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(DaxWindow {
+            base: addr as usize,
+            size,
+            page_size,
+            table: Arc::new(MappingTable::new()),
+            change: Mutex::new(()),
+        })
+    }
+
+    /// Host virtual address of the window's first byte (for the KVM memslot `userspace_addr`).
+    pub fn host_addr(&self) -> u64 {
+        self.base as u64
+    }
+
+    /// Size of the window in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The host page size the window's requests must be aligned to.
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    /// The live mapping table.
+    pub fn table(&self) -> &Arc<MappingTable> {
+        &self.table
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.change.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Host address of `window_offset`, which [`validate_range`] has accepted.
+    fn addr(&self, window_offset: u64) -> *mut libc::c_void {
+        // validate_range keeps window_offset + len <= size, and size fits in usize.
+        (self.base + window_offset as usize) as *mut libc::c_void
+    }
+
+    /// Maps `len` bytes of `file` at `file_offset` shared (`MAP_SHARED | MAP_FIXED`) at
+    /// `window_offset`, readable, and writable if `writable`; records it in the table with a
+    /// duplicate of the file descriptor. Replaces whatever was mapped in the range.
+    ///
+    /// Nothing changes when the arguments are refused. If the `mmap` itself fails the range is
+    /// left inaccessible and removed from the table.
+    pub fn map(
+        &self,
+        window_offset: u64,
+        len: u64,
+        file: &File,
+        file_offset: u64,
+        writable: bool,
+    ) -> Result<(), WindowError> {
+        self.map_fd(window_offset, len, file.as_fd(), file_offset, writable)
+    }
+
+    /// Like [`DaxWindow::map`], for a borrowed file descriptor.
+    pub fn map_fd(
+        &self,
+        window_offset: u64,
+        len: u64,
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+        writable: bool,
+    ) -> Result<(), WindowError> {
+        validate_map(self.size, self.page_size, window_offset, len, file_offset)?;
+        // SAFETY: F_GETFL only reads the status flags of `fd`, which is valid for this borrow.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 {
+            return Err(WindowError::Fd(io::Error::last_os_error()));
+        }
+        check_access(flags, writable)?;
+        let file = File::from(fd.try_clone_to_owned().map_err(WindowError::Fd)?);
+        let meta = file.metadata().map_err(WindowError::Fd)?;
+        let identity = FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+
+        let _guard = self.lock();
+        // SAFETY: the target range was validated to lie inside our own reservation, so MAP_FIXED
+        // only replaces pages this window owns (placeholder or earlier DAX mappings, which no Rust
+        // reference points into); `fd` is valid and file_offset + len fits in off_t.
+        let addr = unsafe {
+            libc::mmap(
+                self.addr(window_offset),
+                len as usize,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                file_offset as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            let err = io::Error::last_os_error();
+            // The kernel may already have torn down what was there: make the range a
+            // placeholder again, and drop it from the table, so both agree.
+            self.placeholder(window_offset, len)?;
+            self.table.remove(window_offset, len);
+            return Err(WindowError::Map(err));
+        }
+        self.table.insert(Mapping {
+            window_offset,
+            len,
+            file_offset,
+            file: Arc::new(file),
+            identity,
+            writable,
+        });
+        Ok(())
+    }
+
+    /// Puts the inaccessible placeholder back over `[window_offset, window_offset + len)` and
+    /// removes the range from the table. Unmapping a range that is not mapped is not an error.
+    pub fn unmap(&self, window_offset: u64, len: u64) -> Result<(), WindowError> {
+        validate_range(self.size, self.page_size, window_offset, len)?;
+        let _guard = self.lock();
+        self.placeholder(window_offset, len)?;
+        self.table.remove(window_offset, len);
+        Ok(())
+    }
+
+    /// Maps private anonymous zero pages (read/write) over the range, leaving the table as it is
+    /// (used by the zero-fill fault policy).
+    pub fn map_zero(&self, window_offset: u64, len: u64) -> Result<(), WindowError> {
+        validate_range(self.size, self.page_size, window_offset, len)?;
+        let _guard = self.lock();
+        // SAFETY: the range was validated to lie inside our own reservation; MAP_FIXED replaces
+        // only pages this window owns, which no Rust reference points into.
+        let addr = unsafe {
+            libc::mmap(
+                self.addr(window_offset),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            let err = io::Error::last_os_error();
+            self.placeholder(window_offset, len)?;
+            return Err(WindowError::Map(err));
+        }
+        Ok(())
+    }
+
+    /// Replaces a validated range with the inaccessible placeholder.
+    fn placeholder(&self, window_offset: u64, len: u64) -> Result<(), WindowError> {
+        // SAFETY: the range was validated to lie inside our own reservation; MAP_FIXED replaces
+        // only pages this window owns, which no Rust reference points into.
+        let addr = unsafe {
+            libc::mmap(
+                self.addr(window_offset),
+                len as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(WindowError::Placeholder(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DaxWindow {
+    fn drop(&mut self) {
+        // SAFETY: [base, base + size) is the reservation made in `new` and owned by this window;
+        // nothing outside it is touched. The VMM must have removed the memslot before dropping.
+        unsafe {
+            libc::munmap(self.base as *mut libc::c_void, self.size as usize);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "window_tests.rs"]
+mod tests;
