@@ -9,3 +9,4 @@ pub mod filesystem;
 pub mod passthrough;
 pub mod ratelimit;
 pub mod server;
+pub mod socket;
