@@ -64,7 +64,10 @@ pub enum CliError {
 pub fn parse_size(s: &str) -> Result<u64, CliError> {
     let err = || CliError::Size(s.to_string());
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (digits, shift) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let shift = match c.to_ascii_uppercase() {
@@ -109,7 +112,11 @@ pub fn parse_dax_policy(s: &str) -> Result<DaxPolicy, CliError> {
 )]
 pub struct Options {
     /// Directory to share with the guest.
-    #[arg(long, value_name = "DIR", required_unless_present = "print_capabilities")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "print_capabilities"
+    )]
     pub shared_dir: Option<PathBuf>,
     /// vhost-user socket to listen on (a stale socket file is replaced; one in use is an error).
     #[arg(long, value_name = "PATH", conflicts_with = "fd")]
@@ -219,7 +226,10 @@ mod tests {
         assert_eq!(parse_size("8K"), Ok(8192));
         assert!(parse_size("2X").is_err());
         assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999T").is_err(), "overflow must be refused");
+        assert!(
+            parse_size("99999999999T").is_err(),
+            "overflow must be refused"
+        );
     }
 
     #[test]
@@ -233,10 +243,30 @@ mod tests {
     #[test]
     fn virtiofsd_command_line_is_accepted() {
         let o = parse(&[
-            "--socket-path=/tmp/s", "--shared-dir", "/srv", "--tag", "fs", "--cache", "never",
-            "--thread-pool-size", "0", "--xattr", "--readonly", "--announce-submounts",
-            "--allow-direct-io", "--writeback", "--log-level", "debug", "--rlimit-nofile",
-            "4096", "--sandbox", "none", "--seccomp", "none", "--socket-group", "kvm",
+            "--socket-path=/tmp/s",
+            "--shared-dir",
+            "/srv",
+            "--tag",
+            "fs",
+            "--cache",
+            "never",
+            "--thread-pool-size",
+            "0",
+            "--xattr",
+            "--readonly",
+            "--announce-submounts",
+            "--allow-direct-io",
+            "--writeback",
+            "--log-level",
+            "debug",
+            "--rlimit-nofile",
+            "4096",
+            "--sandbox",
+            "none",
+            "--seccomp",
+            "none",
+            "--socket-group",
+            "kvm",
         ])
         .unwrap();
         o.validate().unwrap();
@@ -248,9 +278,19 @@ mod tests {
 
     #[test]
     fn confinement_other_than_none_is_refused() {
-        let o = parse(&["--socket-path=/s", "--shared-dir=/", "--sandbox", "namespace"]).unwrap();
+        let o = parse(&[
+            "--socket-path=/s",
+            "--shared-dir=/",
+            "--sandbox",
+            "namespace",
+        ])
+        .unwrap();
         let e = o.validate().unwrap_err();
-        assert!(e.to_string().contains("--sandbox namespace is not supported"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("--sandbox namespace is not supported"),
+            "{e}"
+        );
         let o = parse(&["--socket-path=/s", "--shared-dir=/", "--seccomp", "kill"]).unwrap();
         assert!(o.validate().is_err());
     }
@@ -268,6 +308,9 @@ mod tests {
     fn print_capabilities_stands_alone() {
         assert!(parse(&["--print-capabilities"]).unwrap().print_capabilities);
         assert!(parse(&["--print-capabilities", "--xattr"]).is_err());
-        assert!(parse(&["--socket-path=/s"]).is_err(), "--shared-dir is required");
+        assert!(
+            parse(&["--socket-path=/s"]).is_err(),
+            "--shared-dir is required"
+        );
     }
 }

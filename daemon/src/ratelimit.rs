@@ -27,7 +27,10 @@ impl RateLimiter {
         RateLimiter {
             period,
             burst,
-            state: Mutex::new(Window { start: None, count: 0 }),
+            state: Mutex::new(Window {
+                start: None,
+                count: 0,
+            }),
             suppressed: AtomicU64::new(0),
         }
     }
@@ -36,7 +39,9 @@ impl RateLimiter {
     /// since the last one that got through. `None`: suppress it.
     pub fn check_at(&self, now: Instant) -> Option<u64> {
         let mut w = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let expired = w.start.is_none_or(|s| now.saturating_duration_since(s) >= self.period);
+        let expired = w
+            .start
+            .is_none_or(|s| now.saturating_duration_since(s) >= self.period);
         if expired {
             w.start = Some(now);
             w.count = 0;
