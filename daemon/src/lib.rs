@@ -10,3 +10,4 @@ pub mod passthrough;
 pub mod ratelimit;
 pub mod server;
 pub mod socket;
+pub mod systemd;
