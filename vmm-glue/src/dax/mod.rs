@@ -4,12 +4,15 @@
 //!
 //! - [`table`]: [`MappingTable`], window offset range → file, queried by vCPU threads.
 //! - [`window`]: [`DaxWindow`], the reserved host range and `MAP_FIXED` mapping inside it.
+//! - [`handler`]: [`DaxRequestHandler`], vhost's `VhostUserFrontendReqHandler` for the window.
 
+pub mod handler;
 pub mod table;
 pub mod window;
 
 #[cfg(test)]
 mod testutil;
 
+pub use handler::{DaxEvent, DaxRequestHandler, DaxStats, RequestError};
 pub use table::{FileIdentity, Mapping, MappingTable};
 pub use window::{DaxWindow, WindowError};
