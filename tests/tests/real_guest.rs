@@ -1,0 +1,101 @@
+//! A real Linux guest (Debian 6.1 cloud kernel, TCG) mounts the share with `mount -t virtiofs`
+//! and runs a POSIX workload; the host then checks what the guest wrote.
+//!
+//! `vfsdax_daemon_serves_the_workload` runs against our `vfsdaxd`. `peer_virtiofsd_...` runs
+//! the same workload against the reference `virtiofsd` (ignored unless `VFSDAX_PEER=1`), which
+//! validates the harness itself.
+//!
+//! Missing QEMU or kernel: a failure when `CI` is set, otherwise a visible `SKIPPED` line.
+
+use std::path::Path;
+
+use vfsdax_tests::guest::daemon;
+use vfsdax_tests::guest::scratch::ScratchDir;
+use vfsdax_tests::guest::workload::{verify_share, EXPECTED_STEPS};
+use vfsdax_tests::guest::{run_guest, GuestSetup, Mode, RunOptions};
+
+/// The guest set-up, or `None` after printing why the test is skipped (never in CI).
+fn setup_or_skip() -> Option<GuestSetup> {
+    match GuestSetup::detect() {
+        Ok(setup) => Some(setup),
+        Err(e) => {
+            let reason = error_chain(&e);
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set, so this test may not be skipped: {reason}");
+            }
+            eprintln!("SKIPPED: {reason}");
+            None
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+fn run_workload(setup: &GuestSetup, daemon_program: &Path, label: &str) {
+    let work = ScratchDir::new(label).expect("scratch directory");
+    let share = work.path().join("share");
+    std::fs::create_dir(&share).expect("share directory");
+    let opts = RunOptions::new(Mode::Workload);
+    let run = run_guest(setup, daemon_program, &share, &opts, work.path()).unwrap_or_else(|e| {
+        panic!(
+            "guest run with {}: {}",
+            daemon_program.display(),
+            error_chain(&e)
+        )
+    });
+    eprintln!(
+        "{label}: guest run took {:.1} s (kernel {}, daemon {}, work dir {})",
+        run.qemu.elapsed.as_secs_f64(),
+        setup.kernel.release,
+        daemon_program.display(),
+        work.path().display()
+    );
+    let problems = run.report.problems(EXPECTED_STEPS);
+    assert!(
+        problems.is_empty(),
+        "the guest workload failed:\n  {}\n{}",
+        problems.join("\n  "),
+        run.diagnostics()
+    );
+    let problems = verify_share(&share, &run.report);
+    assert!(
+        problems.is_empty(),
+        "the share on the host does not hold what the guest wrote:\n  {}\n{}",
+        problems.join("\n  "),
+        run.diagnostics()
+    );
+}
+
+#[test]
+fn vfsdax_daemon_serves_the_workload() {
+    let Some(setup) = setup_or_skip() else {
+        return;
+    };
+    let program = daemon::vfsdaxd_path().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    run_workload(&setup, &program, "guest-vfsdaxd");
+}
+
+#[test]
+#[ignore = "runs against the reference virtiofsd: VFSDAX_PEER=1 cargo test -- --include-ignored peer"]
+fn peer_virtiofsd_serves_the_workload() {
+    if std::env::var_os("VFSDAX_PEER").is_none_or(|v| v != "1") {
+        eprintln!("SKIPPED: set VFSDAX_PEER=1 to run the workload against virtiofsd");
+        return;
+    }
+    let Some(setup) = setup_or_skip() else {
+        return;
+    };
+    let program = daemon::virtiofsd_path().expect(
+        "VFSDAX_PEER=1 but virtiofsd is not on PATH or in ~/.cargo/bin (cargo install virtiofsd)",
+    );
+    run_workload(&setup, &program, "guest-virtiofsd");
+}
