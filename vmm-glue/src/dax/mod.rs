@@ -5,7 +5,9 @@
 //! - [`table`]: [`MappingTable`], window offset range → file, queried by vCPU threads.
 //! - [`window`]: [`DaxWindow`], the reserved host range and `MAP_FIXED` mapping inside it.
 //! - [`handler`]: [`DaxRequestHandler`], vhost's `VhostUserFrontendReqHandler` for the window.
+//! - [`connect`]: [`connect()`], wiring a window and its request thread to a connected backend.
 
+pub mod connect;
 pub mod handler;
 pub mod table;
 pub mod window;
@@ -13,6 +15,7 @@ pub mod window;
 #[cfg(test)]
 mod testutil;
 
+pub use connect::{connect, ConnectError, ConnectOptions, DaxConnection, DaxServer, ServeEnd};
 pub use handler::{DaxEvent, DaxRequestHandler, DaxStats, RequestError};
 pub use table::{FileIdentity, Mapping, MappingTable};
 pub use window::{DaxWindow, WindowError};
