@@ -48,12 +48,16 @@ impl SerialReport {
     /// failing steps, and a missing or non-zero exit code. Empty means all passed.
     pub fn problems(&self, expected: &[&str]) -> Vec<String> {
         let mut out = Vec::new();
+        let mut silent = Vec::new();
         for name in expected {
             match self.step(name) {
-                None => out.push(format!("step {name} did not report")),
+                None => silent.push(*name),
                 Some(StepResult::Fail(why)) => out.push(format!("step {name} failed: {why}")),
                 Some(StepResult::Ok) => {}
             }
+        }
+        if !silent.is_empty() {
+            out.push(format!("steps that did not report: {}", silent.join(", ")));
         }
         for s in &self.steps {
             if !expected.contains(&s.name.as_str()) {
@@ -146,7 +150,7 @@ mod tests {
         let p = r.problems(&["mount", "write", "chmod", "readdir"]);
         assert_eq!(p.len(), 5, "{p:#?}");
         assert!(p.iter().any(|x| x.contains("chmod failed")));
-        assert!(p.iter().any(|x| x.contains("readdir did not report")));
+        assert!(p.iter().any(|x| x.contains("did not report: readdir")));
         assert!(p.iter().any(|x| x.contains("extra failed")));
         assert!(p.iter().any(|x| x.contains("exited with 1")));
         let ok = parse("STEP a ok\nWORKLOAD EXIT 0\n");

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job, for now: serve a demo share with vfsdaxd to a QEMU guest that lists and reads it.
+# Installs what it needs first (scripts/deps.sh). Extra arguments go to guest-demo
+# (tests/src/bin/guest-demo.rs): --share DIR, --daemon PATH, --help.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+scripts/deps.sh
+cargo build --workspace --bins
+cargo run --quiet -p vfsdax-tests --bin guest-demo -- "$@"
