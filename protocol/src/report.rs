@@ -38,6 +38,8 @@ pub enum FaultKind {
     TruncatedPage,
     /// The guest touched a window range it never mapped (a guest bug).
     UnmappedWindowAccess,
+    /// The guest stored to a range mapped read-only (a guest bug).
+    ReadOnlyWrite,
 }
 
 /// What the VMM glue did about the fault.

@@ -1,0 +1,656 @@
+//! The per-vCPU DAX fault handler: classifies an exit, decides, and carries the decision out with
+//! as few ioctls as possible. Exits that are not DAX faults go back to the VMM without a single
+//! ioctl or syscall.
+
+use std::fmt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use kvm_bindings::KVM_VCPUEVENT_VALID_PAYLOAD;
+use vfsdax_protocol::apf::{
+    APF_FLAGS_OFFSET, APF_READY_FLAGS_OFFSET, APF_TOKEN_OFFSET, KVM_PV_REASON_PAGE_ERROR,
+    KVM_PV_REASON_PAGE_NOT_PRESENT,
+};
+use vfsdax_protocol::report::{Access, ActionTaken, FaultKind, FaultReport, FileRef, GuestMode};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::errno;
+
+use crate::dax::{DaxWindow, Mapping};
+use crate::fault::{
+    classify, decide, Classification, Decision, FallbackPolicy, FaultEvidence, GuestCpuState,
+    Verdict, WindowGeometry,
+};
+
+use super::apf::ApfVcpu;
+use super::mce;
+use super::vcpu::{CpuSnapshot, Exit, VcpuOps};
+
+/// x86 #PF vector.
+const PF_VECTOR: u8 = 14;
+/// x86 #MC vector.
+const MC_VECTOR: u8 = 18;
+/// Base of the local APIC MSI address range.
+const MSI_ADDRESS_BASE: u64 = 0xfee0_0000;
+
+/// Errors of the fault handler.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    /// The `stop` policy (or an unrecoverable fault) stopped the VM.
+    #[error("{0}")]
+    Stop(Box<StopDiagnostic>),
+    /// A KVM ioctl failed.
+    #[error("KVM failed to {what}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: errno::Error,
+    },
+    /// The immediate-exit run used to rewind a load did not return `EINTR`.
+    #[error("rewinding the faulted load returned {0} instead of an immediate exit")]
+    Rewind(String),
+    /// The apf data the guest registered is not in guest memory.
+    #[error("the apf data at guest address {0:#x} is outside guest memory")]
+    ApfData(u64),
+}
+
+/// Everything known about a fault that stopped the VM.
+#[derive(Clone, Debug)]
+pub struct StopDiagnostic {
+    /// The fault report (action [`ActionTaken::Stop`]).
+    pub report: FaultReport,
+    /// Why the VM was stopped.
+    pub reason: String,
+}
+
+impl fmt::Display for StopDiagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.report;
+        write!(
+            f,
+            "vCPU {} {} ",
+            r.vcpu,
+            match r.access {
+                Access::Read => "read",
+                Access::Write => "wrote",
+                Access::Unknown => "accessed",
+            }
+        )?;
+        match r.gpa {
+            Some(gpa) => write!(
+                f,
+                "guest-physical address {gpa:#x} (DAX window offset {:#x})",
+                r.window_offset
+            )?,
+            None => write!(
+                f,
+                "the DAX window (first lost byte at window offset {:#x})",
+                r.window_offset
+            )?,
+        }
+        if let Some(file) = &r.file {
+            let path = file.path.as_deref().unwrap_or("<unknown path>");
+            write!(
+                f,
+                ", mapped from {path} (dev {:#x}, inode {})",
+                file.dev, file.ino
+            )?;
+        }
+        if let Some(off) = r.file_offset {
+            write!(f, " at file offset {off:#x}")?;
+        }
+        match r.file_size_now {
+            Some(size) => write!(f, "; the file is now {size} bytes long")?,
+            None => write!(f, "; the file size is unknown")?,
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Configuration of a window's fault handling.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultConfig {
+    /// Policy for guests that did not opt in to apf errors.
+    pub policy: FallbackPolicy,
+    /// Whether `ASYNC_PF_ERROR` is advertised in CPUID (and the apf MSRs are trapped).
+    pub apf_advertised: bool,
+}
+
+/// Counters a VMM can export.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    /// Faults reported through the apf page.
+    pub apf_errors: u64,
+    /// Machine checks injected.
+    pub machine_checks: u64,
+    /// Ranges zero-filled.
+    pub zero_fills: u64,
+    /// Stops.
+    pub stops: u64,
+    /// Unmapped or read-only window accesses completed as unclaimed MMIO.
+    pub unclaimed: u64,
+    /// Accesses re-executed because the page was backed again.
+    pub retries: u64,
+    /// Trapped apf MSR writes.
+    pub msr_traps: u64,
+    /// 'page ready' deliveries deferred until the guest freed the slot.
+    pub deferred_ready: u64,
+}
+
+/// What became of an exit.
+#[derive(Debug)]
+pub enum Handled {
+    /// Not a DAX fault or apf MSR: the VMM handles the exit as usual.
+    NotMine,
+    /// Handled; re-enter the guest. Carries the report of a fault.
+    Resume(Option<FaultReport>),
+}
+
+/// The DAX fault handler of one vCPU.
+pub struct DaxFaultHandler<M> {
+    vcpu_id: u32,
+    geometry: WindowGeometry,
+    window: Arc<DaxWindow>,
+    mem: M,
+    config: FaultConfig,
+    apf: ApfVcpu,
+    mce_outstanding: bool,
+    counters: FaultCounters,
+}
+
+impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
+    /// A handler for vCPU `vcpu_id` (its APIC id) whose DAX window sits at `gpa_base`; `mem` is the
+    /// guest RAM holding the apf data.
+    pub fn new(
+        vcpu_id: u32,
+        window: Arc<DaxWindow>,
+        gpa_base: u64,
+        mem: M,
+        config: FaultConfig,
+    ) -> Self {
+        let geometry = WindowGeometry {
+            gpa_base,
+            host_base: window.host_addr(),
+            size: window.size(),
+        };
+        DaxFaultHandler {
+            vcpu_id,
+            geometry,
+            window,
+            mem,
+            config,
+            apf: ApfVcpu::default(),
+            mce_outstanding: false,
+            counters: FaultCounters::default(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> FaultCounters {
+        self.counters
+    }
+
+    /// The window geometry.
+    pub fn geometry(&self) -> WindowGeometry {
+        self.geometry
+    }
+
+    /// The guest's apf registration as trapped so far.
+    pub fn apf_registration(&self) -> crate::fault::ApfRegistration {
+        self.apf.registration
+    }
+
+    /// Handles `exit`, which `ops.run()` returned at `exit_at`.
+    pub fn handle<V: VcpuOps>(
+        &mut self,
+        ops: &mut V,
+        exit: &Exit,
+        exit_at: Instant,
+    ) -> Result<Handled, FaultError> {
+        let evidence = match *exit {
+            Exit::Wrmsr { index, data } if self.config.apf_advertised && ApfVcpu::traps(index) => {
+                return self.on_apf_msr(ops, index, data);
+            }
+            Exit::MmioRead { gpa, len } if self.geometry.offset_of_gpa(gpa).is_some() => {
+                FaultEvidence::Mmio {
+                    gpa,
+                    len,
+                    access: Access::Read,
+                }
+            }
+            Exit::MmioWrite { gpa, len, .. } if self.geometry.offset_of_gpa(gpa).is_some() => {
+                FaultEvidence::Mmio {
+                    gpa,
+                    len,
+                    access: Access::Write,
+                }
+            }
+            Exit::MemoryFault { gpa, size, .. } => FaultEvidence::Efault {
+                memory_fault: Some((gpa, size)),
+            },
+            Exit::Efault => FaultEvidence::Efault { memory_fault: None },
+            _ => return Ok(Handled::NotMine),
+        };
+        let class = classify(&evidence, &self.geometry, self.window.table(), |m| {
+            m.file.metadata().map(|md| md.len())
+        });
+        if matches!(class, Classification::NotDax) {
+            return Ok(Handled::NotMine);
+        }
+        let snap = ops.snapshot();
+        let mut cpu = GuestCpuState {
+            cpl: (snap.sregs.cs.selector & 3) as u8,
+            interrupts_enabled: snap.regs.rflags & (1 << 9) != 0,
+            cr4_mce: snap.sregs.cr4 & (1 << 6) != 0,
+            mce_in_progress: false,
+        };
+        if self.mce_outstanding && self.config.policy == FallbackPolicy::Mce {
+            // One ioctl, only after an earlier #MC: has the guest cleared MCIP yet?
+            let mcg = ops
+                .get_msr(mce::MSR_MCG_STATUS)
+                .map_err(|source| FaultError::Kvm {
+                    what: "read MCG_STATUS",
+                    source,
+                })?;
+            cpu.mce_in_progress = mcg.is_none_or(|v| v & mce::MCG_STATUS_MCIP != 0);
+            self.mce_outstanding = cpu.mce_in_progress;
+        }
+        let from_mmio = matches!(evidence, FaultEvidence::Mmio { .. });
+        let verdict = decide(
+            &class,
+            from_mmio,
+            self.config.apf_advertised,
+            &self.apf.registration,
+            &cpu,
+            self.config.policy,
+        );
+        let mode = if snap.sregs.cs.selector & 3 == 3 {
+            GuestMode::User
+        } else {
+            GuestMode::Kernel
+        };
+        let action = match verdict.decision {
+            Decision::PassThrough => return Ok(Handled::NotMine),
+            Decision::Retry => {
+                self.retry(ops, exit, &snap, &class)?;
+                self.counters.retries += 1;
+                return Ok(Handled::Resume(None));
+            }
+            Decision::UnclaimedMmio => {
+                if let Exit::MmioRead { len, .. } = *exit {
+                    ops.complete_mmio_read(&[0xff; 8][..len.min(8) as usize]);
+                }
+                self.counters.unclaimed += 1;
+                ActionTaken::UnclaimedMmio
+            }
+            Decision::ApfError => {
+                let token = self.inject_apf(ops, exit, &snap)?;
+                self.counters.apf_errors += 1;
+                ActionTaken::ApfError { token }
+            }
+            Decision::MachineCheck => {
+                self.inject_mce(ops, exit, &snap, &class)?;
+                self.counters.machine_checks += 1;
+                ActionTaken::MachineCheck {
+                    bank: mce::DAX_BANK,
+                }
+            }
+            Decision::ZeroFill => match self.zero_fill(ops, exit, &class) {
+                Ok((window_offset, len)) => {
+                    self.counters.zero_fills += 1;
+                    ActionTaken::ZeroFill { window_offset, len }
+                }
+                Err(reason) => {
+                    self.counters.stops += 1;
+                    let report = self.report(&class, ActionTaken::Stop, &verdict, mode, exit_at);
+                    return Err(FaultError::Stop(Box::new(StopDiagnostic {
+                        report,
+                        reason,
+                    })));
+                }
+            },
+            Decision::Stop => {
+                self.counters.stops += 1;
+                let report = self.report(&class, ActionTaken::Stop, &verdict, mode, exit_at);
+                let reason = match class {
+                    Classification::TruncatedPage(_) => "the page lies beyond the end of the file; stopping the VM as the fault policy says".to_string(),
+                    _ => "the guest touched a DAX window range it never mapped and the access cannot be completed".to_string(),
+                };
+                return Err(FaultError::Stop(Box::new(StopDiagnostic {
+                    report,
+                    reason,
+                })));
+            }
+        };
+        Ok(Handled::Resume(Some(
+            self.report(&class, action, &verdict, mode, exit_at),
+        )))
+    }
+
+    /// Completes the pending load and puts the registers back as they were at the exit, so the
+    /// guest sees RIP on the faulting load. Costs one `KVM_RUN` with `immediate_exit`.
+    fn rewind<V: VcpuOps>(&self, ops: &mut V, snap: &CpuSnapshot) -> Result<(), FaultError> {
+        ops.set_immediate_exit(true);
+        let r = ops.run();
+        ops.set_immediate_exit(false);
+        match r {
+            Ok(Exit::Interrupted) => {
+                ops.stage_regs(&snap.regs);
+                Ok(())
+            }
+            Ok(other) => Err(FaultError::Rewind(format!("{other:?}"))),
+            Err(source) => Err(FaultError::Kvm {
+                what: "rewind the faulted load",
+                source,
+            }),
+        }
+    }
+
+    fn retry<V: VcpuOps>(
+        &self,
+        ops: &mut V,
+        exit: &Exit,
+        snap: &CpuSnapshot,
+        class: &Classification,
+    ) -> Result<(), FaultError> {
+        match (*exit, class) {
+            (Exit::MmioRead { .. }, _) => self.rewind(ops, snap),
+            (Exit::MmioWrite { gpa, len, data }, Classification::Backed { mapping, .. }) => {
+                // The store already retired; put its bytes into the file the page maps again.
+                let off =
+                    mapping.file_offset + (gpa - self.geometry.gpa_base - mapping.window_offset);
+                let n = (len as usize).min(8);
+                mapping.file.write_all_at(&data[..n], off).map_err(|e| {
+                    FaultError::Stop(Box::new(StopDiagnostic {
+                        report: self.bare_report(class),
+                        reason: format!("cannot complete a store to a re-extended page: {e}"),
+                    }))
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn apf_data(&self, field: u64) -> GuestAddress {
+        GuestAddress(self.apf.registration.data_gpa() + field)
+    }
+
+    fn inject_apf<V: VcpuOps>(
+        &mut self,
+        ops: &mut V,
+        exit: &Exit,
+        snap: &CpuSnapshot,
+    ) -> Result<u32, FaultError> {
+        let token = self.apf.next_token();
+        let data_gpa = self.apf.registration.data_gpa();
+        self.mem
+            .write_obj(
+                KVM_PV_REASON_PAGE_NOT_PRESENT,
+                self.apf_data(APF_FLAGS_OFFSET),
+            )
+            .map_err(|_| FaultError::ApfData(data_gpa))?;
+        if matches!(exit, Exit::MmioRead { .. }) {
+            self.rewind(ops, snap)?;
+        }
+        let mut ev = ops.snapshot().events;
+        ev.exception.injected = 0;
+        ev.exception.pending = 1;
+        ev.exception.nr = PF_VECTOR;
+        ev.exception.has_error_code = 1;
+        ev.exception.error_code = 0;
+        ev.exception_has_payload = 1;
+        ev.exception_payload = u64::from(token);
+        ev.flags |= KVM_VCPUEVENT_VALID_PAYLOAD;
+        ops.stage_events(&ev);
+        self.apf.pending_ready.push_back(token);
+        self.deliver_ready(ops)?;
+        Ok(token)
+    }
+
+    /// Delivers the oldest pending 'page ready' if the guest's slot is free (token reads 0).
+    fn deliver_ready<V: VcpuOps>(&mut self, ops: &mut V) -> Result<(), FaultError> {
+        let Some(vector) = self.apf.registration.ready_vector() else {
+            return Ok(());
+        };
+        let Some(&token) = self.apf.pending_ready.front() else {
+            return Ok(());
+        };
+        let data_gpa = self.apf.registration.data_gpa();
+        let slot: u32 = self
+            .mem
+            .read_obj(self.apf_data(APF_TOKEN_OFFSET))
+            .map_err(|_| FaultError::ApfData(data_gpa))?;
+        if slot != 0 {
+            self.counters.deferred_ready += 1;
+            return Ok(());
+        }
+        self.mem
+            .write_obj(token, self.apf_data(APF_TOKEN_OFFSET))
+            .map_err(|_| FaultError::ApfData(data_gpa))?;
+        self.mem
+            .write_obj(
+                KVM_PV_REASON_PAGE_ERROR,
+                self.apf_data(APF_READY_FLAGS_OFFSET),
+            )
+            .map_err(|_| FaultError::ApfData(data_gpa))?;
+        let address = MSI_ADDRESS_BASE | (u64::from(self.vcpu_id) << 12);
+        ops.signal_msi(address, u32::from(vector))
+            .map_err(|source| FaultError::Kvm {
+                what: "signal 'page ready'",
+                source,
+            })?;
+        self.apf.pending_ready.pop_front();
+        Ok(())
+    }
+
+    fn on_apf_msr<V: VcpuOps>(
+        &mut self,
+        ops: &mut V,
+        index: u32,
+        data: u64,
+    ) -> Result<Handled, FaultError> {
+        self.counters.msr_traps += 1;
+        let w = self
+            .apf
+            .on_msr_write(ops, index, data, self.config.apf_advertised)
+            .map_err(|source| FaultError::Kvm {
+                what: "forward an apf MSR write",
+                source,
+            })?;
+        ops.complete_msr(w.gp);
+        if !w.gp {
+            // An ACK (or a re-registration) may have freed the slot.
+            self.deliver_ready(ops)?;
+        }
+        Ok(Handled::Resume(None))
+    }
+
+    fn inject_mce<V: VcpuOps>(
+        &mut self,
+        ops: &mut V,
+        exit: &Exit,
+        snap: &CpuSnapshot,
+        class: &Classification,
+    ) -> Result<(), FaultError> {
+        let gpa = match class {
+            Classification::TruncatedPage(t) => t.gpa,
+            _ => self.geometry.gpa_base,
+        };
+        let is_load = matches!(exit, Exit::MmioRead { .. });
+        let rec = mce::srar_record(gpa, !matches!(exit, Exit::MmioWrite { .. }));
+        if is_load {
+            self.rewind(ops, snap)?;
+        }
+        ops.set_mce(&rec).map_err(|source| FaultError::Kvm {
+            what: "inject a machine check",
+            source,
+        })?;
+        if is_load {
+            // The staged register restore clears KVM's pending exception, so stage the #MC again
+            // (events are applied after registers).
+            let mut ev = ops.snapshot().events;
+            ev.exception.injected = 0;
+            ev.exception.pending = 1;
+            ev.exception.nr = MC_VECTOR;
+            ev.exception.has_error_code = 0;
+            ev.exception.error_code = 0;
+            ev.exception_has_payload = 0;
+            ev.exception_payload = 0;
+            ops.stage_events(&ev);
+        }
+        self.mce_outstanding = true;
+        Ok(())
+    }
+
+    fn zero_fill<V: VcpuOps>(
+        &mut self,
+        ops: &mut V,
+        exit: &Exit,
+        class: &Classification,
+    ) -> Result<(u64, u64), String> {
+        let Classification::TruncatedPage(t) = class else {
+            return Err("nothing to zero-fill".into());
+        };
+        let (start, lost_len) = t.lost_range();
+        self.window
+            .map_zero(start, lost_len)
+            .map_err(|e| format!("zero-filling the lost range failed: {e}"))?;
+        match *exit {
+            Exit::MmioRead { len, .. } => ops.complete_mmio_read(&[0; 8][..len.min(8) as usize]),
+            Exit::MmioWrite { gpa, len, data } => {
+                let off = gpa - self.geometry.gpa_base;
+                let n = u64::from(len.min(8));
+                if off >= start && off + n <= start + lost_len {
+                    let host = (self.geometry.host_base + off) as *mut u8;
+                    // SAFETY: [off, off + n) lies inside [start, start + lost_len), which `map_zero`
+                    // just mapped private, anonymous and writable inside the window reservation
+                    // we own through `self.window`; no Rust reference aliases that memory.
+                    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), host, n as usize) };
+                }
+            }
+            _ => {}
+        }
+        Ok((start, lost_len))
+    }
+
+    fn bare_report(&self, class: &Classification) -> FaultReport {
+        self.report(
+            class,
+            ActionTaken::Stop,
+            &Verdict {
+                decision: Decision::Stop,
+                apf_refused: None,
+                mce_refused: None,
+            },
+            GuestMode::Unknown,
+            Instant::now(),
+        )
+    }
+
+    fn report(
+        &self,
+        class: &Classification,
+        action: ActionTaken,
+        verdict: &Verdict,
+        guest_mode: GuestMode,
+        exit_at: Instant,
+    ) -> FaultReport {
+        let time_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let (kind, gpa, window_offset, mapping, file_offset, file_size_now, access) = match class {
+            Classification::TruncatedPage(t) => {
+                let exact = matches!(t.located, crate::fault::Located::Exact);
+                (
+                    FaultKind::TruncatedPage,
+                    exact.then_some(t.gpa),
+                    t.window_offset,
+                    Some(&t.mapping),
+                    Some(t.file_offset),
+                    t.file_size,
+                    t.access,
+                )
+            }
+            Classification::UnmappedWindowAccess {
+                gpa,
+                window_offset,
+                access,
+            } => (
+                FaultKind::UnmappedWindowAccess,
+                Some(*gpa),
+                *window_offset,
+                None,
+                None,
+                None,
+                *access,
+            ),
+            Classification::ReadOnlyWrite { mapping, gpa } => {
+                let wo = gpa - self.geometry.gpa_base;
+                let fo = mapping.file_offset + (wo - mapping.window_offset);
+                (
+                    FaultKind::ReadOnlyWrite,
+                    Some(*gpa),
+                    wo,
+                    Some(mapping),
+                    Some(fo),
+                    None,
+                    Access::Write,
+                )
+            }
+            Classification::Backed {
+                mapping,
+                gpa,
+                access,
+            } => {
+                let wo = gpa - self.geometry.gpa_base;
+                (
+                    FaultKind::TruncatedPage,
+                    Some(*gpa),
+                    wo,
+                    Some(mapping),
+                    None,
+                    None,
+                    *access,
+                )
+            }
+            Classification::NotDax => (
+                FaultKind::UnmappedWindowAccess,
+                None,
+                0,
+                None,
+                None,
+                None,
+                Access::Unknown,
+            ),
+        };
+        FaultReport {
+            time_unix_ns,
+            vcpu: self.vcpu_id,
+            kind,
+            gpa,
+            window_offset,
+            file: mapping.map(file_ref),
+            file_offset,
+            file_size_now,
+            access,
+            guest_mode,
+            action,
+            fallback_reason: verdict.fallback_reason(),
+            latency_ns: exit_at.elapsed().as_nanos() as u64,
+        }
+    }
+}
+
+fn file_ref(m: &Mapping) -> FileRef {
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", m.file.as_raw_fd()))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    FileRef {
+        dev: m.identity.dev,
+        ino: m.identity.ino,
+        path,
+    }
+}
