@@ -1,0 +1,889 @@
+//! The driver side of a split virtqueue laid out in guest memory: descriptor table, available
+//! ring and used ring, with `VIRTIO_RING_F_EVENT_IDX` and optional indirect descriptors.
+//!
+//! The ring arithmetic ([`RingLayout`], [`need_event`]) is pure; [`DriverQueue`] does the guest
+//! memory accesses and the eventfd/poll(2) calls.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::memory::{GuestMem, MemoryError};
+
+/// Descriptor flag: the chain continues in `next`.
+pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the buffer is device-writable.
+pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer is a table of indirect descriptors.
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// Used-ring flag: the device does not want kicks (without EVENT_IDX).
+pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
+/// Size of one descriptor in bytes.
+pub const DESC_SIZE: u64 = 16;
+
+/// Errors of the driver-side virtqueue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue size is zero, not a power of two or above 32768.
+    #[error("queue size {0} is not a power of two between 1 and 32768")]
+    BadSize(u16),
+    /// A chain must have at least one descriptor.
+    #[error("a descriptor chain needs at least one descriptor")]
+    EmptyChain,
+    /// Not enough free descriptors for the chain.
+    #[error("{needed} descriptors needed but only {free} are free")]
+    NoFreeDescriptors {
+        /// Descriptors the chain needs.
+        needed: usize,
+        /// Descriptors free.
+        free: usize,
+    },
+    /// The chain is longer than an indirect table slot.
+    #[error("an indirect chain of {len} descriptors exceeds the table size {max}")]
+    IndirectTooLong {
+        /// Descriptors in the chain.
+        len: usize,
+        /// Table capacity.
+        max: u16,
+    },
+    /// Indirect descriptors were asked for on a queue configured without them.
+    #[error("the queue was set up without indirect descriptors")]
+    NoIndirect,
+    /// Accessing the rings in guest memory failed.
+    #[error("cannot access the rings in guest memory")]
+    Memory(#[source] GuestMemoryError),
+    /// Placing the rings in guest memory failed.
+    #[error("cannot place the rings in guest memory")]
+    Alloc(#[source] MemoryError),
+    /// Creating, writing or reading an eventfd failed.
+    #[error("eventfd operation failed")]
+    EventFd(#[source] std::io::Error),
+    /// poll(2) failed.
+    #[error("waiting on the call eventfd failed")]
+    Poll(#[source] std::io::Error),
+    /// Nothing was used before the timeout.
+    #[error("no used buffer within {0:?}")]
+    Timeout(Duration),
+    /// The device returned an id that is not the head of an in-flight chain.
+    #[error("the device used descriptor id {0}, which is not the head of an in-flight chain")]
+    UnexpectedUsedId(u32),
+    /// The device moved the used index past what was ever made available.
+    #[error(
+        "the device's used index moved {ahead} entries ahead with {in_flight} chains in flight"
+    )]
+    UsedIndexJump {
+        /// Entries the used index is ahead of ours.
+        ahead: u16,
+        /// Chains in flight.
+        in_flight: usize,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, QueueError>;
+
+/// A split-ring descriptor as laid out in guest memory (little-endian on the wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Guest-physical address of the buffer.
+    pub addr: u64,
+    /// Length of the buffer.
+    pub len: u32,
+    /// `VIRTQ_DESC_F_*`.
+    pub flags: u16,
+    /// Next descriptor of the chain, with `VIRTQ_DESC_F_NEXT`.
+    pub next: u16,
+}
+
+// SAFETY: `repr(C)` with fields u64, u32, u16, u16 in that order: 16 bytes, no implicit padding,
+// and every bit pattern is a valid value.
+unsafe impl vm_memory::ByteValued for Descriptor {}
+
+impl Descriptor {
+    /// The descriptor with its fields converted to little-endian (a no-op on x86).
+    fn to_le(self) -> Self {
+        Descriptor {
+            addr: self.addr.to_le(),
+            len: self.len.to_le(),
+            flags: self.flags.to_le(),
+            next: self.next.to_le(),
+        }
+    }
+}
+
+/// A guest buffer: an address and a length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    /// Guest-physical address.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// A descriptor before linking: the chain's `NEXT` flags and `next` fields are filled in by the
+/// queue, everything else (including addresses outside guest memory or odd flag orders) is
+/// written exactly as given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawDesc {
+    /// Guest-physical address, not checked.
+    pub addr: u64,
+    /// Length, not checked.
+    pub len: u32,
+    /// Flags other than `NEXT` (`VIRTQ_DESC_F_WRITE`, `VIRTQ_DESC_F_INDIRECT`).
+    pub flags: u16,
+}
+
+/// One entry of the used ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsedElem {
+    /// Head descriptor id of the chain.
+    pub id: u32,
+    /// Bytes the device wrote into the chain's writable buffers.
+    pub len: u32,
+}
+
+/// Where the three parts of a split ring live in guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Number of entries (a power of two).
+    pub size: u16,
+    /// Descriptor table (16-byte aligned).
+    pub desc: GuestAddress,
+    /// Available ring (2-byte aligned).
+    pub avail: GuestAddress,
+    /// Used ring (4-byte aligned).
+    pub used: GuestAddress,
+}
+
+impl RingLayout {
+    /// Bytes of a descriptor table of `size` entries.
+    pub fn desc_table_bytes(size: u16) -> u64 {
+        DESC_SIZE * u64::from(size)
+    }
+
+    /// Bytes of an available ring of `size` entries, including `used_event`.
+    pub fn avail_ring_bytes(size: u16) -> u64 {
+        4 + 2 * u64::from(size) + 2
+    }
+
+    /// Bytes of a used ring of `size` entries, including `avail_event`.
+    pub fn used_ring_bytes(size: u16) -> u64 {
+        4 + 8 * u64::from(size) + 2
+    }
+
+    /// Checks that `size` is a valid split-queue size.
+    pub fn check_size(size: u16) -> Result<()> {
+        if size == 0 || !size.is_power_of_two() || size > 32768 {
+            return Err(QueueError::BadSize(size));
+        }
+        Ok(())
+    }
+
+    /// Places a ring of `size` entries in guest memory.
+    pub fn allocate(mem: &mut GuestMem, size: u16) -> Result<Self> {
+        Self::check_size(size)?;
+        let desc = mem
+            .alloc(Self::desc_table_bytes(size), 16)
+            .map_err(QueueError::Alloc)?;
+        let avail = mem
+            .alloc(Self::avail_ring_bytes(size), 2)
+            .map_err(QueueError::Alloc)?;
+        let used = mem
+            .alloc(Self::used_ring_bytes(size), 4)
+            .map_err(QueueError::Alloc)?;
+        Ok(RingLayout {
+            size,
+            desc,
+            avail,
+            used,
+        })
+    }
+
+    /// Address of descriptor `id`.
+    pub fn desc_addr(&self, id: u16) -> GuestAddress {
+        GuestAddress(self.desc.0 + DESC_SIZE * u64::from(id % self.size))
+    }
+
+    /// Address of `avail.idx`.
+    pub fn avail_idx_addr(&self) -> GuestAddress {
+        GuestAddress(self.avail.0 + 2)
+    }
+
+    /// Address of the available-ring slot for free-running index `idx`.
+    pub fn avail_slot_addr(&self, idx: u16) -> GuestAddress {
+        GuestAddress(self.avail.0 + 4 + 2 * u64::from(idx % self.size))
+    }
+
+    /// Address of `used_event` (at the end of the available ring).
+    pub fn used_event_addr(&self) -> GuestAddress {
+        GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.size))
+    }
+
+    /// Address of `used.flags`.
+    pub fn used_flags_addr(&self) -> GuestAddress {
+        self.used
+    }
+
+    /// Address of `used.idx`.
+    pub fn used_idx_addr(&self) -> GuestAddress {
+        GuestAddress(self.used.0 + 2)
+    }
+
+    /// Address of the used-ring element for free-running index `idx`.
+    pub fn used_elem_addr(&self, idx: u16) -> GuestAddress {
+        GuestAddress(self.used.0 + 4 + 8 * u64::from(idx % self.size))
+    }
+
+    /// Address of `avail_event` (at the end of the used ring).
+    pub fn avail_event_addr(&self) -> GuestAddress {
+        GuestAddress(self.used.0 + 4 + 8 * u64::from(self.size))
+    }
+}
+
+/// The virtio `vring_need_event`: whether moving an index from `old` to `new` crosses `event`
+/// (the other side asked to be notified once the entry at `event` is published).
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// Links `descs` into a chain starting at the ids in `ids`: each but the last gets
+/// `VIRTQ_DESC_F_NEXT` and the next id; any `NEXT` flag the caller set is replaced.
+pub fn link_chain(descs: &[RawDesc], ids: &[u16]) -> Vec<Descriptor> {
+    descs
+        .iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(i, (d, _))| {
+            let last = i + 1 == descs.len();
+            let base = d.flags & !VIRTQ_DESC_F_NEXT;
+            Descriptor {
+                addr: d.addr,
+                len: d.len,
+                flags: if last { base } else { base | VIRTQ_DESC_F_NEXT },
+                next: if last { 0 } else { ids[i + 1] },
+            }
+        })
+        .collect()
+}
+
+/// Builds the descriptors of a well-formed chain: readable buffers, then writable ones.
+pub fn chain_descs(readable: &[Buffer], writable: &[Buffer]) -> Vec<RawDesc> {
+    let r = readable.iter().map(|b| RawDesc {
+        addr: b.addr.0,
+        len: b.len,
+        flags: 0,
+    });
+    let w = writable.iter().map(|b| RawDesc {
+        addr: b.addr.0,
+        len: b.len,
+        flags: VIRTQ_DESC_F_WRITE,
+    });
+    r.chain(w).collect()
+}
+
+/// Set-up of one driver queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Number of ring entries (a power of two).
+    pub size: u16,
+    /// Use `used_event` / `avail_event` (only if the device acked `VIRTIO_RING_F_EVENT_IDX`).
+    pub event_idx: bool,
+    /// Put every chain in an indirect table (only if the device acked
+    /// `VIRTIO_RING_F_INDIRECT_DESC`); 0 disables indirect descriptors.
+    pub indirect_max: u16,
+}
+
+/// The driver side of one split virtqueue.
+#[derive(Debug)]
+pub struct DriverQueue {
+    layout: RingLayout,
+    kick: EventFd,
+    call: EventFd,
+    event_idx: bool,
+    indirect_base: Option<GuestAddress>,
+    indirect_max: u16,
+    use_indirect: bool,
+    free: Vec<u16>,
+    in_flight: Vec<Option<Vec<u16>>>,
+    next_avail: u16,
+    last_used: u16,
+    kicks: u64,
+}
+
+impl DriverQueue {
+    /// Places a queue in guest memory and creates its kick and call eventfds.
+    pub fn new(mem: &mut GuestMem, config: QueueConfig) -> Result<Self> {
+        let layout = RingLayout::allocate(mem, config.size)?;
+        let indirect_base = if config.indirect_max > 0 {
+            let bytes = DESC_SIZE * u64::from(config.indirect_max) * u64::from(config.size);
+            Some(mem.alloc(bytes, 16).map_err(QueueError::Alloc)?)
+        } else {
+            None
+        };
+        let kick = EventFd::new(EFD_NONBLOCK).map_err(QueueError::EventFd)?;
+        let call = EventFd::new(EFD_NONBLOCK).map_err(QueueError::EventFd)?;
+        let q = DriverQueue {
+            layout,
+            kick,
+            call,
+            event_idx: config.event_idx,
+            indirect_base,
+            indirect_max: config.indirect_max,
+            use_indirect: indirect_base.is_some(),
+            free: (0..config.size).rev().collect(),
+            in_flight: vec![None; usize::from(config.size)],
+            next_avail: 0,
+            last_used: 0,
+            kicks: 0,
+        };
+        q.reset_rings(mem)?;
+        Ok(q)
+    }
+
+    fn reset_rings(&self, mem: &GuestMem) -> Result<()> {
+        let m = mem.memory();
+        let zero = |addr, len: u64| {
+            m.write_slice(&vec![0u8; len as usize], addr)
+                .map_err(QueueError::Memory)
+        };
+        zero(
+            self.layout.desc,
+            RingLayout::desc_table_bytes(self.layout.size),
+        )?;
+        zero(
+            self.layout.avail,
+            RingLayout::avail_ring_bytes(self.layout.size),
+        )?;
+        zero(
+            self.layout.used,
+            RingLayout::used_ring_bytes(self.layout.size),
+        )
+    }
+
+    /// Where the rings are.
+    pub fn layout(&self) -> RingLayout {
+        self.layout
+    }
+
+    /// The eventfd the driver writes to kick the device.
+    pub fn kick_fd(&self) -> &EventFd {
+        &self.kick
+    }
+
+    /// The eventfd the device writes when it used buffers.
+    pub fn call_fd(&self) -> &EventFd {
+        &self.call
+    }
+
+    /// Whether chains go through indirect tables.
+    pub fn uses_indirect(&self) -> bool {
+        self.use_indirect
+    }
+
+    /// Switches between indirect and direct chains (only if the queue has an indirect area).
+    pub fn set_use_indirect(&mut self, on: bool) -> Result<()> {
+        if on && self.indirect_base.is_none() {
+            return Err(QueueError::NoIndirect);
+        }
+        self.use_indirect = on;
+        Ok(())
+    }
+
+    /// Sets whether EVENT_IDX is used (after feature negotiation).
+    pub fn set_event_idx(&mut self, on: bool) {
+        self.event_idx = on;
+    }
+
+    /// Free descriptors in the table.
+    pub fn free_descriptors(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Chains made available and not yet used.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.iter().filter(|c| c.is_some()).count()
+    }
+
+    /// Number of kicks sent so far.
+    pub fn kicks(&self) -> u64 {
+        self.kicks
+    }
+
+    fn take_ids(&mut self, n: usize) -> Result<Vec<u16>> {
+        if n == 0 {
+            return Err(QueueError::EmptyChain);
+        }
+        if n > self.free.len() {
+            return Err(QueueError::NoFreeDescriptors {
+                needed: n,
+                free: self.free.len(),
+            });
+        }
+        let at = self.free.len() - n;
+        let mut ids = self.free.split_off(at);
+        ids.reverse();
+        Ok(ids)
+    }
+
+    fn write_descs(
+        &self,
+        mem: &GuestMem,
+        table: GuestAddress,
+        ids: &[u16],
+        descs: &[Descriptor],
+    ) -> Result<()> {
+        for (&id, d) in ids.iter().zip(descs) {
+            let addr = GuestAddress(table.0 + DESC_SIZE * u64::from(id));
+            mem.memory()
+                .write_obj(d.to_le(), addr)
+                .map_err(QueueError::Memory)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a well-formed chain (device-readable buffers, then device-writable ones) and makes
+    /// it available, through an indirect table if the queue uses them. Does not kick.
+    pub fn add_chain(
+        &mut self,
+        mem: &GuestMem,
+        readable: &[Buffer],
+        writable: &[Buffer],
+    ) -> Result<u16> {
+        let descs = chain_descs(readable, writable);
+        if self.use_indirect {
+            self.add_raw_indirect(mem, &descs)
+        } else {
+            self.add_raw_chain(mem, &descs)
+        }
+    }
+
+    /// Writes `descs` as a direct chain in the descriptor table, exactly as given apart from the
+    /// chain links, and makes it available. Does not kick. Returns the head id.
+    pub fn add_raw_chain(&mut self, mem: &GuestMem, descs: &[RawDesc]) -> Result<u16> {
+        let ids = self.take_ids(descs.len())?;
+        let linked = link_chain(descs, &ids);
+        if let Err(e) = self.write_descs(mem, self.layout.desc, &ids, &linked) {
+            self.free.extend(ids.iter().rev());
+            return Err(e);
+        }
+        let head = ids[0];
+        self.in_flight[usize::from(head)] = Some(ids);
+        self.publish(mem, head)?;
+        Ok(head)
+    }
+
+    /// Writes `descs` into the indirect table of one head descriptor (flag
+    /// `VIRTQ_DESC_F_INDIRECT`) and makes it available. Does not kick. Returns the head id.
+    pub fn add_raw_indirect(&mut self, mem: &GuestMem, descs: &[RawDesc]) -> Result<u16> {
+        let base = self.indirect_base.ok_or(QueueError::NoIndirect)?;
+        if descs.is_empty() {
+            return Err(QueueError::EmptyChain);
+        }
+        if descs.len() > usize::from(self.indirect_max) {
+            return Err(QueueError::IndirectTooLong {
+                len: descs.len(),
+                max: self.indirect_max,
+            });
+        }
+        let ids = self.take_ids(1)?;
+        let head = ids[0];
+        let table =
+            GuestAddress(base.0 + DESC_SIZE * u64::from(self.indirect_max) * u64::from(head));
+        let local: Vec<u16> = (0..descs.len() as u16).collect();
+        let linked = link_chain(descs, &local);
+        let head_desc = Descriptor {
+            addr: table.0,
+            len: (DESC_SIZE as usize * descs.len()) as u32,
+            flags: VIRTQ_DESC_F_INDIRECT,
+            next: 0,
+        };
+        let written = self
+            .write_descs(mem, table, &local, &linked)
+            .and_then(|()| self.write_descs(mem, self.layout.desc, &ids, &[head_desc]));
+        if let Err(e) = written {
+            self.free.push(head);
+            return Err(e);
+        }
+        self.in_flight[usize::from(head)] = Some(ids);
+        self.publish(mem, head)?;
+        Ok(head)
+    }
+
+    /// Makes a descriptor id available as a chain head without writing any descriptor: the
+    /// device sees whatever the table holds at `id` (for bad-input tests). The id is not
+    /// tracked as in flight.
+    pub fn publish_untracked(&mut self, mem: &GuestMem, id: u16) -> Result<()> {
+        self.publish(mem, id)
+    }
+
+    fn publish(&mut self, mem: &GuestMem, head: u16) -> Result<()> {
+        let m = mem.memory();
+        m.write_obj(head.to_le(), self.layout.avail_slot_addr(self.next_avail))
+            .map_err(QueueError::Memory)?;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        fence(Ordering::Release);
+        m.store(
+            self.next_avail.to_le(),
+            self.layout.avail_idx_addr(),
+            Ordering::Release,
+        )
+        .map_err(QueueError::Memory)
+    }
+
+    /// Whether the device wants a kick for the entries published since `old_avail`.
+    fn device_wants_kick(&self, mem: &GuestMem, old_avail: u16) -> Result<bool> {
+        fence(Ordering::SeqCst);
+        let m = mem.memory();
+        if self.event_idx {
+            let event: u16 = m
+                .load(self.layout.avail_event_addr(), Ordering::Acquire)
+                .map_err(QueueError::Memory)?;
+            Ok(need_event(u16::from_le(event), self.next_avail, old_avail))
+        } else {
+            let flags: u16 = m
+                .load(self.layout.used_flags_addr(), Ordering::Acquire)
+                .map_err(QueueError::Memory)?;
+            Ok(u16::from_le(flags) & VIRTQ_USED_F_NO_NOTIFY == 0)
+        }
+    }
+
+    /// The free-running available index (entries published so far).
+    pub fn avail_idx(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// Kicks the device if it asked for it for entries published since `old_avail` (the value
+    /// of [`avail_idx`](Self::avail_idx) before publishing). Returns whether it kicked.
+    pub fn notify_since(&mut self, mem: &GuestMem, old_avail: u16) -> Result<bool> {
+        if self.device_wants_kick(mem, old_avail)? {
+            self.kick()?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Kicks the device unconditionally.
+    pub fn kick(&mut self) -> Result<()> {
+        self.kicks += 1;
+        self.kick.write(1).map_err(QueueError::EventFd)
+    }
+
+    /// Takes the next used element, if the device published one, and frees its descriptors.
+    pub fn pop_used(&mut self, mem: &GuestMem) -> Result<Option<UsedElem>> {
+        let m = mem.memory();
+        let used_idx: u16 = m
+            .load(self.layout.used_idx_addr(), Ordering::Acquire)
+            .map_err(QueueError::Memory)?;
+        let used_idx = u16::from_le(used_idx);
+        if used_idx == self.last_used {
+            return Ok(None);
+        }
+        let ahead = used_idx.wrapping_sub(self.last_used);
+        if usize::from(ahead) > self.in_flight() {
+            return Err(QueueError::UsedIndexJump {
+                ahead,
+                in_flight: self.in_flight(),
+            });
+        }
+        fence(Ordering::Acquire);
+        let addr = self.layout.used_elem_addr(self.last_used);
+        let id: u32 = m.read_obj(addr).map_err(QueueError::Memory)?;
+        let len: u32 = m
+            .read_obj(GuestAddress(addr.0 + 4))
+            .map_err(QueueError::Memory)?;
+        let (id, len) = (u32::from_le(id), u32::from_le(len));
+        self.last_used = self.last_used.wrapping_add(1);
+        let chain = usize::try_from(id)
+            .ok()
+            .and_then(|i| self.in_flight.get_mut(i))
+            .and_then(Option::take)
+            .ok_or(QueueError::UnexpectedUsedId(id))?;
+        self.free.extend(chain.iter().rev());
+        Ok(Some(UsedElem { id, len }))
+    }
+
+    /// Waits up to `timeout` for the next used element.
+    pub fn wait_used(&mut self, mem: &GuestMem, timeout: Duration) -> Result<UsedElem> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.pop_used(mem)? {
+                return Ok(e);
+            }
+            if self.event_idx {
+                mem.memory()
+                    .store(
+                        self.last_used.to_le(),
+                        self.layout.used_event_addr(),
+                        Ordering::Release,
+                    )
+                    .map_err(QueueError::Memory)?;
+                fence(Ordering::SeqCst);
+                if let Some(e) = self.pop_used(mem)? {
+                    return Ok(e);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(QueueError::Timeout(timeout));
+            }
+            poll_readable(self.call.as_raw_fd(), left)?;
+            // Drain the counter; EAGAIN only means the wake-up was for an earlier entry.
+            let _ = self.call.read();
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passes (thin poll(2) wrapper).
+fn poll_readable(fd: i32, timeout: Duration) -> Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX);
+    // SAFETY: `pfd` is a valid, initialised pollfd that lives across the call, and nfds is 1.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(QueueError::Poll(e));
+    }
+    Ok(r > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_and_offsets_follow_the_spec() {
+        assert_eq!(RingLayout::desc_table_bytes(256), 4096);
+        assert_eq!(RingLayout::avail_ring_bytes(256), 6 + 512);
+        assert_eq!(RingLayout::used_ring_bytes(256), 6 + 2048);
+        let l = RingLayout {
+            size: 8,
+            desc: GuestAddress(0x1000),
+            avail: GuestAddress(0x2000),
+            used: GuestAddress(0x3000),
+        };
+        assert_eq!(l.desc_addr(9), GuestAddress(0x1010), "ids wrap at the size");
+        assert_eq!(l.avail_idx_addr(), GuestAddress(0x2002));
+        assert_eq!(l.avail_slot_addr(0), GuestAddress(0x2004));
+        assert_eq!(l.avail_slot_addr(10), GuestAddress(0x2008));
+        assert_eq!(l.used_event_addr(), GuestAddress(0x2014));
+        assert_eq!(l.used_idx_addr(), GuestAddress(0x3002));
+        assert_eq!(l.used_elem_addr(65535), GuestAddress(0x3004 + 7 * 8));
+        assert_eq!(l.avail_event_addr(), GuestAddress(0x3044));
+    }
+
+    #[test]
+    fn queue_sizes_must_be_powers_of_two() {
+        for ok in [1u16, 2, 256, 32768] {
+            RingLayout::check_size(ok).unwrap();
+        }
+        for bad in [0u16, 3, 100, 65535] {
+            assert!(matches!(RingLayout::check_size(bad), Err(QueueError::BadSize(s)) if s == bad));
+        }
+    }
+
+    #[test]
+    fn need_event_matches_the_virtio_definition() {
+        // The other side wants to hear about entry 5.
+        assert!(need_event(5, 6, 5));
+        assert!(need_event(5, 8, 3), "crossing 5 while moving 3 -> 8");
+        assert!(!need_event(5, 5, 3), "entry 5 not yet published");
+        assert!(!need_event(5, 9, 6), "already past 5 before");
+        // Wrap-around.
+        assert!(need_event(65535, 2, 65530));
+        assert!(need_event(0, 1, 65535));
+        assert!(!need_event(3, 2, 65530));
+        // No movement never notifies.
+        assert!(!need_event(7, 7, 7));
+    }
+
+    #[test]
+    fn chains_are_linked_readable_first() {
+        let r = [Buffer {
+            addr: GuestAddress(0x100),
+            len: 40,
+        }];
+        let w = [
+            Buffer {
+                addr: GuestAddress(0x200),
+                len: 16,
+            },
+            Buffer {
+                addr: GuestAddress(0x300),
+                len: 4096,
+            },
+        ];
+        let descs = chain_descs(&r, &w);
+        let linked = link_chain(&descs, &[4, 2, 9]);
+        assert_eq!(
+            linked,
+            vec![
+                Descriptor {
+                    addr: 0x100,
+                    len: 40,
+                    flags: VIRTQ_DESC_F_NEXT,
+                    next: 2
+                },
+                Descriptor {
+                    addr: 0x200,
+                    len: 16,
+                    flags: VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT,
+                    next: 9
+                },
+                Descriptor {
+                    addr: 0x300,
+                    len: 4096,
+                    flags: VIRTQ_DESC_F_WRITE,
+                    next: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn raw_links_replace_a_callers_next_flag_on_the_last() {
+        let d = [RawDesc {
+            addr: 1,
+            len: 2,
+            flags: VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE,
+        }];
+        assert_eq!(link_chain(&d, &[3])[0].flags, VIRTQ_DESC_F_WRITE);
+    }
+
+    fn mem() -> GuestMem {
+        GuestMem::new(GuestAddress(0x10_0000), 0x10_0000).unwrap()
+    }
+
+    /// Plays the device: uses the next available chain with `len`.
+    fn device_use(mem: &GuestMem, l: &RingLayout, used_idx: u16, len: u32) {
+        let m = mem.memory();
+        let head: u16 = m.read_obj(l.avail_slot_addr(used_idx)).unwrap();
+        m.write_obj(u32::from(head), l.used_elem_addr(used_idx))
+            .unwrap();
+        m.write_obj(len, GuestAddress(l.used_elem_addr(used_idx).0 + 4))
+            .unwrap();
+        m.write_obj(used_idx.wrapping_add(1), l.used_idx_addr())
+            .unwrap();
+    }
+
+    #[test]
+    fn direct_chain_round_trip_frees_descriptors() {
+        let mut mem = mem();
+        let cfg = QueueConfig {
+            size: 4,
+            event_idx: true,
+            indirect_max: 0,
+        };
+        let mut q = DriverQueue::new(&mut mem, cfg).unwrap();
+        let b = Buffer {
+            addr: GuestAddress(0x18_0000),
+            len: 8,
+        };
+        let head = q.add_chain(&mem, &[b, b], &[b]).unwrap();
+        assert_eq!(q.free_descriptors(), 1);
+        assert!(matches!(
+            q.add_chain(&mem, &[b, b], &[]),
+            Err(QueueError::NoFreeDescriptors { needed: 2, free: 1 })
+        ));
+        let l = q.layout();
+        let d: Descriptor = mem.memory().read_obj(l.desc_addr(head)).unwrap();
+        assert_eq!(d.flags, VIRTQ_DESC_F_NEXT);
+        // avail_event = 0: the device wants a kick for entry 0.
+        assert!(q.notify_since(&mem, 0).unwrap());
+        assert_eq!(q.call_fd().read().ok(), None, "nothing signalled yet");
+        device_use(&mem, &l, 0, 5);
+        q.call_fd().write(1).unwrap();
+        let e = q.wait_used(&mem, Duration::from_millis(100)).unwrap();
+        assert_eq!(
+            e,
+            UsedElem {
+                id: u32::from(head),
+                len: 5
+            }
+        );
+        assert_eq!(q.free_descriptors(), 4);
+        assert!(matches!(
+            q.wait_used(&mem, Duration::from_millis(10)),
+            Err(QueueError::Timeout(_))
+        ));
+        let used_event: u16 = mem.memory().read_obj(l.used_event_addr()).unwrap();
+        assert_eq!(used_event, 1, "asks to be called for the next entry");
+        // avail_event still 0: publishing entry 1 needs no kick.
+        let old = q.avail_idx();
+        q.add_chain(&mem, &[b], &[]).unwrap();
+        assert!(!q.notify_since(&mem, old).unwrap());
+    }
+
+    #[test]
+    fn indirect_chain_uses_one_table_slot() {
+        let mut mem = mem();
+        let cfg = QueueConfig {
+            size: 2,
+            event_idx: false,
+            indirect_max: 8,
+        };
+        let mut q = DriverQueue::new(&mut mem, cfg).unwrap();
+        let b = Buffer {
+            addr: GuestAddress(0x18_0000),
+            len: 8,
+        };
+        let head = q.add_chain(&mem, &[b, b, b], &[b, b]).unwrap();
+        assert_eq!(q.free_descriptors(), 1);
+        let d: Descriptor = mem.memory().read_obj(q.layout().desc_addr(head)).unwrap();
+        assert_eq!(d.flags, VIRTQ_DESC_F_INDIRECT);
+        assert_eq!(d.len, 5 * 16);
+        let last: Descriptor = mem
+            .memory()
+            .read_obj(GuestAddress(d.addr + 4 * 16))
+            .unwrap();
+        assert_eq!(last.flags, VIRTQ_DESC_F_WRITE);
+        let first: Descriptor = mem.memory().read_obj(GuestAddress(d.addr)).unwrap();
+        assert_eq!((first.flags, first.next), (VIRTQ_DESC_F_NEXT, 1));
+        assert!(matches!(
+            q.add_chain(&mem, &[b; 9], &[]),
+            Err(QueueError::IndirectTooLong { len: 9, max: 8 })
+        ));
+        // Without EVENT_IDX the used flags decide; zero means "kick me".
+        assert!(q.notify_since(&mem, 0).unwrap());
+        assert_eq!(q.kicks(), 1);
+    }
+
+    #[test]
+    fn used_ids_that_are_not_in_flight_are_errors() {
+        let mut mem = mem();
+        let cfg = QueueConfig {
+            size: 4,
+            event_idx: false,
+            indirect_max: 0,
+        };
+        let mut q = DriverQueue::new(&mut mem, cfg).unwrap();
+        let l = q.layout();
+        let b = Buffer {
+            addr: GuestAddress(0x18_0000),
+            len: 8,
+        };
+        q.add_chain(&mem, &[b], &[]).unwrap();
+        mem.memory().write_obj(3u32, l.used_elem_addr(0)).unwrap();
+        mem.memory().write_obj(1u16, l.used_idx_addr()).unwrap();
+        assert!(matches!(
+            q.pop_used(&mem),
+            Err(QueueError::UnexpectedUsedId(3))
+        ));
+        mem.memory().write_obj(9u16, l.used_idx_addr()).unwrap();
+        assert!(matches!(
+            q.pop_used(&mem),
+            Err(QueueError::UsedIndexJump { .. })
+        ));
+    }
+}
