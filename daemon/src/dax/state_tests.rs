@@ -1,0 +1,392 @@
+//! Tests of the DAX state: validation tables and the live mapping table with a recording fake
+//! mapper.
+
+use super::super::testutil::{file, Call, Recorder};
+use super::*;
+
+const P: u64 = 4096;
+const MB2: u64 = 2 << 20;
+const R: u64 = SETUPMAPPING_FLAG_READ;
+const W: u64 = SETUPMAPPING_FLAG_WRITE;
+
+fn setup<'a>(
+    f: &'a File,
+    inode: u64,
+    handle: Option<u64>,
+    fo: u64,
+    mo: u64,
+    len: u64,
+    flags: u64,
+) -> SetupMapping<'a> {
+    SetupMapping {
+        inode,
+        handle,
+        file: f,
+        file_writable: true,
+        foffset: fo,
+        moffset: mo,
+        len,
+        flags,
+    }
+}
+
+fn shape(s: &DaxState) -> Vec<(u64, u64, u64, u64)> {
+    s.snapshot()
+        .iter()
+        .map(|m| (m.moffset, m.len, m.foffset, m.inode))
+        .collect()
+}
+
+#[test]
+fn validate_setup_table() {
+    let ws = 16 * MB2;
+    type Expect = Option<fn(&DaxError) -> bool>;
+    // (foffset, moffset, len, flags, handle_writable, expected error)
+    let cases: &[(u64, u64, u64, u64, bool, Expect)] = &[
+        // What a Linux guest sends.
+        (0, 0, MB2, R, false, None),
+        (4 * MB2, 15 * MB2, MB2, R | W, true, None),
+        (0, 0, P, 0, false, None),
+        (
+            0,
+            0,
+            0,
+            R,
+            true,
+            Some(|e| matches!(e, DaxError::ZeroLength)),
+        ),
+        (
+            1,
+            0,
+            P,
+            R,
+            true,
+            Some(|e| matches!(e, DaxError::Unaligned { .. })),
+        ),
+        (
+            0,
+            1,
+            P,
+            R,
+            true,
+            Some(|e| matches!(e, DaxError::Unaligned { .. })),
+        ),
+        (
+            0,
+            0,
+            P + 1,
+            R,
+            true,
+            Some(|e| matches!(e, DaxError::Unaligned { .. })),
+        ),
+        (
+            0,
+            ws,
+            P,
+            R,
+            true,
+            Some(|e| matches!(e, DaxError::OutOfWindow { .. })),
+        ),
+        (
+            0,
+            ws - P,
+            2 * P,
+            R,
+            true,
+            Some(|e| matches!(e, DaxError::OutOfWindow { .. })),
+        ),
+        (
+            0,
+            u64::MAX - P + 1,
+            P,
+            R,
+            true,
+            Some(|e| matches!(e, DaxError::Overflow { .. })),
+        ),
+        (
+            u64::MAX - P + 1,
+            0,
+            P,
+            R,
+            true,
+            Some(|e| matches!(e, DaxError::Overflow { .. })),
+        ),
+        (
+            1 << 63,
+            0,
+            P,
+            R,
+            true,
+            Some(|e| matches!(e, DaxError::Overflow { .. })),
+        ),
+        (
+            0,
+            0,
+            P,
+            4,
+            true,
+            Some(|e| matches!(e, DaxError::UnknownFlags { flags: 4 })),
+        ),
+        (
+            0,
+            0,
+            P,
+            R | W,
+            false,
+            Some(|e| matches!(e, DaxError::NotWritable)),
+        ),
+        (
+            0,
+            0,
+            P,
+            W,
+            false,
+            Some(|e| matches!(e, DaxError::NotWritable)),
+        ),
+    ];
+    for (i, &(fo, mo, len, flags, hw, expect)) in cases.iter().enumerate() {
+        match (validate_setup(ws, P, fo, mo, len, flags, hw), expect) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(_)) => panic!("case {i} accepted"),
+            (Err(e), None) => panic!("case {i} refused: {e}"),
+            (Err(e), Some(is)) => assert!(is(&e), "case {i}: {e:?}"),
+        }
+    }
+    assert!(matches!(
+        validate_setup(0, P, 0, 0, P, R, true),
+        Err(DaxError::Disabled)
+    ));
+}
+
+#[test]
+fn validate_remove_table() {
+    let ws = 16 * P;
+    assert!(validate_remove(ws, P, 0, ws).is_ok());
+    assert!(validate_remove(ws, P, 15 * P, P).is_ok());
+    assert!(matches!(
+        validate_remove(ws, P, 0, 0),
+        Err(DaxError::ZeroLength)
+    ));
+    assert!(matches!(
+        validate_remove(ws, P, 3, P),
+        Err(DaxError::Unaligned { .. })
+    ));
+    assert!(matches!(
+        validate_remove(ws, P, ws, P),
+        Err(DaxError::OutOfWindow { .. })
+    ));
+    assert!(matches!(
+        validate_remove(ws, P, P, u64::MAX - P + 1),
+        Err(DaxError::Overflow { .. })
+    ));
+    assert!(matches!(
+        validate_remove(0, P, 0, P),
+        Err(DaxError::Disabled)
+    ));
+}
+
+#[test]
+fn errnos() {
+    assert_eq!(DaxError::Disabled.errno(), libc::ENOSYS);
+    assert_eq!(DaxError::ZeroLength.errno(), libc::EINVAL);
+    assert_eq!(DaxError::UnknownFlags { flags: 8 }.errno(), libc::EINVAL);
+    assert_eq!(DaxError::NotWritable.errno(), libc::EACCES);
+    let e = DaxError::Mapper(io::Error::from_raw_os_error(libc::ENOMEM));
+    assert_eq!(e.errno(), libc::ENOMEM);
+    assert_eq!(DaxError::Mapper(io::Error::other("x")).errno(), libc::EIO);
+}
+
+#[test]
+fn setup_maps_and_records() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 7, None, 2 * P, 4 * P, 2 * P, R | W))
+        .expect("setup");
+    assert_eq!(m.calls(), vec![Call::Map(4 * P, 2 * P, 2 * P, true)]);
+    let live = s.lookup(5 * P + 9).expect("recorded");
+    assert_eq!(
+        live,
+        LiveMapping {
+            moffset: 4 * P,
+            len: 2 * P,
+            inode: 7,
+            handle: None,
+            foffset: 2 * P,
+            writable: true
+        }
+    );
+    assert!(s.lookup(6 * P).is_none());
+    assert!(s.lookup(4 * P - 1).is_none());
+}
+
+#[test]
+fn refused_setups_call_nothing_and_change_nothing() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, Some(3), 0, 0, P, R))
+        .expect("setup");
+    let before = shape(&s);
+    let mut ro = setup(&f, 1, Some(3), 0, P, P, R | W);
+    ro.file_writable = false;
+    let bad = [
+        setup(&f, 1, None, 0, 16 * P, P, R),
+        setup(&f, 1, None, 0, 15 * P, 2 * P, R),
+        setup(&f, 1, None, 1, P, P, R),
+        setup(&f, 1, None, 0, P, 0, R),
+        setup(&f, 1, None, 0, u64::MAX - P + 1, P, R),
+        setup(&f, 1, None, 0, P, P, 0x10),
+        ro,
+    ];
+    for (i, req) in bad.iter().enumerate() {
+        assert!(s.setup_mapping(&m, req).is_err(), "case {i}");
+    }
+    assert_eq!(
+        m.calls().len(),
+        1,
+        "only the good request reached the mapper"
+    );
+    assert_eq!(shape(&s), before);
+}
+
+#[test]
+fn a_failed_map_leaves_the_table_unchanged() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 2 * P, R))
+        .expect("setup");
+    m.fail_with(Some(libc::ENOMEM));
+    let e = s
+        .setup_mapping(&m, &setup(&f, 2, None, 0, P, 2 * P, R))
+        .expect_err("fails");
+    assert_eq!(e.errno(), libc::ENOMEM);
+    assert_eq!(shape(&s), vec![(0, 2 * P, 0, 1)]);
+}
+
+#[test]
+fn overlapping_setup_replaces_and_splits() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 8 * P, R))
+        .expect("a");
+    s.setup_mapping(&m, &setup(&f, 2, None, 0, 2 * P, 2 * P, R))
+        .expect("b");
+    assert_eq!(
+        shape(&s),
+        vec![
+            (0, 2 * P, 0, 1),
+            (2 * P, 2 * P, 0, 2),
+            (4 * P, 4 * P, 4 * P, 1)
+        ]
+    );
+    // Same range again: replaced, not duplicated.
+    s.setup_mapping(&m, &setup(&f, 3, None, 0, 2 * P, 2 * P, R))
+        .expect("c");
+    assert_eq!(s.len(), 3);
+    assert_eq!(s.lookup(2 * P).expect("c").inode, 3);
+}
+
+#[test]
+fn remove_batches_are_validated_first() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 4 * P, R))
+        .expect("setup");
+    let e = s
+        .remove_mappings(&m, &[(0, P), (3, P)])
+        .expect_err("bad entry");
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert_eq!(m.calls().len(), 1, "nothing was unmapped");
+    assert_eq!(s.len(), 1);
+
+    s.remove_mappings(&m, &[(P, P), (8 * P, P)])
+        .expect("remove");
+    assert_eq!(m.calls()[1..], [Call::Unmap(P, P), Call::Unmap(8 * P, P)]);
+    assert_eq!(shape(&s), vec![(0, P, 0, 1), (2 * P, 2 * P, 2 * P, 1)]);
+
+    // A failure mid-batch: the first range is gone, the second stays.
+    m.fail_with(None);
+    let calls = m.calls().len();
+    struct FailSecond<'a>(&'a Recorder, Mutex<u32>);
+    impl Mapper for FailSecond<'_> {
+        fn map(&self, a: u64, b: u64, f: &File, c: u64, w: bool) -> io::Result<()> {
+            self.0.map(a, b, f, c, w)
+        }
+        fn unmap(&self, a: u64, b: u64) -> io::Result<()> {
+            let mut n = self.1.lock().expect("n");
+            *n += 1;
+            if *n == 2 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            self.0.unmap(a, b)
+        }
+    }
+    let fail = FailSecond(&m, Mutex::new(0));
+    assert!(s.remove_mappings(&fail, &[(0, P), (2 * P, P)]).is_err());
+    assert_eq!(m.calls().len(), calls + 1);
+    assert_eq!(shape(&s), vec![(2 * P, 2 * P, 2 * P, 1)]);
+    s.remove_mapping(&m, 2 * P, 2 * P).expect("remove one");
+    assert!(s.is_empty());
+}
+
+#[test]
+fn release_handle_unmaps_only_that_handle() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, Some(10), 0, 0, P, R))
+        .expect("a");
+    s.setup_mapping(&m, &setup(&f, 1, Some(11), P, P, P, R))
+        .expect("b");
+    s.setup_mapping(&m, &setup(&f, 2, Some(10), 0, 4 * P, 2 * P, R))
+        .expect("c");
+    s.setup_mapping(&m, &setup(&f, 3, None, 0, 8 * P, P, R))
+        .expect("d");
+    assert_eq!(s.release_handle(&m, 10).expect("release"), 2);
+    assert_eq!(
+        m.calls()[4..],
+        [Call::Unmap(0, P), Call::Unmap(4 * P, 2 * P)]
+    );
+    assert_eq!(shape(&s), vec![(P, P, P, 1), (8 * P, P, 0, 3)]);
+    assert_eq!(s.release_handle(&m, 10).expect("again"), 0);
+
+    // With a failing mapper the mappings are forgotten anyway and the error is reported.
+    m.fail_with(Some(libc::ENOTCONN));
+    let e = s.release_handle(&m, 11).expect_err("fails");
+    assert_eq!(e.errno(), libc::ENOTCONN);
+    assert_eq!(shape(&s), vec![(8 * P, P, 0, 3)]);
+    m.fail_with(None);
+    assert_eq!(s.release_inode(&m, 3).expect("inode"), 1);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn clear_forgets_without_unmapping() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, P, R))
+        .expect("a");
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 2 * P, P, R))
+        .expect("b");
+    assert_eq!(s.clear(), 2);
+    assert!(s.is_empty());
+    assert_eq!(m.calls().len(), 2);
+}
+
+#[test]
+fn disabled_state_refuses_with_enosys() {
+    let s = DaxState::new(0, P);
+    assert!(!s.is_enabled());
+    let m = Recorder::default();
+    let f = file();
+    let e = s
+        .setup_mapping(&m, &setup(&f, 1, None, 0, 0, P, R))
+        .expect_err("disabled");
+    assert_eq!(e.errno(), libc::ENOSYS);
+    assert!(m.calls().is_empty());
+}
