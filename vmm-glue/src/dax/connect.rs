@@ -40,6 +40,10 @@ pub enum ConnectError {
 }
 
 /// How the request thread ended.
+///
+/// `FrontendReqHandler` keeps its own copy of the sending end of the channel, so a backend that
+/// merely exits does not make the receiving end see end-of-file: the thread then keeps waiting
+/// until [`DaxServer::stop`] (the VMM notices the backend is gone on the main socket).
 #[derive(Debug)]
 pub enum ServeEnd {
     /// [`DaxServer::stop`] was called.

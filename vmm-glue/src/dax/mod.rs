@@ -5,7 +5,7 @@
 //! - [`table`]: [`MappingTable`], window offset range → file, queried by vCPU threads.
 //! - [`window`]: [`DaxWindow`], the reserved host range and `MAP_FIXED` mapping inside it.
 //! - [`handler`]: [`DaxRequestHandler`], vhost's `VhostUserFrontendReqHandler` for the window.
-//! - [`connect`]: [`connect()`], wiring a window and its request thread to a connected backend.
+//! - [`mod@connect`]: [`connect()`], wiring a window and its request thread to a connected backend.
 
 pub mod connect;
 pub mod handler;
