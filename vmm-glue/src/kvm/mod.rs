@@ -4,13 +4,18 @@
 //!   in for KVM and count ioctls; [`vcpu::KvmVcpu`] is the real one.
 //! - [`apf`]: the async-page-fault error protocol (CPUID bit, MSR trapping, tokens).
 //! - [`mce`]: machine-check injection.
+//! - [`guest`]: the hand-written 64-bit test guest.
 //! - [`handler`]: [`handler::DaxFaultHandler`], which turns a vCPU exit into a report and an
 //!   injection.
+//! - [`vm`]: a minimal reference VM on real KVM; [`scenario`]: truncation scenarios run in it.
 
 pub mod apf;
+pub mod guest;
 pub mod handler;
 pub mod mce;
+pub mod scenario;
 pub mod vcpu;
+pub mod vm;
 
 pub use handler::{
     DaxFaultHandler, FaultConfig, FaultCounters, FaultError, Handled, StopDiagnostic,

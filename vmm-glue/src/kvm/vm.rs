@@ -1,0 +1,307 @@
+//! A minimal reference VM on real KVM: guest RAM, a DAX window memslot, one vCPU with the DAX fault
+//! handler, an in-kernel irqchip (so KVM's own async PF and MSI delivery work), and a bounded run
+//! loop. Used by the reference VMM binary, the KVM tests and the benchmark.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vfsdax_protocol::report::FaultReport;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::errno;
+
+use crate::dax::{DaxWindow, WindowError};
+use crate::fault::FallbackPolicy;
+
+use super::apf::{self, ApfError};
+use super::guest::program::{self, GuestError, GuestImage};
+use super::guest::{layout, GuestConfig};
+use super::handler::{DaxFaultHandler, FaultConfig, FaultError, Handled, StopDiagnostic};
+use super::mce;
+use super::vcpu::{Exit, KvmVcpu, VcpuOps};
+
+/// Errors of the reference VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `/dev/kvm` or a VM-level ioctl failed.
+    #[error("KVM failed to {what}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: errno::Error,
+    },
+    /// A capability the glue needs is missing.
+    #[error("KVM lacks the {0} capability")]
+    MissingCap(&'static str),
+    /// Guest memory could not be created.
+    #[error("cannot create guest memory")]
+    Memory,
+    /// The DAX window failed.
+    #[error("DAX window error")]
+    Window(#[from] WindowError),
+    /// apf set-up failed.
+    #[error("apf set-up failed")]
+    Apf(#[from] ApfError),
+    /// The guest program could not be built or loaded.
+    #[error("guest program error")]
+    Guest(#[from] GuestError),
+    /// The fault handler failed (other than a policy stop).
+    #[error("DAX fault handling failed")]
+    Fault(#[source] FaultError),
+    /// The run did not finish in time.
+    #[error("the guest did not finish within {0:?}")]
+    Timeout(Duration),
+    /// The guest shut down (triple fault).
+    #[error("the guest shut down (triple fault) after {exits} exits")]
+    Shutdown {
+        /// Exits before the shutdown.
+        exits: u64,
+    },
+    /// `KVM_RUN` failed with a bare `EFAULT` that was not a DAX fault.
+    #[error("KVM_RUN failed with EFAULT outside the DAX window")]
+    Efault,
+    /// An exit the reference VM does not handle.
+    #[error("unexpected vCPU exit {0}")]
+    UnexpectedExit(String),
+}
+
+/// Set-up of the reference VM.
+#[derive(Clone, Copy, Debug)]
+pub struct VmSetup {
+    /// CPUID bit advertising `ASYNC_PF_ERROR`; `None` = not advertised, apf MSRs not trapped.
+    pub feature_bit: Option<u32>,
+    /// Fallback policy of the window.
+    pub policy: FallbackPolicy,
+    /// DAX window size.
+    pub window_size: u64,
+}
+
+/// Result of a run.
+#[derive(Debug, Default)]
+pub struct RunOutcome {
+    /// Fault reports, in order.
+    pub reports: Vec<FaultReport>,
+    /// The diagnostic, if the `stop` policy stopped the VM.
+    pub stop: Option<StopDiagnostic>,
+    /// `KVM_RUN` calls made by the run loop itself.
+    pub runs: u64,
+}
+
+/// The reference VM. Field order matters: the vCPU and VM are dropped before the memory they map.
+pub struct ReferenceVm {
+    /// The vCPU (with its ioctl counter).
+    pub vcpu: KvmVcpu,
+    /// The fault handler of vCPU 0.
+    pub handler: DaxFaultHandler<GuestMemoryMmap>,
+    vm: Arc<VmFd>,
+    _kvm: Kvm,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// The DAX window.
+    pub window: Arc<DaxWindow>,
+    /// The guest program.
+    pub image: GuestImage,
+}
+
+impl ReferenceVm {
+    /// Creates the VM, loads the guest program for `guest`, and makes vCPU 0 ready to run.
+    pub fn new(setup: &VmSetup, guest: &GuestConfig) -> Result<Self, VmError> {
+        let kvm_err = |what| move |source| VmError::Kvm { what, source };
+        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        for (cap, name) in [
+            (Cap::SyncRegs, "SYNC_REGS"),
+            (Cap::Irqchip, "IRQCHIP"),
+            (Cap::Mce, "MCE"),
+            (Cap::VcpuEvents, "VCPU_EVENTS"),
+            (Cap::SignalMsi, "SIGNAL_MSI"),
+            (Cap::X86UserSpaceMsr, "X86_USER_SPACE_MSR"),
+            (Cap::X86MsrFilter, "X86_MSR_FILTER"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create a VM"))?);
+        // Intel needs a TSS region below 4 GiB; other flavours ignore or refuse it harmlessly.
+        let _ = vm.set_tss_address(0xfffb_d000);
+        vm.create_irq_chip()
+            .map_err(kvm_err("create the irqchip"))?;
+        apf::setup_vm(&vm)?;
+
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout::RAM_SIZE as usize)])
+                .map_err(|_| VmError::Memory)?;
+        let window = Arc::new(DaxWindow::new(setup.window_size)?);
+        let ram_host = mem
+            .get_host_address(GuestAddress(0))
+            .map_err(|_| VmError::Memory)?;
+        let regions = [
+            kvm_userspace_memory_region {
+                slot: 0,
+                guest_phys_addr: 0,
+                memory_size: layout::RAM_SIZE,
+                userspace_addr: ram_host as u64,
+                flags: 0,
+            },
+            kvm_userspace_memory_region {
+                slot: 1,
+                guest_phys_addr: layout::WINDOW_GPA,
+                memory_size: window.size(),
+                userspace_addr: window.host_addr(),
+                flags: 0,
+            },
+        ];
+        for r in &regions {
+            // SAFETY: both host ranges are mappings this struct owns (`mem`, `window`) and are
+            // declared after `vm` and `vcpu`, so they outlive every use KVM makes of them; the
+            // window reservation is never unmapped while the VM exists (DaxWindow keeps it
+            // reserved and only remaps inside it).
+            unsafe { vm.set_user_memory_region(*r) }.map_err(kvm_err("register a memslot"))?;
+        }
+
+        let image = program::build(guest)?;
+        program::load(&mem, &image)?;
+
+        let fd = vm.create_vcpu(0).map_err(kvm_err("create vCPU 0"))?;
+        let mut cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("read supported CPUID"))?;
+        if let Some(bit) = setup.feature_bit {
+            apf::advertise_feature(&mut cpuid, bit)?;
+        }
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        mce::setup_mce(&fd).map_err(kvm_err("set up machine checks"))?;
+        let sregs = fd.get_sregs().map_err(kvm_err("read sregs"))?;
+        fd.set_sregs(&program::long_mode_sregs(sregs))
+            .map_err(kvm_err("set sregs"))?;
+        fd.set_regs(&program::initial_regs(&image))
+            .map_err(kvm_err("set regs"))?;
+        let vcpu = KvmVcpu::new(fd, Arc::clone(&vm));
+
+        let config = FaultConfig {
+            policy: setup.policy,
+            apf_advertised: setup.feature_bit.is_some(),
+        };
+        let handler = DaxFaultHandler::new(
+            0,
+            Arc::clone(&window),
+            layout::WINDOW_GPA,
+            mem.clone(),
+            config,
+        );
+        Ok(ReferenceVm {
+            vcpu,
+            handler,
+            vm,
+            _kvm: kvm,
+            mem,
+            window,
+            image,
+        })
+    }
+
+    /// The VM fd.
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm
+    }
+
+    /// Runs the guest until `on_port` returns false, the stop policy stops it, or `timeout`
+    /// passes. Every `out` the glue does not claim goes to `on_port(port, value)`.
+    pub fn run<F>(&mut self, timeout: Duration, mut on_port: F) -> Result<RunOutcome, VmError>
+    where
+        F: FnMut(u16, u32) -> bool,
+    {
+        let deadline = Instant::now() + timeout;
+        let finished = AtomicBool::new(false);
+        install_kick_handler();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        std::thread::scope(|s| {
+            s.spawn(|| watchdog(me, deadline, &finished));
+            let r = self.run_loop(deadline, timeout, &mut on_port);
+            finished.store(true, Ordering::SeqCst);
+            r
+        })
+    }
+
+    fn run_loop<F>(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        on_port: &mut F,
+    ) -> Result<RunOutcome, VmError>
+    where
+        F: FnMut(u16, u32) -> bool,
+    {
+        let mut out = RunOutcome::default();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout(timeout));
+            }
+            out.runs += 1;
+            let exit = self.vcpu.run().map_err(|source| VmError::Kvm {
+                what: "run the vCPU",
+                source,
+            })?;
+            let at = Instant::now();
+            match self.handler.handle(&mut self.vcpu, &exit, at) {
+                Ok(Handled::Resume(report)) => {
+                    out.reports.extend(report);
+                    continue;
+                }
+                Ok(Handled::NotMine) => {}
+                Err(FaultError::Stop(d)) => {
+                    out.stop = Some(*d);
+                    return Ok(out);
+                }
+                Err(e) => return Err(VmError::Fault(e)),
+            }
+            match exit {
+                Exit::IoOut { port, data, .. } => {
+                    if !on_port(port, data) {
+                        return Ok(out);
+                    }
+                }
+                Exit::Interrupted | Exit::IoIn { .. } | Exit::MmioWrite { .. } | Exit::Hlt => {}
+                Exit::MmioRead { len, .. } => self
+                    .vcpu
+                    .complete_mmio_read(&[0xff; 8][..len.min(8) as usize]),
+                Exit::Wrmsr { .. } | Exit::Rdmsr { .. } => self.vcpu.complete_msr(true),
+                Exit::Shutdown => return Err(VmError::Shutdown { exits: out.runs }),
+                Exit::Efault | Exit::MemoryFault { .. } => return Err(VmError::Efault),
+                Exit::Other(what) => return Err(VmError::UnexpectedExit(what.to_string())),
+            }
+        }
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // A no-op handler: its only purpose is to make a blocked KVM_RUN return EINTR.
+        let _ = vmm_sys_util::signal::register_signal_handler(
+            vmm_sys_util::signal::SIGRTMIN(),
+            kick_handler,
+        );
+    });
+}
+
+/// Kicks `thread` out of `KVM_RUN` every 20 ms after `deadline` until `finished`.
+fn watchdog(thread: libc::pthread_t, deadline: Instant, finished: &AtomicBool) {
+    while !finished.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+        if Instant::now() >= deadline && !finished.load(Ordering::SeqCst) {
+            // SAFETY: `thread` is the thread running the enclosing `std::thread::scope`, which
+            // cannot return (and so cannot end) before this watchdog thread is joined; the
+            // signal has a no-op handler installed.
+            unsafe { libc::pthread_kill(thread, vmm_sys_util::signal::SIGRTMIN()) };
+            std::thread::sleep(Duration::from_millis(15));
+        }
+    }
+}
