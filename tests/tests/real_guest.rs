@@ -7,6 +7,7 @@
 //!
 //! Missing QEMU or kernel: a failure when `CI` is set, otherwise a visible `SKIPPED` line.
 
+use std::io::Write;
 use std::path::Path;
 
 use vfsdax_tests::guest::daemon;
@@ -23,10 +24,16 @@ fn setup_or_skip() -> Option<GuestSetup> {
             if std::env::var_os("CI").is_some() {
                 panic!("CI is set, so this test may not be skipped: {reason}");
             }
-            eprintln!("SKIPPED: {reason}");
+            say(&format!("SKIPPED: {reason}"));
             None
         }
     }
+}
+
+/// Writes a line straight to stderr: unlike `eprintln!`, the test harness does not capture it,
+/// so a skip or a timing shows up in a normal `cargo test` run.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -52,13 +59,13 @@ fn run_workload(setup: &GuestSetup, daemon_program: &Path, label: &str) {
             error_chain(&e)
         )
     });
-    eprintln!(
+    say(&format!(
         "{label}: guest run took {:.1} s (kernel {}, daemon {}, work dir {})",
         run.qemu.elapsed.as_secs_f64(),
         setup.kernel.release,
         daemon_program.display(),
         work.path().display()
-    );
+    ));
     let problems = run.report.problems(EXPECTED_STEPS);
     assert!(
         problems.is_empty(),
@@ -88,7 +95,7 @@ fn vfsdax_daemon_serves_the_workload() {
 #[ignore = "runs against the reference virtiofsd: VFSDAX_PEER=1 cargo test -- --include-ignored peer"]
 fn peer_virtiofsd_serves_the_workload() {
     if std::env::var_os("VFSDAX_PEER").is_none_or(|v| v != "1") {
-        eprintln!("SKIPPED: set VFSDAX_PEER=1 to run the workload against virtiofsd");
+        say("SKIPPED: set VFSDAX_PEER=1 to run the workload against virtiofsd");
         return;
     }
     let Some(setup) = setup_or_skip() else {

@@ -78,8 +78,7 @@ fn run() -> Result<(), String> {
         }
         Err(e) => return Err(format!("{e}\n{USAGE}")),
     };
-    let setup =
-        GuestSetup::detect().map_err(|e| format!("{}; run scripts/deps.sh", error_chain(&e)))?;
+    let setup = GuestSetup::detect().map_err(|e| error_chain(&e))?;
     let program = match args.daemon {
         Some(p) => p,
         None => daemon::vfsdaxd_path().map_err(|e| error_chain(&e))?,

@@ -35,6 +35,10 @@ pub enum QemuError {
     },
 }
 
+/// How long QEMU may still run after the caller gave up on it (see
+/// [`QemuConfig::run_watching`]).
+pub const GIVE_UP_GRACE: Duration = Duration::from_secs(5);
+
 /// Finds `qemu-system-x86_64`: `$VFSDAX_QEMU`, else on `PATH`.
 pub fn find_qemu() -> Option<PathBuf> {
     match std::env::var_os("VFSDAX_QEMU") {
@@ -118,6 +122,16 @@ impl QemuConfig {
 
     /// Runs QEMU to completion or until the timeout; QEMU is always gone when this returns.
     pub fn run(&self) -> Result<QemuOutcome, QemuError> {
+        self.run_watching(|| false)
+    }
+
+    /// Like [`QemuConfig::run`], but polls `give_up` while QEMU runs: once it returns true
+    /// (say, the daemon died, so the guest would only hang), QEMU gets [`GIVE_UP_GRACE`] to
+    /// exit by itself and is then killed.
+    pub fn run_watching(
+        &self,
+        mut give_up: impl FnMut() -> bool,
+    ) -> Result<QemuOutcome, QemuError> {
         let log = fs::File::create(&self.qemu_log).map_err(|source| QemuError::Log {
             path: self.qemu_log.clone(),
             source,
@@ -142,10 +156,19 @@ impl QemuConfig {
             child,
             pidfile: self.pidfile.clone(),
         };
-        let status = guard.wait_until(start + self.timeout)?;
+        let deadline = start + self.timeout;
+        let mut gave_up = false;
+        let status = guard.wait_until(deadline, || {
+            if !gave_up && give_up() {
+                gave_up = true;
+                return Some(Instant::now() + GIVE_UP_GRACE);
+            }
+            None
+        })?;
         drop(guard);
         Ok(QemuOutcome {
             status,
+            gave_up,
             elapsed: start.elapsed(),
             serial: read_lossy(&self.serial_log),
             qemu_log: read_lossy(&self.qemu_log),
@@ -166,11 +189,19 @@ struct QemuGuard {
 }
 
 impl QemuGuard {
-    /// Waits for exit until `deadline`; `None` means it was still running and has been killed.
-    fn wait_until(&mut self, deadline: Instant) -> Result<Option<ExitStatus>, QemuError> {
+    /// Waits for exit until `deadline`, which `shorten` may bring forward; `None` means QEMU
+    /// was still running at the deadline.
+    fn wait_until(
+        &mut self,
+        mut deadline: Instant,
+        mut shorten: impl FnMut() -> Option<Instant>,
+    ) -> Result<Option<ExitStatus>, QemuError> {
         loop {
             if let Some(status) = self.child.try_wait().map_err(QemuError::Wait)? {
                 return Ok(Some(status));
+            }
+            if let Some(sooner) = shorten() {
+                deadline = deadline.min(sooner);
             }
             if Instant::now() >= deadline {
                 return Ok(None);
@@ -195,8 +226,10 @@ impl Drop for QemuGuard {
 /// What a QEMU run produced.
 #[derive(Debug, Clone)]
 pub struct QemuOutcome {
-    /// QEMU's exit status, or `None` if it hit the timeout and was killed.
+    /// QEMU's exit status, or `None` if it was killed (timeout, or given up on).
     pub status: Option<ExitStatus>,
+    /// Whether the caller's `give_up` check fired during the run.
+    pub gave_up: bool,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
     /// Everything the guest printed on its serial console.
@@ -208,7 +241,7 @@ pub struct QemuOutcome {
 impl QemuOutcome {
     /// Whether the run was stopped by the timeout.
     pub fn timed_out(&self) -> bool {
-        self.status.is_none()
+        self.status.is_none() && !self.gave_up
     }
 }
 

@@ -127,12 +127,18 @@ impl GuestRun {
             let v: Vec<&str> = s.lines().collect();
             v[v.len().saturating_sub(lines)..].join("\n")
         }
-        let ended = match self.qemu.status {
-            None => format!(
-                "QEMU timed out after {:?} and was killed",
-                self.qemu.elapsed
-            ),
-            Some(s) => format!("QEMU exited ({s}) after {:?}", self.qemu.elapsed),
+        let elapsed = self.qemu.elapsed;
+        let ended = match (self.qemu.status, self.qemu.gave_up) {
+            (None, true) => {
+                format!("the daemon exited while the guest ran; QEMU was killed after {elapsed:?}")
+            }
+            (None, false) => format!("QEMU timed out after {elapsed:?} and was killed"),
+            (Some(s), true) => {
+                format!(
+                    "the daemon exited while the guest ran; QEMU exited ({s}) after {elapsed:?}"
+                )
+            }
+            (Some(s), false) => format!("QEMU exited ({s}) after {elapsed:?}"),
         };
         format!(
             "{ended}\n--- serial console (last 80 lines) ---\n{}\n--- QEMU output ---\n{}\n\
@@ -183,7 +189,8 @@ pub fn run_guest(
         pidfile: work.join("qemu.pid"),
         timeout: opts.timeout,
     };
-    let outcome = cfg.run()?;
+    let mut daemon = daemon;
+    let outcome = cfg.run_watching(|| daemon.try_status().is_some())?;
     let daemon_log_path = work.join("daemon.log");
     let daemon_status = daemon.wait_or_stop(Duration::from_secs(5));
     let daemon_log = std::fs::read(&daemon_log_path)
