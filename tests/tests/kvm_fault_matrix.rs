@@ -1,0 +1,462 @@
+//! The truncated-DAX-page matrix on real KVM:
+//! {load, store} × {opted in → apf error, not opted in → mce, zero-fill, stop} ×
+//! {truncate to 0, truncate below the accessed page, unlink and recreate the name, truncate then
+//! re-extend before the access}, plus fallback edge cells.
+//!
+//! Every cell runs in a child process (this test binary re-executed for that one test) with a
+//! time bound, so a VMM crash or hang fails the cell instead of the whole suite. Needs /dev/kvm;
+//! skipped, with a visible reason, only where it is absent.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vfsdax_protocol::apf::{
+    BROADCAST_TOKEN, DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT, KVM_PV_REASON_PAGE_ERROR,
+};
+use vfsdax_protocol::report::{Access, ActionTaken, FaultKind, GuestMode};
+use vfsdax_vmm_glue::fault::FallbackPolicy;
+use vfsdax_vmm_glue::kvm::guest::{layout, GuestAccess};
+use vfsdax_vmm_glue::kvm::mce::{MCG_STATUS_EIPV, MCG_STATUS_MCIP, MCG_STATUS_RIPV};
+use vfsdax_vmm_glue::kvm::scenario::{
+    original_word, replacement_word, run_scenario, Scenario, ScenarioResult, Truncation,
+    ACCESS_OFFSET, BASELINE_OFFSET, BELOW_SIZE, MAP_LEN, STORE_VALUE,
+};
+
+const CHILD_ENV: &str = "VFSDAX_KVM_MATRIX_CHILD";
+const CELL_BOUND: Duration = Duration::from_secs(60);
+const GUEST_BOUND: Duration = Duration::from_secs(10);
+/// Length of the guest's store instruction (`mov [rbx], rcx`): a store exits with RIP past it.
+const STORE_LEN: u64 = 3;
+
+/// Runs `body` in a child process with a bound; the parent asserts it exited cleanly in time.
+fn in_child(name: &str, body: fn()) {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        body();
+        return;
+    }
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED {name}: /dev/kvm does not exist on this machine");
+        return;
+    }
+    let dir = tempdir(name);
+    let out = dir.join("out.txt");
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut child = Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .env("VFSDAX_CELL_DIR", &dir)
+        .stdout(Stdio::from(
+            std::fs::File::create(&out).expect("output file"),
+        ))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("err.txt")).expect("error file"),
+        ))
+        .spawn()
+        .expect("spawn the cell");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for the cell") {
+            break s;
+        }
+        if start.elapsed() > CELL_BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cell {name} hung: no exit within {CELL_BOUND:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = std::fs::read_to_string(&out).unwrap_or_default()
+        + &std::fs::read_to_string(dir.join("err.txt")).unwrap_or_default();
+    assert!(status.success(), "cell {name} failed ({status}):\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "cell {name} did not run its body:\n{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vfsdax-matrix-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guest {
+    OptedIn,
+    Mce,
+    ZeroFill,
+    Stop,
+}
+
+fn scenario(access: GuestAccess, guest: Guest, truncation: Truncation) -> Scenario {
+    let dir = std::env::var_os("VFSDAX_CELL_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| tempdir("direct"));
+    Scenario {
+        access,
+        opt_in: guest == Guest::OptedIn,
+        send_always: true,
+        guest_mce: true,
+        feature_bit: Some(DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT),
+        policy: match guest {
+            Guest::OptedIn | Guest::Mce => FallbackPolicy::Mce,
+            Guest::ZeroFill => FallbackPolicy::ZeroFill,
+            Guest::Stop => FallbackPolicy::Stop,
+        },
+        truncation,
+        file: dir.join("backing"),
+        timeout: GUEST_BOUND,
+    }
+}
+
+fn run(s: &Scenario) -> ScenarioResult {
+    match run_scenario(s) {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "scenario {s:?} failed: {e} ({:?})",
+            std::error::Error::source(&e)
+        ),
+    }
+}
+
+fn size_after(t: Truncation) -> u64 {
+    match t {
+        Truncation::ToZero => 0,
+        Truncation::BelowAccessedPage => BELOW_SIZE,
+        _ => MAP_LEN,
+    }
+}
+
+/// RIP the guest handler must see: on the load (rewound), or just past the store.
+fn expected_rip(r: &ScenarioResult, access: GuestAccess) -> u32 {
+    let rip = match access {
+        GuestAccess::Load => r.access_rip,
+        GuestAccess::Store => r.access_rip + STORE_LEN,
+    };
+    rip as u32
+}
+
+fn check_cell(access: GuestAccess, guest: Guest, truncation: Truncation) {
+    let s = scenario(access, guest, truncation);
+    let r = run(&s);
+    let g = &r.guest;
+    assert_eq!(g.exception, None, "unexpected guest exception: {g:?}");
+    assert_eq!(
+        g.baseline,
+        Some(original_word(BASELINE_OFFSET)),
+        "baseline load through the window"
+    );
+    if guest == Guest::OptedIn {
+        assert!(
+            g.opted_in.is_some(),
+            "guest saw the CPUID bit and registered: {g:?}"
+        );
+    }
+    let faulting = matches!(
+        truncation,
+        Truncation::ToZero | Truncation::BelowAccessedPage
+    );
+    if !faulting {
+        check_no_fault(&r, access, truncation);
+        return;
+    }
+    let gpa = layout::WINDOW_GPA + ACCESS_OFFSET;
+    let want_access = if access == GuestAccess::Load {
+        Access::Read
+    } else {
+        Access::Write
+    };
+    let report = match (&r.stop, r.reports.as_slice()) {
+        (Some(d), []) => d.report.clone(),
+        (None, [one]) => one.clone(),
+        other => panic!("expected exactly one fault report, got {other:?}"),
+    };
+    assert_eq!(report.kind, FaultKind::TruncatedPage);
+    assert_eq!(report.gpa, Some(gpa));
+    assert_eq!(report.window_offset, ACCESS_OFFSET);
+    assert_eq!(report.file_offset, Some(ACCESS_OFFSET));
+    assert_eq!(report.file_size_now, Some(size_after(truncation)));
+    assert_eq!(report.access, want_access);
+    assert_eq!(report.guest_mode, GuestMode::Kernel);
+    let file = report.file.as_ref().expect("file identity");
+    assert!(file.ino != 0);
+    assert!(
+        file.path.as_deref().is_some_and(|p| p.ends_with("backing")),
+        "{file:?}"
+    );
+    assert!(report.latency_ns > 0);
+    match guest {
+        Guest::OptedIn => {
+            let ActionTaken::ApfError { token } = report.action else {
+                panic!("{report:?}")
+            };
+            let (flags, cr2, rip) = g.page_fault.expect("the #PF handler ran");
+            assert_eq!(flags, 1, "apf flags = PAGE_NOT_PRESENT");
+            assert_eq!(cr2, token, "CR2 carried the token");
+            assert_eq!(rip, expected_rip(&r, access), "#PF frame RIP");
+            assert!(
+                g.ready.contains(&(token, KVM_PV_REASON_PAGE_ERROR)),
+                "'page ready' with PAGE_ERROR for {token:#x}: {:?}",
+                g.ready
+            );
+            for &(t, f) in &g.ready {
+                assert!(
+                    t == token || (t == BROADCAST_TOKEN && f == 0),
+                    "stray 'page ready' {t:#x}/{f}"
+                );
+            }
+            assert_eq!(g.sigbus, Some(1), "the task got the apf error");
+            assert_eq!(g.value, None, "the task did not resume past the access");
+            assert!(g.done);
+            assert_eq!(r.counters.apf_errors, 1);
+            assert_eq!(r.counters.machine_checks, 0);
+        }
+        Guest::Mce => {
+            assert_eq!(report.action, ActionTaken::MachineCheck { bank: 9 });
+            assert_eq!(
+                report.fallback_reason.as_deref(),
+                Some("guest did not opt in to apf errors")
+            );
+            let (addr, status_hi, mcg, rip) = g.machine_check.expect("the #MC handler ran");
+            assert_eq!(addr, gpa, "MCi_ADDR is the faulting GPA");
+            // VAL, UC, EN, MISCV, ADDRV, S, AR (bits 63..55 → high half bits 31..23).
+            assert_eq!(
+                status_hi & 0xff80_0000,
+                0xbd80_0000,
+                "MCi_STATUS {status_hi:#x}"
+            );
+            let mut want_mcg = MCG_STATUS_MCIP | MCG_STATUS_RIPV;
+            if access == GuestAccess::Load {
+                want_mcg |= MCG_STATUS_EIPV;
+            }
+            assert_eq!(u64::from(mcg), want_mcg, "MCG_STATUS");
+            assert_eq!(rip, expected_rip(&r, access), "#MC frame RIP");
+            assert_eq!(g.sigbus, Some(2));
+            assert_eq!(g.value, None);
+            assert!(g.done);
+        }
+        Guest::ZeroFill => {
+            let lost_start = if truncation == Truncation::ToZero {
+                0
+            } else {
+                0x2000
+            };
+            assert_eq!(
+                report.action,
+                ActionTaken::ZeroFill {
+                    window_offset: lost_start,
+                    len: MAP_LEN - lost_start
+                }
+            );
+            let want = if access == GuestAccess::Load {
+                0
+            } else {
+                STORE_VALUE
+            };
+            assert_eq!(
+                g.value,
+                Some(want),
+                "the guest read zeros / its own store back"
+            );
+            assert_eq!(g.stage, 3);
+            assert!(g.done);
+            assert_eq!(g.sigbus, None);
+            assert_eq!(
+                r.file_after.len,
+                size_after(truncation),
+                "zero-fill did not grow the file"
+            );
+        }
+        Guest::Stop => {
+            let d = r.stop.as_ref().expect("the stop policy stopped the VM");
+            assert_eq!(d.report.action, ActionTaken::Stop);
+            let msg = d.to_string();
+            for needle in [
+                format!("{gpa:#x}"),
+                format!("file offset {ACCESS_OFFSET:#x}"),
+                format!("now {} bytes", size_after(truncation)),
+                "backing".to_string(),
+            ] {
+                assert!(msg.contains(&needle), "diagnostic lacks '{needle}': {msg}");
+            }
+            assert!(!msg.contains("Bad address"));
+            assert!(!g.done, "the guest did not run past the access");
+            assert_eq!(g.stage, 2);
+        }
+    }
+}
+
+fn check_no_fault(r: &ScenarioResult, access: GuestAccess, truncation: Truncation) {
+    let g = &r.guest;
+    assert!(
+        r.reports.is_empty() && r.stop.is_none(),
+        "no fault expected: {:?} {:?}",
+        r.reports,
+        r.stop
+    );
+    assert_eq!(g.stage, 3);
+    assert!(g.done);
+    assert_eq!(
+        (g.page_fault, g.machine_check, g.sigbus),
+        (None, None, None)
+    );
+    let want = match (access, truncation) {
+        (GuestAccess::Store, _) => STORE_VALUE,
+        (GuestAccess::Load, Truncation::UnlinkAndRecreate) => original_word(ACCESS_OFFSET),
+        (GuestAccess::Load, _) => 0,
+    };
+    assert_eq!(g.value, Some(want), "value seen through the window");
+    match truncation {
+        // The mapping keeps the old inode: the new file under the name is untouched.
+        Truncation::UnlinkAndRecreate => assert_eq!(
+            r.file_after.word_at_access,
+            Some(replacement_word(ACCESS_OFFSET))
+        ),
+        Truncation::TruncateThenReextend if access == GuestAccess::Store => {
+            assert_eq!(
+                r.file_after.word_at_access,
+                Some(STORE_VALUE),
+                "the store reached the file"
+            )
+        }
+        _ => {}
+    }
+    // Nothing faulted: apart from forwarding the guest's apf MSR writes, the glue added no ioctl.
+    assert_eq!(
+        r.ioctls,
+        r.runs + r.counters.msr_traps,
+        "ioctls beyond KVM_RUN on a fault-free run"
+    );
+}
+
+macro_rules! cells {
+    ($($name:ident: $access:ident, $guest:ident, $trunc:ident;)*) => {$(
+        #[test]
+        fn $name() {
+            in_child(stringify!($name), || check_cell(GuestAccess::$access, Guest::$guest, Truncation::$trunc));
+        }
+    )*};
+}
+
+cells! {
+    load_apf_to_zero: Load, OptedIn, ToZero;
+    load_apf_below_page: Load, OptedIn, BelowAccessedPage;
+    load_apf_unlink_recreate: Load, OptedIn, UnlinkAndRecreate;
+    load_apf_reextend: Load, OptedIn, TruncateThenReextend;
+    store_apf_to_zero: Store, OptedIn, ToZero;
+    store_apf_below_page: Store, OptedIn, BelowAccessedPage;
+    store_apf_unlink_recreate: Store, OptedIn, UnlinkAndRecreate;
+    store_apf_reextend: Store, OptedIn, TruncateThenReextend;
+    load_mce_to_zero: Load, Mce, ToZero;
+    load_mce_below_page: Load, Mce, BelowAccessedPage;
+    load_mce_unlink_recreate: Load, Mce, UnlinkAndRecreate;
+    load_mce_reextend: Load, Mce, TruncateThenReextend;
+    store_mce_to_zero: Store, Mce, ToZero;
+    store_mce_below_page: Store, Mce, BelowAccessedPage;
+    store_mce_unlink_recreate: Store, Mce, UnlinkAndRecreate;
+    store_mce_reextend: Store, Mce, TruncateThenReextend;
+    load_zero_fill_to_zero: Load, ZeroFill, ToZero;
+    load_zero_fill_below_page: Load, ZeroFill, BelowAccessedPage;
+    load_zero_fill_unlink_recreate: Load, ZeroFill, UnlinkAndRecreate;
+    load_zero_fill_reextend: Load, ZeroFill, TruncateThenReextend;
+    store_zero_fill_to_zero: Store, ZeroFill, ToZero;
+    store_zero_fill_below_page: Store, ZeroFill, BelowAccessedPage;
+    store_zero_fill_unlink_recreate: Store, ZeroFill, UnlinkAndRecreate;
+    store_zero_fill_reextend: Store, ZeroFill, TruncateThenReextend;
+    load_stop_to_zero: Load, Stop, ToZero;
+    load_stop_below_page: Load, Stop, BelowAccessedPage;
+    load_stop_unlink_recreate: Load, Stop, UnlinkAndRecreate;
+    load_stop_reextend: Load, Stop, TruncateThenReextend;
+    store_stop_to_zero: Store, Stop, ToZero;
+    store_stop_below_page: Store, Stop, BelowAccessedPage;
+    store_stop_unlink_recreate: Store, Stop, UnlinkAndRecreate;
+    store_stop_reextend: Store, Stop, TruncateThenReextend;
+}
+
+/// Opted in without SEND_ALWAYS: a kernel-mode access goes to the fallback (mce).
+#[test]
+fn kernel_access_without_send_always_falls_back_to_mce() {
+    in_child(
+        "kernel_access_without_send_always_falls_back_to_mce",
+        || {
+            let mut s = scenario(GuestAccess::Load, Guest::OptedIn, Truncation::ToZero);
+            s.send_always = false;
+            let r = run(&s);
+            assert!(r.guest.opted_in.is_some());
+            let [rep] = r.reports.as_slice() else {
+                panic!("{:?}", r.reports)
+            };
+            assert_eq!(rep.action, ActionTaken::MachineCheck { bank: 9 });
+            assert_eq!(
+                rep.fallback_reason.as_deref(),
+                Some("kernel-mode access without SEND_ALWAYS")
+            );
+            assert_eq!(r.guest.page_fault, None);
+            assert_eq!(r.guest.sigbus, Some(2));
+        },
+    );
+}
+
+/// `mce` policy but the guest left CR4.MCE clear: the next policy (zero-fill) applies.
+#[test]
+fn mce_without_cr4_mce_degrades_to_zero_fill() {
+    in_child("mce_without_cr4_mce_degrades_to_zero_fill", || {
+        let mut s = scenario(GuestAccess::Load, Guest::Mce, Truncation::ToZero);
+        s.guest_mce = false;
+        let r = run(&s);
+        let [rep] = r.reports.as_slice() else {
+            panic!("{:?}", r.reports)
+        };
+        assert!(
+            matches!(rep.action, ActionTaken::ZeroFill { .. }),
+            "{rep:?}"
+        );
+        assert!(
+            rep.fallback_reason
+                .as_deref()
+                .is_some_and(|f| f.contains("CR4.MCE")),
+            "{rep:?}"
+        );
+        assert_eq!(r.guest.value, Some(0));
+        assert!(r.guest.done);
+    });
+}
+
+/// Feature not advertised: a guest that would opt in sees the bit clear and does not register.
+#[test]
+fn unadvertised_feature_is_not_registered() {
+    in_child("unadvertised_feature_is_not_registered", || {
+        let mut s = scenario(GuestAccess::Load, Guest::OptedIn, Truncation::ToZero);
+        s.feature_bit = None;
+        let r = run(&s);
+        let eax = r.guest.cpuid_eax.expect("guest read CPUID");
+        assert_eq!(eax & (1 << DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT), 0);
+        assert_eq!(r.guest.opted_in, None);
+        assert_eq!(
+            r.counters.msr_traps, 0,
+            "apf MSRs are not trapped without the feature"
+        );
+        let [rep] = r.reports.as_slice() else {
+            panic!("{:?}", r.reports)
+        };
+        assert_eq!(
+            rep.fallback_reason.as_deref(),
+            Some("apf error feature not advertised")
+        );
+    });
+}
+
+/// No truncation at all: the glue adds no ioctl to any exit.
+#[test]
+fn fault_free_run_adds_no_ioctl() {
+    in_child("fault_free_run_adds_no_ioctl", || {
+        let s = scenario(GuestAccess::Load, Guest::Mce, Truncation::None);
+        let r = run(&s);
+        assert_eq!(r.guest.value, Some(original_word(ACCESS_OFFSET)));
+        assert!(r.reports.is_empty());
+        assert!(r.runs > 3, "the guest exited for its port writes");
+        assert_eq!(r.ioctls, r.runs);
+    });
+}
