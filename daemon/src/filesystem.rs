@@ -293,6 +293,7 @@ pub trait FileSystem: Send + Sync {
     /// Calls `add` for each entry, with an [`Entry`] (one lookup) when `plus`. `add` returns the
     /// bytes it used, or 0 when the entry did not fit: the filesystem then undoes the lookup it
     /// did for that entry and stops. `.` and `..` are not returned with `plus`' lookup counts.
+    #[allow(clippy::too_many_arguments)]
     fn readdir(
         &self,
         ctx: Context,
