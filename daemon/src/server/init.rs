@@ -99,7 +99,11 @@ pub fn negotiate(
 
     // Flags the server itself provides.
     let page_size = page_size.max(1);
-    let pages = u64::from(opts.max_write).div_ceil(page_size);
+    let max_write = match opts.max_write {
+        0 => super::DEFAULT_MAX_WRITE,
+        n => n,
+    };
+    let pages = u64::from(max_write).div_ceil(page_size);
     let max_pages = pages.clamp(1, u64::from(MAX_MAX_PAGES)) as u16;
     out_flags |= f::MAX_PAGES;
     if opts.dax_window_size > 0 {
@@ -131,7 +135,7 @@ pub fn negotiate(
         flags: out_flags as u32,
         max_background: MAX_BACKGROUND,
         congestion_threshold: CONGESTION_THRESHOLD,
-        max_write: opts.max_write,
+        max_write,
         time_gran: 1,
         max_pages,
         map_alignment,
@@ -256,6 +260,16 @@ mod tests {
         };
         let (out, _) = accepted(negotiate(&init_in(38, f::MAX_PAGES), &o, 4096, Ok));
         assert_eq!(out.max_pages, MAX_MAX_PAGES);
+        let o = ServerOptions {
+            max_write: 0,
+            ..opts()
+        };
+        let (out, _) = accepted(negotiate(&init_in(38, f::MAX_PAGES), &o, 4096, Ok));
+        assert_eq!(
+            (out.max_write, out.max_pages),
+            (1 << 20, 256),
+            "0 is the default"
+        );
     }
 
     #[test]

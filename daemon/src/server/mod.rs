@@ -69,13 +69,18 @@ pub enum ServerError {
     WriteReply(#[source] io::Error),
 }
 
+/// `max_write` announced when [`ServerOptions::max_write`] is 0: 1 MiB, the most the Linux
+/// guest takes (256 pages).
+pub const DEFAULT_MAX_WRITE: u32 = 1 << 20;
+
 /// How the server presents the filesystem to the guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerOptions {
     /// Size of the DAX window in bytes; 0 means no DAX (SETUPMAPPING / REMOVEMAPPING answer
     /// ENOSYS and `FUSE_MAP_ALIGNMENT` is not offered).
     pub dax_window_size: u64,
-    /// Largest WRITE the guest may send (`max_write`; `max_pages` is derived from it).
+    /// Largest WRITE the guest may send (`max_write`; `max_pages` is derived from it);
+    /// 0 means [`DEFAULT_MAX_WRITE`].
     pub max_write: u32,
     /// Offer writeback caching (if the filesystem wants it too).
     pub writeback: bool,
