@@ -654,3 +654,7 @@ fn file_ref(m: &Mapping) -> FileRef {
         path,
     }
 }
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod tests;

@@ -1,0 +1,617 @@
+//! Unit tests of the fault handler over made-up exits, with a stand-in for KVM that records every
+//! ioctl.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kvm_bindings::{kvm_regs, kvm_vcpu_events, kvm_x86_mce, KVM_VCPUEVENT_VALID_PAYLOAD};
+use vfsdax_protocol::apf::{
+    KVM_ASYNC_PF_DELIVERY_AS_INT, KVM_ASYNC_PF_ENABLED, KVM_ASYNC_PF_SEND_ALWAYS,
+    KVM_ASYNC_PF_SEND_ERROR, MSR_KVM_ASYNC_PF_ACK, MSR_KVM_ASYNC_PF_EN, MSR_KVM_ASYNC_PF_INT,
+};
+use vfsdax_protocol::report::{Access, ActionTaken};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::errno;
+
+use super::*;
+use crate::dax::DaxWindow;
+use crate::fault::FallbackPolicy;
+
+const WIN_GPA: u64 = 0x4000_0000;
+const APF_GPA: u64 = 0x9000;
+
+/// Records ioctls; everything else is plain state.
+#[derive(Default)]
+struct FakeVcpu {
+    snap: CpuSnapshot,
+    ioctls: Vec<&'static str>,
+    exits: VecDeque<Exit>,
+    immediate_exit: bool,
+    staged_regs: Option<kvm_regs>,
+    staged_events: Option<kvm_vcpu_events>,
+    mmio_data: Option<Vec<u8>>,
+    msr_error: Option<bool>,
+    set_msrs: Vec<(u32, u64)>,
+    mcg_status: u64,
+    mce: Option<kvm_x86_mce>,
+    msi: Vec<(u64, u32)>,
+}
+
+impl VcpuOps for FakeVcpu {
+    fn run(&mut self) -> Result<Exit, errno::Error> {
+        self.ioctls.push("run");
+        if self.immediate_exit {
+            return Ok(Exit::Interrupted);
+        }
+        Ok(self.exits.pop_front().unwrap_or(Exit::Interrupted))
+    }
+    fn set_immediate_exit(&mut self, on: bool) {
+        self.immediate_exit = on;
+    }
+    fn snapshot(&self) -> CpuSnapshot {
+        self.snap
+    }
+    fn stage_regs(&mut self, regs: &kvm_regs) {
+        self.staged_regs = Some(*regs);
+    }
+    fn stage_events(&mut self, events: &kvm_vcpu_events) {
+        self.staged_events = Some(*events);
+    }
+    fn complete_mmio_read(&mut self, data: &[u8]) {
+        self.mmio_data = Some(data.to_vec());
+    }
+    fn complete_msr(&mut self, error: bool) {
+        self.msr_error = Some(error);
+    }
+    fn set_msr(&mut self, index: u32, value: u64) -> Result<bool, errno::Error> {
+        self.ioctls.push("set_msr");
+        self.set_msrs.push((index, value));
+        Ok(true)
+    }
+    fn get_msr(&mut self, _index: u32) -> Result<Option<u64>, errno::Error> {
+        self.ioctls.push("get_msr");
+        Ok(Some(self.mcg_status))
+    }
+    fn set_mce(&mut self, mce: &kvm_x86_mce) -> Result<(), errno::Error> {
+        self.ioctls.push("set_mce");
+        self.mce = Some(*mce);
+        Ok(())
+    }
+    fn signal_msi(&mut self, address: u64, data: u32) -> Result<bool, errno::Error> {
+        self.ioctls.push("signal_msi");
+        self.msi.push((address, data));
+        Ok(true)
+    }
+}
+
+struct Fixture {
+    handler: DaxFaultHandler<GuestMemoryMmap>,
+    mem: GuestMemoryMmap,
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn fixture(name: &str, policy: FallbackPolicy, advertised: bool) -> Fixture {
+    let path = std::env::temp_dir().join(format!("vfsdax-handler-{}-{name}", std::process::id()));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("file");
+    file.write_all(&[0xab; 0x4000]).expect("write");
+    let window = Arc::new(DaxWindow::new(0x20_0000).expect("window"));
+    window.map(0, 0x4000, &file, 0, true).expect("map");
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("mem");
+    let handler = DaxFaultHandler::new(
+        0,
+        window,
+        WIN_GPA,
+        mem.clone(),
+        FaultConfig {
+            policy,
+            apf_advertised: advertised,
+        },
+    );
+    Fixture {
+        handler,
+        mem,
+        file,
+        path,
+    }
+}
+
+/// A kernel-mode vCPU with interrupts enabled and CR4.MCE set.
+fn vcpu() -> FakeVcpu {
+    let mut v = FakeVcpu::default();
+    v.snap.regs.rip = 0x10094;
+    v.snap.regs.rflags = 0x202;
+    v.snap.sregs.cs.selector = 0x08;
+    v.snap.sregs.cr4 = 0x60;
+    v
+}
+
+fn opt_in(f: &mut Fixture, v: &mut FakeVcpu) {
+    let en = APF_GPA
+        | KVM_ASYNC_PF_ENABLED
+        | KVM_ASYNC_PF_DELIVERY_AS_INT
+        | KVM_ASYNC_PF_SEND_ERROR
+        | KVM_ASYNC_PF_SEND_ALWAYS;
+    for (index, data) in [(MSR_KVM_ASYNC_PF_INT, 0xf3), (MSR_KVM_ASYNC_PF_EN, en)] {
+        let h = f
+            .handler
+            .handle(v, &Exit::Wrmsr { index, data }, Instant::now())
+            .expect("msr");
+        assert!(matches!(h, Handled::Resume(None)));
+        assert_eq!(v.msr_error, Some(false));
+    }
+    assert_eq!(
+        v.set_msrs,
+        vec![
+            (MSR_KVM_ASYNC_PF_INT, 0xf3),
+            (MSR_KVM_ASYNC_PF_EN, en & !KVM_ASYNC_PF_SEND_ERROR)
+        ],
+        "SEND_ERROR is never forwarded to KVM"
+    );
+    v.ioctls.clear();
+    v.set_msrs.clear();
+}
+
+fn read_u32(mem: &GuestMemoryMmap, gpa: u64) -> u32 {
+    mem.read_obj(GuestAddress(gpa)).expect("guest memory")
+}
+
+#[test]
+fn exits_that_are_not_dax_faults_cost_no_ioctl() {
+    let mut f = fixture("passthrough", FallbackPolicy::Mce, true);
+    let mut v = vcpu();
+    let exits = [
+        Exit::IoOut {
+            port: 0xe0,
+            size: 4,
+            data: 1,
+        },
+        Exit::IoIn {
+            port: 0x60,
+            size: 1,
+        },
+        Exit::MmioRead {
+            gpa: 0xd000_0000,
+            len: 4,
+        },
+        Exit::MmioWrite {
+            gpa: WIN_GPA - 8,
+            len: 8,
+            data: [0; 8],
+        },
+        Exit::MmioRead {
+            gpa: WIN_GPA + 0x20_0000,
+            len: 8,
+        },
+        Exit::Wrmsr {
+            index: 0x10,
+            data: 0,
+        },
+        Exit::Rdmsr {
+            index: MSR_KVM_ASYNC_PF_EN,
+        },
+        Exit::Hlt,
+        Exit::Interrupted,
+        Exit::Shutdown,
+        Exit::Other("x"),
+    ];
+    for e in exits {
+        assert!(
+            matches!(
+                f.handler.handle(&mut v, &e, Instant::now()),
+                Ok(Handled::NotMine)
+            ),
+            "{e:?}"
+        );
+    }
+    // A bare EFAULT while every mapped file is intact is not ours either (fstat only, no ioctl).
+    assert!(matches!(
+        f.handler.handle(&mut v, &Exit::Efault, Instant::now()),
+        Ok(Handled::NotMine)
+    ));
+    assert!(v.ioctls.is_empty(), "{:?}", v.ioctls);
+    assert!(v.staged_regs.is_none() && v.staged_events.is_none() && v.mmio_data.is_none());
+    // Without the feature advertised, apf MSR writes are not trapped either.
+    let mut g = fixture("passthrough-noadv", FallbackPolicy::Mce, false);
+    let e = Exit::Wrmsr {
+        index: MSR_KVM_ASYNC_PF_EN,
+        data: 1,
+    };
+    assert!(matches!(
+        g.handler.handle(&mut v, &e, Instant::now()),
+        Ok(Handled::NotMine)
+    ));
+    assert!(v.ioctls.is_empty());
+}
+
+#[test]
+fn apf_error_on_a_load_rewinds_injects_pf_with_token_and_signals_page_ready() {
+    let mut f = fixture("apf-load", FallbackPolicy::Stop, true);
+    let mut v = vcpu();
+    opt_in(&mut f, &mut v);
+    f.file.set_len(0).expect("truncate");
+    let exit = Exit::MmioRead {
+        gpa: WIN_GPA + 0x2010,
+        len: 8,
+    };
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &exit, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    let ActionTaken::ApfError { token } = r.action else {
+        panic!("{r:?}")
+    };
+    assert!(vfsdax_protocol::apf::is_vfsdax_token(token));
+    assert_eq!(
+        v.ioctls,
+        ["run", "signal_msi"],
+        "one immediate-exit run to rewind, one MSI"
+    );
+    assert!(!v.immediate_exit, "immediate_exit is cleared again");
+    assert_eq!(
+        v.staged_regs.map(|r| r.rip),
+        Some(0x10094),
+        "registers restored to the faulting load"
+    );
+    let ev = v.staged_events.expect("events staged");
+    assert_eq!(
+        (ev.exception.pending, ev.exception.injected, ev.exception.nr),
+        (1, 0, 14)
+    );
+    assert_eq!(
+        (ev.exception.has_error_code, ev.exception.error_code),
+        (1, 0)
+    );
+    assert_eq!(
+        (ev.exception_has_payload, ev.exception_payload),
+        (1, u64::from(token))
+    );
+    assert_ne!(ev.flags & KVM_VCPUEVENT_VALID_PAYLOAD, 0);
+    assert_eq!(read_u32(&f.mem, APF_GPA), 1, "flags = PAGE_NOT_PRESENT");
+    assert_eq!(read_u32(&f.mem, APF_GPA + 4), token, "'page ready' token");
+    assert_eq!(read_u32(&f.mem, APF_GPA + 8), 1, "ready_flags = PAGE_ERROR");
+    assert_eq!(v.msi, vec![(0xfee0_0000, 0xf3)]);
+    assert_eq!(r.access, Access::Read);
+    assert_eq!(r.file_size_now, Some(0));
+    assert_eq!(f.handler.counters().apf_errors, 1);
+}
+
+#[test]
+fn apf_error_on_a_store_needs_no_rewind() {
+    let mut f = fixture("apf-store", FallbackPolicy::Mce, true);
+    let mut v = vcpu();
+    opt_in(&mut f, &mut v);
+    f.file.set_len(0x1000).expect("truncate");
+    let exit = Exit::MmioWrite {
+        gpa: WIN_GPA + 0x3000,
+        len: 8,
+        data: [1; 8],
+    };
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &exit, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert!(matches!(r.action, ActionTaken::ApfError { .. }));
+    assert_eq!(v.ioctls, ["signal_msi"]);
+    assert!(v.staged_regs.is_none());
+    assert_eq!(v.staged_events.map(|e| e.exception.nr), Some(14));
+}
+
+#[test]
+fn page_ready_waits_for_a_free_slot_and_goes_out_on_ack() {
+    let mut f = fixture("apf-busy", FallbackPolicy::Mce, true);
+    let mut v = vcpu();
+    opt_in(&mut f, &mut v);
+    // KVM's own 'page ready' (token of vCPU 0) still occupies the slot.
+    f.mem
+        .write_obj(0x5000u32, GuestAddress(APF_GPA + 4))
+        .expect("write");
+    f.file.set_len(0).expect("truncate");
+    let exit = Exit::MmioRead {
+        gpa: WIN_GPA,
+        len: 4,
+    };
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &exit, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    let ActionTaken::ApfError { token } = r.action else {
+        panic!()
+    };
+    assert_eq!(v.ioctls, ["run"], "no MSI while the slot is busy");
+    assert_eq!(
+        read_u32(&f.mem, APF_GPA + 4),
+        0x5000,
+        "KVM's token untouched"
+    );
+    assert_eq!(f.handler.counters().deferred_ready, 1);
+    // The guest consumes KVM's event, frees the slot and ACKs.
+    f.mem
+        .write_obj(0u32, GuestAddress(APF_GPA + 4))
+        .expect("write");
+    v.ioctls.clear();
+    let ack = Exit::Wrmsr {
+        index: MSR_KVM_ASYNC_PF_ACK,
+        data: 1,
+    };
+    assert!(matches!(
+        f.handler.handle(&mut v, &ack, Instant::now()),
+        Ok(Handled::Resume(None))
+    ));
+    assert_eq!(
+        v.ioctls,
+        ["set_msr", "signal_msi"],
+        "ACK forwarded to KVM, then our 'page ready'"
+    );
+    assert_eq!(v.set_msrs, vec![(MSR_KVM_ASYNC_PF_ACK, 1)]);
+    assert_eq!(read_u32(&f.mem, APF_GPA + 4), token);
+    assert_eq!(read_u32(&f.mem, APF_GPA + 8), 1);
+    // A second ACK with nothing pending sends nothing.
+    v.ioctls.clear();
+    f.handler.handle(&mut v, &ack, Instant::now()).expect("ack");
+    assert_eq!(v.ioctls, ["set_msr"]);
+}
+
+#[test]
+fn bad_apf_msr_values_get_gp_without_reaching_kvm() {
+    let mut f = fixture("apf-gp", FallbackPolicy::Mce, true);
+    let mut v = vcpu();
+    for (index, data) in [
+        (MSR_KVM_ASYNC_PF_EN, APF_GPA | 1 | (1 << 5)),
+        (MSR_KVM_ASYNC_PF_INT, 0x100),
+    ] {
+        f.handler
+            .handle(&mut v, &Exit::Wrmsr { index, data }, Instant::now())
+            .expect("handled");
+        assert_eq!(v.msr_error, Some(true), "{index:#x}={data:#x}");
+    }
+    assert!(v.ioctls.is_empty());
+    assert!(!f.handler.apf_registration().enabled());
+}
+
+#[test]
+fn kernel_access_without_send_always_uses_the_fallback() {
+    let mut f = fixture("apf-kernel", FallbackPolicy::ZeroFill, true);
+    let mut v = vcpu();
+    let en =
+        APF_GPA | KVM_ASYNC_PF_ENABLED | KVM_ASYNC_PF_DELIVERY_AS_INT | KVM_ASYNC_PF_SEND_ERROR;
+    f.handler
+        .handle(
+            &mut v,
+            &Exit::Wrmsr {
+                index: MSR_KVM_ASYNC_PF_INT,
+                data: 0xf3,
+            },
+            Instant::now(),
+        )
+        .expect("int");
+    f.handler
+        .handle(
+            &mut v,
+            &Exit::Wrmsr {
+                index: MSR_KVM_ASYNC_PF_EN,
+                data: en,
+            },
+            Instant::now(),
+        )
+        .expect("en");
+    v.ioctls.clear();
+    f.file.set_len(0).expect("truncate");
+    let exit = Exit::MmioRead {
+        gpa: WIN_GPA + 8,
+        len: 8,
+    };
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &exit, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        r.action,
+        ActionTaken::ZeroFill {
+            window_offset: 0,
+            len: 0x4000
+        }
+    );
+    assert_eq!(
+        r.fallback_reason.as_deref(),
+        Some("kernel-mode access without SEND_ALWAYS")
+    );
+    assert_eq!(
+        v.mmio_data.as_deref(),
+        Some(&[0u8; 8][..]),
+        "the load completes with zeros"
+    );
+    assert!(
+        v.ioctls.is_empty(),
+        "zero-fill costs no ioctl: {:?}",
+        v.ioctls
+    );
+}
+
+#[test]
+fn machine_check_on_a_load_and_a_second_one_while_mcip_is_set() {
+    let mut f = fixture("mce", FallbackPolicy::Mce, false);
+    let mut v = vcpu();
+    f.file.set_len(0).expect("truncate");
+    let exit = Exit::MmioRead {
+        gpa: WIN_GPA + 0x1008,
+        len: 8,
+    };
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &exit, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert_eq!(r.action, ActionTaken::MachineCheck { bank: 9 });
+    assert_eq!(v.ioctls, ["run", "set_mce"]);
+    let m = v.mce.expect("mce");
+    assert_eq!(m.addr, WIN_GPA + 0x1008);
+    assert_eq!(m.bank, 9);
+    assert_eq!(v.staged_regs.map(|r| r.rip), Some(0x10094));
+    let ev = v.staged_events.expect("events");
+    assert_eq!(
+        (
+            ev.exception.pending,
+            ev.exception.nr,
+            ev.exception.has_error_code
+        ),
+        (1, 18, 0)
+    );
+    // The guest has not cleared MCIP yet: a second #MC would shut it down, so zero-fill.
+    v.ioctls.clear();
+    v.mcg_status = super::mce::MCG_STATUS_MCIP;
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &exit, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert!(matches!(r.action, ActionTaken::ZeroFill { .. }), "{r:?}");
+    assert_eq!(
+        r.fallback_reason.as_deref(),
+        Some("apf error feature not advertised; a machine check is still in progress")
+    );
+    assert_eq!(v.ioctls, ["get_msr"]);
+}
+
+#[test]
+fn machine_check_needs_cr4_mce() {
+    let mut f = fixture("mce-cr4", FallbackPolicy::Mce, false);
+    let mut v = vcpu();
+    v.snap.sregs.cr4 = 0x20;
+    f.file.set_len(0).expect("truncate");
+    let exit = Exit::MmioWrite {
+        gpa: WIN_GPA + 0x10,
+        len: 4,
+        data: [7, 0, 0, 0, 0, 0, 0, 0],
+    };
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &exit, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert!(matches!(r.action, ActionTaken::ZeroFill { .. }));
+    assert!(v.ioctls.is_empty());
+}
+
+#[test]
+fn stop_carries_the_full_diagnostic() {
+    let mut f = fixture("stop", FallbackPolicy::Stop, false);
+    let mut v = vcpu();
+    f.file.set_len(0x1800).expect("truncate");
+    let exit = Exit::MmioRead {
+        gpa: WIN_GPA + 0x3ff8,
+        len: 8,
+    };
+    let Err(FaultError::Stop(d)) = f.handler.handle(&mut v, &exit, Instant::now()) else {
+        panic!("expected a stop")
+    };
+    let msg = d.to_string();
+    for needle in [
+        "0x40003ff8",
+        "window offset 0x3ff8",
+        "file offset 0x3ff8",
+        "now 6144 bytes",
+        "vfsdax-handler-",
+    ] {
+        assert!(msg.contains(needle), "'{needle}' missing from: {msg}");
+    }
+    assert!(v.ioctls.is_empty());
+}
+
+#[test]
+fn bare_efault_and_memory_fault_exits_are_classified() {
+    let mut f = fixture("efault", FallbackPolicy::ZeroFill, false);
+    let mut v = vcpu();
+    f.file.set_len(0x2000).expect("truncate");
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &Exit::Efault, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert_eq!(r.gpa, None, "a bare EFAULT has no address");
+    assert_eq!(
+        r.window_offset, 0x2000,
+        "first lost byte of the shrunken mapping"
+    );
+    assert_eq!(
+        r.action,
+        ActionTaken::ZeroFill {
+            window_offset: 0x2000,
+            len: 0x2000
+        }
+    );
+    let exit = Exit::MemoryFault {
+        gpa: WIN_GPA + 0x3000,
+        size: 0x1000,
+        flags: 0,
+    };
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &exit, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert_eq!(r.gpa, Some(WIN_GPA + 0x3000));
+    assert!(v.ioctls.is_empty());
+}
+
+#[test]
+fn unmapped_window_access_reads_all_ones() {
+    let mut f = fixture("unmapped", FallbackPolicy::Mce, false);
+    let mut v = vcpu();
+    let exit = Exit::MmioRead {
+        gpa: WIN_GPA + 0x10_0000,
+        len: 4,
+    };
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &exit, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        r.kind,
+        vfsdax_protocol::report::FaultKind::UnmappedWindowAccess
+    );
+    assert_eq!(r.action, ActionTaken::UnclaimedMmio);
+    assert_eq!(v.mmio_data.as_deref(), Some(&[0xffu8; 4][..]));
+    assert!(v.ioctls.is_empty());
+}
