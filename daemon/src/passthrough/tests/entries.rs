@@ -1,0 +1,280 @@
+//! Name operations and lookup counting.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use vfsdax_protocol::fuse::flags::{RENAME_EXCHANGE, RENAME_NOREPLACE};
+use vfsdax_protocol::fuse::ROOT_ID;
+
+use super::*;
+
+#[test]
+fn lookup_gives_host_attributes_and_stable_ids() {
+    let s = share();
+    std::fs::write(s.dir.join("f"), b"12345").expect("write");
+    let e = s.lookup_root("f").expect("lookup");
+    assert_ne!(e.inode, ROOT_ID);
+    assert_eq!(e.attr.st_size, 5);
+    assert_eq!(e.attr.st_mode & libc::S_IFMT, libc::S_IFREG);
+    let meta = std::fs::metadata(s.dir.join("f")).expect("meta");
+    assert_eq!(e.attr.st_ino, meta.ino());
+    // Node ids are ours, not host inode numbers; a second lookup returns the same id.
+    let again = s.lookup_root("f").expect("lookup");
+    assert_eq!(again.inode, e.inode);
+    assert_eq!(errno(s.lookup_root("missing")), libc::ENOENT);
+}
+
+#[test]
+fn forget_drops_after_last_lookup() {
+    let s = share();
+    std::fs::write(s.dir.join("f"), b"x").expect("write");
+    let before = s.fs.inode_count();
+    let e = s.lookup_root("f").expect("lookup");
+    s.lookup_root("f").expect("lookup");
+    s.lookup_root("f").expect("lookup");
+    assert_eq!(s.fs.inode_count(), before + 1);
+    s.fs.forget(ctx(), e.inode, 2);
+    assert!(s.fs.getattr(ctx(), e.inode, None).is_ok());
+    s.fs.batch_forget(ctx(), &[(e.inode, 1)]);
+    assert_eq!(errno(s.fs.getattr(ctx(), e.inode, None)), libc::EBADF);
+    assert_eq!(s.fs.inode_count(), before);
+    // The root is never dropped.
+    s.fs.forget(ctx(), ROOT_ID, 1000);
+    assert!(s.fs.getattr(ctx(), ROOT_ID, None).is_ok());
+}
+
+#[test]
+fn hard_links_share_a_node_id() {
+    let s = share();
+    let (e, _h) = s.create("a");
+    let l = s.fs.link(ctx(), e.inode, ROOT_ID, &cs("b")).expect("link");
+    assert_eq!(l.inode, e.inode);
+    assert_eq!(l.attr.st_nlink, 2);
+    assert_eq!(
+        std::fs::metadata(s.dir.join("b")).expect("b").ino(),
+        std::fs::metadata(s.dir.join("a")).expect("a").ino()
+    );
+}
+
+#[test]
+fn mkdir_mknod_symlink_create_on_host() {
+    let s = share();
+    let d =
+        s.fs.mkdir(ctx(), ROOT_ID, &cs("d"), 0o755, 0)
+            .expect("mkdir");
+    assert!(s.dir.join("d").is_dir());
+    assert_eq!(d.attr.st_mode & libc::S_IFMT, libc::S_IFDIR);
+    let n =
+        s.fs.mknod(ctx(), d.inode, &cs("fifo"), libc::S_IFIFO | 0o600, 0, 0)
+            .expect("mknod");
+    assert_eq!(n.attr.st_mode & libc::S_IFMT, libc::S_IFIFO);
+    let ft = std::fs::symlink_metadata(s.dir.join("d/fifo")).expect("fifo");
+    assert_eq!(ft.mode() & libc::S_IFMT, libc::S_IFIFO);
+    let l =
+        s.fs.symlink(ctx(), &cs("some/where"), d.inode, &cs("ln"))
+            .expect("symlink");
+    assert_eq!(l.attr.st_mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_eq!(
+        std::fs::read_link(s.dir.join("d/ln")).expect("readlink"),
+        std::path::Path::new("some/where")
+    );
+    assert_eq!(
+        errno(s.fs.mkdir(ctx(), ROOT_ID, &cs("d"), 0o755, 0)),
+        libc::EEXIST
+    );
+}
+
+#[test]
+fn guest_umask_applies_even_over_a_looser_host_umask() {
+    let s = share();
+    // The guest asks for group write, the host process umask (typically 022) would drop it.
+    let d =
+        s.fs.mkdir(ctx(), ROOT_ID, &cs("d"), 0o777, 0o002)
+            .expect("mkdir");
+    assert_eq!(d.attr.st_mode & 0o777, 0o775);
+    let m = std::fs::metadata(s.dir.join("d")).expect("d");
+    assert_eq!(m.permissions().mode() & 0o777, 0o775);
+    let (e, h, _) =
+        s.fs.create(
+            ctx(),
+            ROOT_ID,
+            &cs("f"),
+            0o666,
+            libc::O_RDWR as u32,
+            0o027,
+            false,
+        )
+        .expect("create");
+    assert!(h.is_some());
+    assert_eq!(e.attr.st_mode & 0o777, 0o640);
+    let n =
+        s.fs.mknod(ctx(), ROOT_ID, &cs("n"), libc::S_IFREG | 0o666, 0, 0)
+            .expect("mknod");
+    assert_eq!(n.attr.st_mode & 0o777, 0o666);
+}
+
+#[test]
+fn created_files_belong_to_the_caller() {
+    if !crate::passthrough::sys::is_root() {
+        eprintln!("skipped: creating files for another uid needs root");
+        return;
+    }
+    let s = share();
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let c = Context {
+        uid: 4321,
+        gid: 8765,
+        pid: 1,
+    };
+    let (e, _, _) =
+        s.fs.create(c, ROOT_ID, &cs("f"), 0o644, libc::O_RDWR as u32, 0, false)
+            .expect("create");
+    assert_eq!((e.attr.st_uid, e.attr.st_gid), (4321, 8765));
+    let d = s.fs.mkdir(c, ROOT_ID, &cs("d"), 0o755, 0).expect("mkdir");
+    let n =
+        s.fs.mknod(c, ROOT_ID, &cs("n"), libc::S_IFIFO | 0o600, 0, 0)
+            .expect("mknod");
+    let l =
+        s.fs.symlink(c, &cs("f"), ROOT_ID, &cs("l"))
+            .expect("symlink");
+    for (name, e) in [("f", e), ("d", d), ("n", n), ("l", l)] {
+        let m = std::fs::symlink_metadata(s.dir.join(name)).expect(name);
+        assert_eq!((m.uid(), m.gid()), (4321, 8765), "{name}");
+        assert_eq!((e.attr.st_uid, e.attr.st_gid), (4321, 8765), "{name}");
+    }
+    // The daemon thread is root again afterwards.
+    assert_eq!(crate::passthrough::sys::current_fsuid(), 0);
+    // The host checks the caller's permissions: this uid cannot write into a 0755 root dir.
+    let d2 =
+        s.fs.mkdir(ctx(), ROOT_ID, &cs("rootonly"), 0o755, 0)
+            .expect("mkdir");
+    assert_eq!(
+        errno(s.fs.mkdir(c, d2.inode, &cs("x"), 0o755, 0)),
+        libc::EACCES
+    );
+}
+
+#[test]
+fn unlink_and_rmdir() {
+    let s = share();
+    std::fs::write(s.dir.join("f"), b"x").expect("write");
+    std::fs::create_dir(s.dir.join("d")).expect("mkdir");
+    std::fs::write(s.dir.join("d/inner"), b"x").expect("write");
+    assert_eq!(errno(s.fs.rmdir(ctx(), ROOT_ID, &cs("d"))), libc::ENOTEMPTY);
+    assert_eq!(errno(s.fs.unlink(ctx(), ROOT_ID, &cs("d"))), libc::EISDIR);
+    s.fs.unlink(ctx(), ROOT_ID, &cs("f")).expect("unlink");
+    assert!(!s.dir.join("f").exists());
+    let d = s.lookup_root("d").expect("lookup");
+    s.fs.unlink(ctx(), d.inode, &cs("inner")).expect("unlink");
+    s.fs.rmdir(ctx(), ROOT_ID, &cs("d")).expect("rmdir");
+    assert!(!s.dir.join("d").exists());
+    assert_eq!(errno(s.fs.unlink(ctx(), ROOT_ID, &cs("f"))), libc::ENOENT);
+}
+
+#[test]
+fn rename_plain_replacing_and_flags() {
+    let s = share();
+    std::fs::write(s.dir.join("a"), b"A").expect("a");
+    std::fs::write(s.dir.join("b"), b"B").expect("b");
+    std::fs::create_dir(s.dir.join("d")).expect("d");
+    let d = s.lookup_root("d").expect("d");
+    let r = |o: &str, nd: u64, n: &str, f: u32| s.fs.rename(ctx(), ROOT_ID, &cs(o), nd, &cs(n), f);
+
+    // NOREPLACE refuses an existing target.
+    assert_eq!(errno(r("a", ROOT_ID, "b", RENAME_NOREPLACE)), libc::EEXIST);
+    // EXCHANGE swaps.
+    r("a", ROOT_ID, "b", RENAME_EXCHANGE).expect("exchange");
+    assert_eq!(std::fs::read(s.dir.join("a")).expect("a"), b"B");
+    assert_eq!(std::fs::read(s.dir.join("b")).expect("b"), b"A");
+    // EXCHANGE needs both names.
+    assert_eq!(errno(r("a", ROOT_ID, "zz", RENAME_EXCHANGE)), libc::ENOENT);
+    // Plain rename replaces.
+    r("a", ROOT_ID, "b", 0).expect("rename");
+    assert!(!s.dir.join("a").exists());
+    assert_eq!(std::fs::read(s.dir.join("b")).expect("b"), b"B");
+    // Into a subdirectory, NOREPLACE to a free name.
+    r("b", d.inode, "c", RENAME_NOREPLACE).expect("rename");
+    assert_eq!(std::fs::read(s.dir.join("d/c")).expect("c"), b"B");
+    // Unknown flags.
+    assert_eq!(errno(r("d", ROOT_ID, "e", 1 << 7)), libc::EINVAL);
+    assert!(s.dir.join("d").exists());
+}
+
+#[test]
+fn readonly_refuses_every_mutation() {
+    let s = share_with(|c| c.readonly = true);
+    std::fs::write(s.dir.join("f"), b"data").expect("write");
+    let f = s.lookup_root("f").expect("lookup");
+    let rofs = libc::EROFS;
+    assert_eq!(errno(s.fs.mkdir(ctx(), ROOT_ID, &cs("d"), 0o755, 0)), rofs);
+    assert_eq!(
+        errno(s.fs.mknod(ctx(), ROOT_ID, &cs("n"), libc::S_IFIFO | 0o600, 0, 0)),
+        rofs
+    );
+    assert_eq!(
+        errno(s.fs.symlink(ctx(), &cs("x"), ROOT_ID, &cs("l"))),
+        rofs
+    );
+    assert_eq!(errno(s.fs.link(ctx(), f.inode, ROOT_ID, &cs("h"))), rofs);
+    assert_eq!(errno(s.fs.unlink(ctx(), ROOT_ID, &cs("f"))), rofs);
+    assert_eq!(errno(s.fs.rmdir(ctx(), ROOT_ID, &cs("f"))), rofs);
+    assert_eq!(
+        errno(s.fs.rename(ctx(), ROOT_ID, &cs("f"), ROOT_ID, &cs("g"), 0)),
+        rofs
+    );
+    assert_eq!(
+        errno(s.fs.create(
+            ctx(),
+            ROOT_ID,
+            &cs("c"),
+            0o644,
+            libc::O_RDWR as u32,
+            0,
+            false
+        )),
+        rofs
+    );
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        assert_eq!(errno(s.open(f.inode, flags)), rofs);
+    }
+    let attr = vfsdax_protocol::fuse::SetattrIn {
+        valid: vfsdax_protocol::fuse::flags::fattr::MODE,
+        mode: 0o600,
+        ..Default::default()
+    };
+    assert_eq!(errno(s.fs.setattr(ctx(), f.inode, &attr, None)), rofs);
+    assert_eq!(errno(s.fs.access(ctx(), f.inode, libc::W_OK as u32)), rofs);
+    // Reading still works and nothing changed.
+    let h = s.open(f.inode, libc::O_RDONLY).expect("open ro");
+    assert_eq!(s.read(f.inode, h, 100, 0).expect("read"), b"data");
+    assert_eq!(errno(s.write(f.inode, h, b"x", 0)), rofs);
+    let names: Vec<_> = std::fs::read_dir(s.dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+    assert_eq!(std::fs::read(s.dir.join("f")).expect("f"), b"data");
+}
+
+#[test]
+fn create_exclusive_and_existing() {
+    let s = share();
+    std::fs::write(s.dir.join("f"), b"old").expect("write");
+    std::fs::set_permissions(s.dir.join("f"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let excl = (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) as u32;
+    assert_eq!(
+        errno(s.fs.create(ctx(), ROOT_ID, &cs("f"), 0o644, excl, 0, false)),
+        libc::EEXIST
+    );
+    // Without O_EXCL an existing file is opened (and O_TRUNC truncates it).
+    let trunc = (libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32;
+    let (e, h, _) =
+        s.fs.create(ctx(), ROOT_ID, &cs("f"), 0o600, trunc, 0, false)
+            .expect("create existing");
+    assert_eq!(std::fs::read(s.dir.join("f")).expect("f").len(), 0);
+    // The existing file keeps its mode.
+    assert_eq!(e.attr.st_mode & 0o777, 0o644);
+    s.write(e.inode, h.expect("handle"), b"new", 0)
+        .expect("write");
+    assert_eq!(std::fs::read(s.dir.join("f")).expect("f"), b"new");
+}
