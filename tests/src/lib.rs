@@ -1,2 +1,3 @@
 //! Test support.
 pub mod guest;
+pub mod harness;

@@ -4,6 +4,7 @@
 //!
 //! - [`memory`]: guest memory in a memfd (shared with the daemon through `SET_MEM_TABLE`) and a
 //!   bump allocator for rings and buffers.
+//! - [`ring`]: split-ring layout and descriptor arithmetic (pure).
 //! - [`queue`]: the driver side of split virtqueues (EVENT_IDX, indirect descriptors, and raw
 //!   descriptors for bad-input tests).
 //! - [`fuse`]: FUSE request encoding and reply parsing (pure).
@@ -16,6 +17,7 @@ pub mod fuse;
 pub mod memory;
 pub mod ops;
 pub mod queue;
+pub mod ring;
 
 pub use client::{ClientError, ClientOptions, FsClient, RawReply};
 pub use frontend::{FeatureWishes, FsFrontend};

@@ -1,0 +1,389 @@
+//! Shared helpers of the in-process vhost-user frontend harness (`tests/tests/harness_*.rs`):
+//! start the real daemon on a temporary socket and share, connect the host-side driver
+//! ([`vfsdax_vmm_glue::driver`]) to it, and compare replies with the host filesystem.
+//!
+//! The daemon is `<target dir>/debug/vfsdaxd` next to the test binary, or the program named by
+//! the environment variable `VFSDAX_DAEMON` (e.g. the reference peer virtiofsd).
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use vfsdax_vmm_glue::driver::{ClientError, ClientOptions, FsClient, RawReply};
+
+/// Environment variable naming another daemon program to test.
+pub const DAEMON_ENV: &str = "VFSDAX_DAEMON";
+
+/// Errors of the harness set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The daemon binary was not found.
+    #[error("daemon binary {0} not found: build it first (`cargo build -p vfsdax-daemon`) or set VFSDAX_DAEMON")]
+    NoDaemon(PathBuf),
+    /// The test binary's own path is unknown.
+    #[error("cannot locate the test binary")]
+    CurrentExe(#[source] std::io::Error),
+    /// A temporary directory could not be made.
+    #[error("cannot create the temporary directory {path}")]
+    TempDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon could not be started.
+    #[error("cannot start {program}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon exited before listening.
+    #[error("the daemon exited ({status}) before creating its socket; its log:\n{log}")]
+    EarlyExit {
+        /// Exit status.
+        status: std::process::ExitStatus,
+        /// What it printed.
+        log: String,
+    },
+    /// The socket did not appear in time.
+    #[error("the daemon did not create {0} within 10 s")]
+    NoSocket(PathBuf),
+    /// Connecting the driver failed.
+    #[error("the driver could not connect")]
+    Connect(#[source] ClientError),
+}
+
+/// A directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh, empty directory whose name starts with `prefix`.
+    pub fn new(prefix: &str) -> Result<Self, HarnessError> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos:x}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|source| HarnessError::TempDir {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(TempDir { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The daemon program: `$VFSDAX_DAEMON`, else `vfsdaxd` in the target directory's `debug/`
+/// (test binaries run from `target/debug/deps`).
+pub fn daemon_program() -> Result<PathBuf, HarnessError> {
+    if let Some(p) = std::env::var_os(DAEMON_ENV) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(HarnessError::NoDaemon(p))
+        };
+    }
+    let exe = std::env::current_exe().map_err(HarnessError::CurrentExe)?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let p = dir.join("vfsdaxd");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(HarnessError::NoDaemon(p))
+    }
+}
+
+/// Whether the daemon under test is the reference peer virtiofsd (for printing known
+/// differences; assertions stay those of the vfsdax spec).
+pub fn peer_is_virtiofsd() -> bool {
+    daemon_program()
+        .ok()
+        .and_then(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().contains("virtiofsd"))
+        })
+        .unwrap_or(false)
+}
+
+/// How to start the daemon.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonOptions {
+    /// Pass `--xattr`.
+    pub xattr: bool,
+    /// More arguments.
+    pub extra_args: Vec<String>,
+}
+
+/// A running daemon on a temporary socket, sharing a temporary directory.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    share: PathBuf,
+    log: PathBuf,
+    tmp: TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits for its socket.
+    pub fn start(opts: &DaemonOptions) -> Result<Self, HarnessError> {
+        let program = daemon_program()?;
+        let tmp = TempDir::new("vfsdax-harness")?;
+        let share = tmp.path().join("share");
+        let socket = tmp.path().join("vhost.sock");
+        let log = tmp.path().join("daemon.log");
+        let mk = |p: &Path| {
+            std::fs::create_dir(p).map_err(|source| HarnessError::TempDir {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        mk(&share)?;
+        mk(&tmp.path().join("outside"))?;
+        let logfile = File::create(&log).map_err(|source| HarnessError::TempDir {
+            path: log.clone(),
+            source,
+        })?;
+        let logfile2 = logfile
+            .try_clone()
+            .map_err(|source| HarnessError::TempDir {
+                path: log.clone(),
+                source,
+            })?;
+        let mut cmd = Command::new(&program);
+        cmd.arg("--socket-path")
+            .arg(&socket)
+            .arg("--shared-dir")
+            .arg(&share)
+            .args(["--cache", "never", "--sandbox", "none", "--seccomp", "none"])
+            .args(["--log-level", "debug"]);
+        if opts.xattr {
+            cmd.arg("--xattr");
+        }
+        cmd.args(&opts.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(logfile))
+            .stderr(Stdio::from(logfile2));
+        let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let mut d = Daemon {
+            child,
+            socket,
+            share,
+            log,
+            tmp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.socket.exists() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                return Err(HarnessError::EarlyExit {
+                    status,
+                    log: d.log_text(),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::NoSocket(d.socket.clone()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+
+    /// Connects the driver with `opts` (INIT not sent yet).
+    pub fn connect(&self, opts: ClientOptions) -> Result<FsClient, HarnessError> {
+        FsClient::connect(&self.socket, opts).map_err(HarnessError::Connect)
+    }
+
+    /// The shared directory on the host.
+    pub fn share(&self) -> &Path {
+        &self.share
+    }
+
+    /// A directory next to the share, outside it (for escape tests).
+    pub fn outside(&self) -> PathBuf {
+        self.tmp.path().join("outside")
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What the daemon printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon with an initialised driver connected to it.
+#[derive(Debug)]
+pub struct Session {
+    /// The driver (dropped before the daemon).
+    pub client: FsClient,
+    /// The daemon.
+    pub daemon: Daemon,
+}
+
+impl Session {
+    /// Starts a daemon, connects with `copts` and sends INIT.
+    pub fn start_with(dopts: &DaemonOptions, copts: ClientOptions) -> Self {
+        let daemon = match Daemon::start(dopts) {
+            Ok(d) => d,
+            Err(e) => panic!("{}", error_chain(&e)),
+        };
+        let mut client = match daemon.connect(copts) {
+            Ok(c) => c,
+            Err(e) => panic!("{}\ndaemon log:\n{}", error_chain(&e), daemon.log_text()),
+        };
+        if let Err(e) = client.init() {
+            panic!(
+                "INIT failed: {}\ndaemon log:\n{}",
+                error_chain(&e),
+                daemon.log_text()
+            );
+        }
+        Session { client, daemon }
+    }
+
+    /// Starts a default daemon and client.
+    pub fn start() -> Self {
+        Self::start_with(&DaemonOptions::default(), ClientOptions::default())
+    }
+
+    /// A path inside the share.
+    pub fn host(&self, rel: &str) -> PathBuf {
+        self.daemon.share().join(rel)
+    }
+
+    /// Asserts the daemon is alive and still answers GETATTR on the root.
+    #[track_caller]
+    pub fn assert_serving(&mut self) {
+        assert!(
+            self.daemon.is_alive(),
+            "daemon died; log:\n{}",
+            self.daemon.log_text()
+        );
+        let root = std::fs::metadata(self.daemon.share()).expect("stat share");
+        match self.client.getattr(vfsdax_protocol::fuse::ROOT_ID, None) {
+            Ok(a) => assert_eq!(a.attr.ino, root.ino(), "GETATTR root after bad input"),
+            Err(e) => panic!(
+                "GETATTR on the root failed after bad input: {}\ndaemon log:\n{}",
+                error_chain(&e),
+                self.daemon.log_text()
+            ),
+        }
+    }
+}
+
+/// The errno of a failed request, panicking with the error if it is not an error reply.
+#[track_caller]
+pub fn expect_errno<T: std::fmt::Debug>(r: Result<T, ClientError>) -> i32 {
+    match r {
+        Ok(v) => panic!("expected an error reply, got success: {v:?}"),
+        Err(e) => e
+            .errno()
+            .unwrap_or_else(|| panic!("expected an error reply, got: {}", error_chain(&e))),
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// What happened to a hand-made (bad) request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A reply whose header carries this errno (and, if it could, the request's unique).
+    ErrorReply {
+        /// The errno.
+        errno: i32,
+        /// The reply's unique.
+        unique: u64,
+    },
+    /// A success reply (never acceptable for bad input).
+    Success(RawReply),
+    /// The chain came back with nothing written.
+    Dropped,
+    /// The chain came back with fewer bytes than a reply header.
+    Garbage(RawReply),
+    /// The chain was not returned within the timeout.
+    NotReturned,
+}
+
+/// Classifies the result of [`FsClient::send_raw`] / [`FsClient::raw_chain`].
+pub fn classify(r: Result<RawReply, ClientError>) -> Outcome {
+    match r {
+        Ok(raw) if raw.used_len == 0 => Outcome::Dropped,
+        Ok(raw) => match raw.header() {
+            Some(h) if h.error < 0 && h.len == raw.used_len => Outcome::ErrorReply {
+                errno: -h.error,
+                unique: h.unique,
+            },
+            Some(h) if h.error == 0 => Outcome::Success(raw),
+            _ => Outcome::Garbage(raw),
+        },
+        Err(ClientError::Queue(vfsdax_vmm_glue::driver::queue::QueueError::Timeout(_))) => {
+            Outcome::NotReturned
+        }
+        Err(e) => panic!("driver error on a raw request: {}", error_chain(&e)),
+    }
+}
+
+/// Builds a raw request: a `fuse_in_header` with the given fields followed by `body`.
+pub fn raw_request(len: u32, opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    use vm_memory::ByteValued;
+    let h = vfsdax_protocol::fuse::InHeader {
+        len,
+        opcode,
+        unique,
+        nodeid,
+        ..Default::default()
+    };
+    let mut v = h.as_slice().to_vec();
+    v.extend_from_slice(body);
+    v
+}
