@@ -274,6 +274,27 @@ fn descriptors_outside_memory_drop_the_chain() {
 }
 
 #[test]
+fn indirect_chains_are_served() {
+    let (s, g) = started(opts());
+    let request = req(Opcode::Lookup, 31, 1, b"file\0");
+    g.put(0x2_0000, &request);
+    let chain = g.indirect_chain(&[
+        (0x2_0000, 10, false),
+        (0x2_0000 + 10, request.len() as u32 - 10, false),
+        (REPLY_ADDR, 100, true),
+        (REPLY_ADDR + 100, 100, true),
+    ]);
+    let used = s
+        .handle_chain(&g.mem, chain, &RecordingMapper::default())
+        .unwrap();
+    assert_eq!(used as usize, 16 + size_of::<EntryOut>());
+    let reply = g.get(REPLY_ADDR, used as usize);
+    let h: OutHeader = obj(&reply);
+    assert_eq!((h.error, h.unique), (0, 31));
+    assert_eq!(obj::<EntryOut>(&reply[16..]).nodeid, 42);
+}
+
+#[test]
 fn forget_gets_no_reply() {
     let (s, g) = started(opts());
     let r = send(&s, &g, &req(Opcode::Forget, 3, 42, &5u64.to_le_bytes()), 0).unwrap();

@@ -9,6 +9,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 const F_WRITE: u16 = 2;
 /// `VRING_DESC_F_NEXT`.
 const F_NEXT: u16 = 1;
+/// `VRING_DESC_F_INDIRECT`.
+const F_INDIRECT: u16 = 4;
+/// Where an indirect descriptor table is placed.
+const INDIRECT_TABLE: u64 = 0xf_0000;
 
 /// Where request bytes are placed.
 pub const REQ_ADDR: u64 = 0x1_0000;
@@ -57,6 +61,31 @@ impl Guest {
         let mut q: Queue = queue.create_queue().expect("queue");
         let chain = q.pop_descriptor_chain(&self.mem);
         chain.expect("one chain")
+    }
+
+    /// A chain of one indirect descriptor whose table holds `descs`.
+    pub fn indirect_chain(
+        &self,
+        descs: &[(u64, u32, bool)],
+    ) -> DescriptorChain<&GuestMemoryMmap<()>> {
+        let last = descs.len().saturating_sub(1);
+        for (i, &(addr, len, w)) in descs.iter().enumerate() {
+            let mut flags = if w { F_WRITE } else { 0 };
+            if i != last {
+                flags |= F_NEXT;
+            }
+            let d = SplitDescriptor::new(addr, len, flags, i as u16 + 1);
+            self.mem
+                .write_obj(d, GuestAddress(INDIRECT_TABLE + 16 * i as u64))
+                .expect("indirect table");
+        }
+        let queue = MockSplitQueue::new(&self.mem, 64);
+        let head = SplitDescriptor::new(INDIRECT_TABLE, 16 * descs.len() as u32, F_INDIRECT, 0);
+        queue
+            .add_desc_chains(&[RawDescriptor::from(head)], 0)
+            .expect("descriptor");
+        let mut q: Queue = queue.create_queue().expect("queue");
+        q.pop_descriptor_chain(&self.mem).expect("one chain")
     }
 
     /// Writes `bytes` at `addr`.
