@@ -2,7 +2,8 @@
 # /init of the vfsdax test guest (busybox-static initramfs).
 # Kernel command line: vfsdax.mode=workload|demo  vfsdax.tag=TAG
 # Prints marker lines on the console that the host parses (tests/src/guest/serial.rs):
-#   VFSDAX BOOTED <uptime>, STEP <name> ok|FAIL <detail>, WORKLOAD EXIT <code>.
+#   VFSDAX BOOTED <uptime>, STEP <name> ok|FAIL <detail>, DATA <key> <value>,
+#   WORKLOAD EXIT <code>.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /mnt
 /bin/busybox mount -t devtmpfs dev /dev 2>/dev/null
 exec >/dev/console 2>&1 </dev/null
@@ -37,7 +38,7 @@ done
 
 if out=$(mount -t virtiofs "$TAG" /mnt 2>&1); then
     echo "STEP mount ok"
-    echo "VFSDAX MOUNTED $(cut -d' ' -f1 /proc/uptime)"
+    echo "DATA mounted_at $(cut -d' ' -f1 /proc/uptime)"
 else
     echo "STEP mount FAIL $out"
     finish 3
@@ -48,5 +49,5 @@ case "$MODE" in
     demo) sh /demo.sh /mnt; rc=$? ;;
     *) echo "unknown vfsdax.mode=$MODE"; rc=4 ;;
 esac
-echo "VFSDAX DONE $(cut -d' ' -f1 /proc/uptime)"
+echo "DATA done_at $(cut -d' ' -f1 /proc/uptime)"
 finish "$rc"

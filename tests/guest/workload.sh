@@ -24,10 +24,14 @@ drop_caches() {
     echo 3 >/proc/sys/vm/drop_caches || die "cannot drop caches"
 }
 
+now() { cut -d" " -f1 /proc/uptime; }
+
 run() {
     name=$1
+    t0=$(now)
     if out=$("step_$name" 2>&1); then
         [ -n "$out" ] && echo "$out"
+        echo "DATA time_$name $(awk "BEGIN { print $(now) - $t0 }")"
         echo "STEP $name ok"
     else
         echo "STEP $name FAIL $(echo "$out" | tr '\n' ' ' | cut -c1-400)"

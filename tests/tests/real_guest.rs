@@ -60,8 +60,9 @@ fn run_workload(setup: &GuestSetup, daemon_program: &Path, label: &str) {
         )
     });
     say(&format!(
-        "{label}: guest run took {:.1} s (kernel {}, daemon {}, work dir {})",
+        "{label}: guest run took {:.1} s ({}; kernel {}, daemon {}, work dir {})",
         run.qemu.elapsed.as_secs_f64(),
+        run.report.timing_summary(),
         setup.kernel.release,
         daemon_program.display(),
         work.path().display()

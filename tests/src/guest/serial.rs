@@ -44,6 +44,34 @@ impl SerialReport {
             .map(|s| &s.result)
     }
 
+    /// A one-line account of where the guest's time went, from the `DATA mounted_at`,
+    /// `DATA done_at` and `DATA time_<step>` values (guest uptime, 10 ms resolution).
+    pub fn timing_summary(&self) -> String {
+        let secs = |key: &str| self.data.get(key).and_then(|v| v.parse::<f64>().ok());
+        let mut parts = Vec::new();
+        if let Some(m) = secs("mounted_at") {
+            parts.push(format!("share mounted at {m:.2} s of guest uptime"));
+            if let Some(d) = secs("done_at") {
+                parts.push(format!("workload took {:.2} s", d - m));
+            }
+        }
+        let mut steps: Vec<(&str, f64)> = self
+            .data
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("time_")?, v.parse().ok()?)))
+            .collect();
+        steps.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if !steps.is_empty() {
+            let slowest: Vec<String> = steps
+                .iter()
+                .take(3)
+                .map(|(n, t)| format!("{n} {t:.2} s"))
+                .collect();
+            parts.push(format!("slowest steps: {}", slowest.join(", ")));
+        }
+        parts.join("; ")
+    }
+
     /// Problems with the run as a whole: each expected step missing or not ok, unexpected
     /// failing steps, and a missing or non-zero exit code. Empty means all passed.
     pub fn problems(&self, expected: &[&str]) -> Vec<String> {
@@ -156,6 +184,20 @@ mod tests {
         let ok = parse("STEP a ok\nWORKLOAD EXIT 0\n");
         assert!(ok.problems(&["a"]).is_empty());
         assert_eq!(parse("STEP a ok\n").problems(&["a"]).len(), 1);
+    }
+
+    #[test]
+    fn timing_summary_reads_guest_times() {
+        let r = parse(
+            "DATA mounted_at 4.25\nDATA time_write 0.5\nDATA time_readdir 2\nDATA time_stat 0.01\n\
+             DATA time_chmod 0.02\nDATA done_at 11.25\n",
+        );
+        assert_eq!(
+            r.timing_summary(),
+            "share mounted at 4.25 s of guest uptime; workload took 7.00 s; \
+             slowest steps: readdir 2.00 s, write 0.50 s, chmod 0.02 s"
+        );
+        assert_eq!(parse("").timing_summary(), "");
     }
 
     #[test]
