@@ -107,3 +107,33 @@ fn peer_virtiofsd_serves_the_workload() {
     );
     run_workload(&setup, &program, "guest-virtiofsd");
 }
+
+/// The Debian kernel's own `.modinfo` gives the load order known to work: dependencies first,
+/// nothing missing.
+#[test]
+fn debian_kernel_modules_load_in_a_working_order() {
+    let Some(setup) = setup_or_skip() else {
+        return;
+    };
+    let names: Vec<&str> = setup
+        .kernel
+        .modules
+        .iter()
+        .map(|m| m.info.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "virtio_ring",
+            "virtio_pci_modern_dev",
+            "virtio_pci_legacy_dev",
+            "virtio",
+            "virtio_pci",
+            "fuse",
+            "virtiofs"
+        ],
+        "module order for kernel {}",
+        setup.kernel.release
+    );
+    assert!(setup.kernel.modules.iter().all(|m| m.path.is_file()));
+}

@@ -103,12 +103,11 @@ pub fn is_static(data: &[u8]) -> Result<bool, ElfError> {
     Ok(true)
 }
 
+/// Test helpers shared with other modules' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
+pub(crate) mod testing {
     /// Builds a minimal ELF64 LE file with the given sections and program header types.
-    fn fake_elf(sections: &[(&str, &[u8])], phdr_types: &[u32]) -> Vec<u8> {
+    pub(crate) fn fake_elf(sections: &[(&str, &[u8])], phdr_types: &[u32]) -> Vec<u8> {
         let mut names = vec![0u8];
         let mut name_offsets = Vec::new();
         for (name, _) in sections
@@ -157,6 +156,12 @@ mod tests {
         out[0x3e..0x40].copy_from_slice(&(placed.len() as u16).to_le_bytes());
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::fake_elf;
+    use super::*;
 
     #[test]
     fn finds_sections_by_name() {

@@ -224,6 +224,64 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_newest_kernel_and_orders_its_modules() {
+        use crate::guest::elf::testing::fake_elf;
+        let dir = crate::guest::scratch::ScratchDir::new("kernel-test").unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("boot")).unwrap();
+        for r in ["6.1.0-9-cloud-amd64", "6.1.0-10-cloud-amd64"] {
+            fs::write(root.join(format!("boot/vmlinuz-{r}")), b"kernel").unwrap();
+        }
+        let mods = root.join("lib/modules/6.1.0-10-cloud-amd64/kernel");
+        let fake = [
+            ("drivers/virtio/virtio_ring.ko", ""),
+            ("drivers/virtio/virtio_pci_modern_dev.ko", ""),
+            ("drivers/virtio/virtio_pci_legacy_dev.ko", ""),
+            ("drivers/virtio/virtio.ko", "virtio_ring"),
+            (
+                "drivers/virtio/virtio_pci.ko",
+                "virtio_ring,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio",
+            ),
+            ("fs/fuse/fuse.ko", "extra-dep"),
+            ("fs/fuse/virtiofs.ko", "fuse,virtio,virtio_ring"),
+            ("lib/extra-dep.ko", ""),
+            ("drivers/net/virtio_net.ko", "virtio,net_failover"),
+        ];
+        for (path, deps) in fake {
+            let file = mods.join(path);
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            let info = format!("license=GPL\0depends={deps}\0");
+            fs::write(
+                &file,
+                fake_elf(&[(".text", b"x"), (".modinfo", info.as_bytes())], &[]),
+            )
+            .unwrap();
+        }
+        let k = find_kernel(root).unwrap();
+        assert_eq!(k.release, "6.1.0-10-cloud-amd64");
+        assert_eq!(k.vmlinuz, root.join("boot/vmlinuz-6.1.0-10-cloud-amd64"));
+        let names: Vec<&str> = k.modules.iter().map(|m| m.info.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "virtio_ring",
+                "virtio_pci_modern_dev",
+                "virtio_pci_legacy_dev",
+                "virtio",
+                "virtio_pci",
+                "extra_dep",
+                "fuse",
+                "virtiofs"
+            ]
+        );
+        assert!(k.modules[5].path.ends_with("lib/extra-dep.ko"));
+
+        fs::remove_file(mods.join("fs/fuse/fuse.ko")).unwrap();
+        let err = find_kernel(root).unwrap_err().to_string();
+        assert!(err.contains("order"), "{err}");
+    }
+
+    #[test]
     fn missing_kernel_is_a_clear_error() {
         let err = find_kernel(Path::new("/nonexistent/vfsdax")).unwrap_err();
         assert!(err.to_string().contains("scripts/deps.sh"), "{err}");
