@@ -168,7 +168,9 @@ impl QemuConfig {
         drop(guard);
         Ok(QemuOutcome {
             status,
-            gave_up,
+            // QEMU that exits by itself within the grace period was shutting down anyway
+            // (the daemon exits when QEMU closes the connection at power-off).
+            gave_up: gave_up && status.is_none(),
             elapsed: start.elapsed(),
             serial: read_lossy(&self.serial_log),
             qemu_log: read_lossy(&self.qemu_log),
@@ -228,7 +230,8 @@ impl Drop for QemuGuard {
 pub struct QemuOutcome {
     /// QEMU's exit status, or `None` if it was killed (timeout, or given up on).
     pub status: Option<ExitStatus>,
-    /// Whether the caller's `give_up` check fired during the run.
+    /// Whether QEMU was killed because the caller's `give_up` check fired (and QEMU did not
+    /// exit by itself within [`GIVE_UP_GRACE`]).
     pub gave_up: bool,
     /// Wall-clock time of the run.
     pub elapsed: Duration,

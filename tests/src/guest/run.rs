@@ -128,17 +128,12 @@ impl GuestRun {
             v[v.len().saturating_sub(lines)..].join("\n")
         }
         let elapsed = self.qemu.elapsed;
-        let ended = match (self.qemu.status, self.qemu.gave_up) {
-            (None, true) => {
+        let ended = match self.qemu.status {
+            None if self.qemu.gave_up => {
                 format!("the daemon exited while the guest ran; QEMU was killed after {elapsed:?}")
             }
-            (None, false) => format!("QEMU timed out after {elapsed:?} and was killed"),
-            (Some(s), true) => {
-                format!(
-                    "the daemon exited while the guest ran; QEMU exited ({s}) after {elapsed:?}"
-                )
-            }
-            (Some(s), false) => format!("QEMU exited ({s}) after {elapsed:?}"),
+            None => format!("QEMU timed out after {elapsed:?} and was killed"),
+            Some(s) => format!("QEMU exited ({s}) after {elapsed:?}"),
         };
         format!(
             "{ended}\n--- serial console (last 80 lines) ---\n{}\n--- QEMU output ---\n{}\n\
