@@ -736,3 +736,30 @@ fn ring_feature_combinations_and_scatter_gather() {
         s.assert_serving();
     }
 }
+
+/// Headers and reply structures split across 7-byte descriptors: the daemon must gather and
+/// scatter across descriptor boundaries that cut through every structure.
+#[test]
+fn tiny_descriptors_cut_through_headers_and_structures() {
+    let copts = ClientOptions {
+        queue_size: 256,
+        use_indirect: false,
+        max_desc_len: 7,
+        ..Default::default()
+    };
+    let mut s = Session::start_with(&DaemonOptions::default(), copts);
+    std::fs::write(s.host("t"), b"tiny descriptors").unwrap();
+    let meta = std::fs::metadata(s.host("t")).unwrap();
+    let e = s.client.lookup(ROOT_ID, b"t").unwrap();
+    assert_eq!((e.attr.ino, e.attr.size), (meta.ino(), 16));
+    let o = s.client.open(e.nodeid, libc::O_RDWR as u32).unwrap();
+    assert_eq!(
+        s.client.read(e.nodeid, o.fh, 5, 100).unwrap(),
+        b"descriptors"
+    );
+    let w = s.client.write(e.nodeid, o.fh, 0, b"TINY").unwrap();
+    assert_eq!(w.size, 4);
+    assert_eq!(std::fs::read(s.host("t")).unwrap(), b"TINY descriptors");
+    s.client.release(e.nodeid, o.fh, 0).unwrap();
+    s.assert_serving();
+}
