@@ -1,1 +1,295 @@
-//! backend (in progress).
+//! The vhost-user-fs device: queues, features and config space, on top of
+//! `vhost-user-backend`. Each popped descriptor chain goes to the FUSE [`Server`].
+//!
+//! Queue 0 is the high-priority queue (FORGET, INTERRUPT), queues 1.. carry requests. Every
+//! queue is served on its own thread (`queues_per_thread`), so a slow request on one queue does
+//! not hold up FORGETs.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use thiserror::Error;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig};
+use vhost::vhost_user::Backend;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::dax::{BackendMapper, MapperSlot};
+use crate::filesystem::FileSystem;
+use crate::guest_log;
+use crate::server::Server;
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES`, a vhost-user feature bit in the virtio feature word.
+const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
+/// Length of the tag in `struct virtio_fs_config`.
+pub const TAG_LEN: usize = 36;
+/// Shared memory region id of the virtio-fs DAX cache (`VIRTIO_FS_SHMCAP_ID_CACHE`).
+pub const CACHE_SHMID: u8 = 0;
+
+/// Errors in the device setup and the queue loop.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// The tag does not fit the config space.
+    #[error("tag {0:?} is longer than {TAG_LEN} bytes or empty")]
+    Tag(String),
+    /// An event arrived for a queue that does not exist.
+    #[error("event for unknown queue {0}")]
+    UnknownQueue(u16),
+    /// A kick arrived before the frontend sent the guest memory table.
+    #[error("queue kicked before the memory table was set")]
+    NoMemory,
+    /// The used ring could not be updated.
+    #[error("cannot update the used ring of queue {queue}")]
+    UsedRing {
+        /// The queue.
+        queue: u16,
+        /// The virtqueue error.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The frontend could not be notified.
+    #[error("cannot signal queue {queue}")]
+    Signal {
+        /// The queue.
+        queue: u16,
+        /// The eventfd error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl From<BackendError> for io::Error {
+    fn from(e: BackendError) -> Self {
+        io::Error::other(e)
+    }
+}
+
+/// Static configuration of the device.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// Tag offered in the config space; `None` does not offer the CONFIG protocol feature
+    /// (QEMU 7.1 to 8.0 crash when a backend offers it).
+    pub tag: Option<String>,
+    /// Number of request queues (the high-priority queue comes on top).
+    pub num_request_queues: u16,
+    /// Maximum queue size.
+    pub queue_size: u16,
+    /// Size of the DAX window; 0 disables DAX (no SHMEM features offered).
+    pub cache_size: u64,
+}
+
+/// Builds `struct virtio_fs_config` (tag, then `num_request_queues` little-endian).
+pub fn config_space(tag: &str, num_request_queues: u16) -> Result<[u8; TAG_LEN + 4], BackendError> {
+    if tag.is_empty() || tag.len() > TAG_LEN {
+        return Err(BackendError::Tag(tag.to_string()));
+    }
+    let mut cfg = [0u8; TAG_LEN + 4];
+    cfg[..tag.len()].copy_from_slice(tag.as_bytes());
+    cfg[TAG_LEN..].copy_from_slice(&u32::from(num_request_queues).to_le_bytes());
+    Ok(cfg)
+}
+
+/// The vhost-user-fs backend.
+pub struct FsBackend<F: FileSystem> {
+    server: Arc<Server<F>>,
+    config: DeviceConfig,
+    config_space: Option<[u8; TAG_LEN + 4]>,
+    event_idx: AtomicBool,
+    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap<()>>>>,
+    mapper: MapperSlot,
+}
+
+impl<F: FileSystem> FsBackend<F> {
+    /// A backend serving `server`.
+    pub fn new(server: Arc<Server<F>>, config: DeviceConfig) -> Result<Self, BackendError> {
+        let config_space = match &config.tag {
+            Some(tag) => Some(config_space(tag, config.num_request_queues)?),
+            None => None,
+        };
+        Ok(FsBackend {
+            server,
+            config,
+            config_space,
+            event_idx: AtomicBool::new(false),
+            mem: RwLock::new(None),
+            mapper: MapperSlot::new(),
+        })
+    }
+
+    /// The FUSE server.
+    pub fn server(&self) -> &Arc<Server<F>> {
+        &self.server
+    }
+
+    /// Pops every available chain of `vring`, hands it to the server and returns it to the
+    /// used ring. Returns whether any chain was processed.
+    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> Result<bool, BackendError> {
+        let atomic = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let atomic = atomic.ok_or(BackendError::NoMemory)?;
+        let mem = atomic.memory();
+        let mut used_any = false;
+        loop {
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let len = match self.server.handle_chain(&*mem, chain, &self.mapper) {
+                Ok(len) => len,
+                Err(e) => {
+                    guest_log!(
+                        log::Level::Warn,
+                        "queue {queue}: dropped a request chain: {e}"
+                    );
+                    0
+                }
+            };
+            vring
+                .add_used(head, len)
+                .map_err(|source| BackendError::UsedRing { queue, source })?;
+            used_any = true;
+        }
+        if used_any {
+            let notify = vring
+                .needs_notification()
+                .map_err(|source| BackendError::UsedRing { queue, source })?;
+            if notify {
+                vring
+                    .signal_used_queue()
+                    .map_err(|source| BackendError::Signal { queue, source })?;
+            }
+        }
+        Ok(used_any)
+    }
+}
+
+impl<F: FileSystem> VhostUserBackend for FsBackend<F> {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.config.num_request_queues) + 1
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.config.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut f = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+        if self.config_space.is_some() {
+            f |= VhostUserProtocolFeatures::CONFIG;
+        }
+        if self.config.cache_size > 0 {
+            f |= VhostUserProtocolFeatures::SHMEM
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::BACKEND_SEND_FD;
+        }
+        f
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let Some(cfg) = &self.config_space else {
+            return Vec::new();
+        };
+        let start = offset as usize;
+        match start.checked_add(size as usize) {
+            Some(end) if end <= cfg.len() => cfg[start..end].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap<()>>) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        self.mapper.set(Some(Box::new(BackendMapper::new(backend))));
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        if self.config.cache_size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "DAX is disabled",
+            ));
+        }
+        Ok(VhostUserShMemConfig::new(1, &[self.config.cache_size]))
+    }
+
+    fn reset_device(&self) {
+        self.mapper.set(None);
+        self.server.fs().destroy();
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Ok(());
+        }
+        // One queue per thread: `device_event` indexes the thread's own vrings and the thread
+        // id is the queue number.
+        let vring = vrings
+            .get(usize::from(device_event))
+            .ok_or(BackendError::UnknownQueue(device_event))?;
+        let queue = u16::try_from(thread_id).unwrap_or(u16::MAX);
+        if !self.event_idx.load(Ordering::Acquire) {
+            self.process_queue(queue, vring)?;
+            return Ok(());
+        }
+        // With EVENT_IDX: keep going until the driver has added nothing new between our last
+        // pop and re-enabling notifications.
+        loop {
+            vring
+                .disable_notification()
+                .map_err(|source| BackendError::UsedRing { queue, source })?;
+            self.process_queue(queue, vring)?;
+            let more = vring
+                .enable_notification()
+                .map_err(|source| BackendError::UsedRing { queue, source })?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_space_layout() {
+        let cfg = config_space("myfs", 3).unwrap();
+        assert_eq!(&cfg[..4], b"myfs");
+        assert!(cfg[4..TAG_LEN].iter().all(|&b| b == 0));
+        assert_eq!(&cfg[TAG_LEN..], &3u32.to_le_bytes());
+        assert!(config_space("", 1).is_err());
+        assert!(config_space(&"x".repeat(TAG_LEN + 1), 1).is_err());
+        assert!(config_space(&"x".repeat(TAG_LEN), 1).is_ok());
+    }
+}

@@ -1,1 +1,219 @@
-fn main() {}
+//! `vfsdaxd`: parses options, sets up the share and the socket, serves one frontend connection
+//! and exits when the frontend goes away or on SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use vfsdax_daemon::backend::{DeviceConfig, FsBackend};
+use vfsdax_daemon::cli::{self, CacheMode, Options};
+use vfsdax_daemon::filesystem::FileSystem;
+use vfsdax_daemon::passthrough::{CachePolicy, PassthroughConfig, PassthroughFs};
+use vfsdax_daemon::server::{Server, ServerOptions};
+use vfsdax_daemon::{socket, systemd};
+
+/// Largest virtqueue the device accepts.
+const QUEUE_SIZE: u16 = 1024;
+/// Largest WRITE the guest may send.
+const MAX_WRITE: u32 = 1 << 20;
+
+fn main() -> ExitCode {
+    let opts = Options::parse();
+    if opts.print_capabilities {
+        println!("{}", cli::capabilities_json());
+        return ExitCode::SUCCESS;
+    }
+    env_logger::Builder::new()
+        .filter_level(opts.log_level)
+        .format_target(false)
+        .init();
+    match run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("vfsdaxd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Error chain rendered as one line: "a: b: c".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+fn run(opts: Options) -> Result<(), String> {
+    opts.validate().map_err(|e| e.to_string())?;
+    raise_nofile(opts.rlimit_nofile);
+    if opts.thread_pool_size > 0 {
+        log::warn!(
+            "--thread-pool-size {}: requests are served on their queue's thread; \
+             use --num-request-queues for parallelism",
+            opts.thread_pool_size
+        );
+    }
+    let shared_dir = opts.shared_dir.clone().ok_or("--shared-dir is needed")?;
+    let fs_cfg = PassthroughConfig {
+        cache: match opts.cache {
+            CacheMode::Auto => CachePolicy::Auto,
+            CacheMode::Always => CachePolicy::Always,
+            CacheMode::Never => CachePolicy::Never,
+            CacheMode::Metadata => CachePolicy::Metadata,
+        },
+        xattr: opts.xattr,
+        readonly: opts.readonly,
+        announce_submounts: opts.announce_submounts,
+        writeback: opts.writeback,
+        allow_direct_io: opts.allow_direct_io,
+        ..PassthroughConfig::new(shared_dir.clone())
+    };
+    let fs = PassthroughFs::new(fs_cfg)
+        .map_err(|e| format!("cannot share {}: {}", shared_dir.display(), chain(&e)))?;
+    let server = Arc::new(Server::new(
+        fs,
+        ServerOptions {
+            dax_window_size: opts.cache_size,
+            max_write: MAX_WRITE,
+            writeback: opts.writeback,
+            announce_submounts: opts.announce_submounts,
+            xattr: opts.xattr,
+            inode_dax: opts.cache_size > 0,
+        },
+    ));
+    let backend = FsBackend::new(
+        server.clone(),
+        DeviceConfig {
+            tag: opts.tag.clone(),
+            num_request_queues: opts.num_request_queues,
+            queue_size: QUEUE_SIZE,
+            cache_size: opts.cache_size,
+        },
+    )
+    .map_err(|e| chain(&e))?;
+
+    let mut listener = match (&opts.socket_path, opts.fd) {
+        (Some(path), _) => {
+            let l = socket::bind(path).map_err(|e| chain(&e))?;
+            if let Some(group) = &opts.socket_group {
+                socket::set_group(path, group).map_err(|e| chain(&e))?;
+            }
+            l
+        }
+        (None, Some(fd)) => socket::from_fd(fd).map_err(|e| chain(&e))?,
+        (None, None) => return Err("either --socket-path or --fd is needed".into()),
+    };
+
+    if let Err(e) = systemd::notify("READY=1") {
+        log::warn!("cannot notify systemd: {e}");
+    }
+
+    let shutdown: Arc<Mutex<Option<ShutdownHandle>>> = Arc::new(Mutex::new(None));
+    spawn_signal_thread(shutdown.clone(), opts.socket_path.clone())?;
+
+    let mut daemon = VhostUserDaemon::new(
+        "vfsdaxd".to_string(),
+        Arc::new(backend),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| format!("cannot create the vhost-user device: {e}"))?;
+    log::info!(
+        "sharing {} on {}, waiting for the frontend",
+        shared_dir.display(),
+        opts.socket_path
+            .as_deref()
+            .map_or_else(|| format!("fd {:?}", opts.fd), |p| p.display().to_string())
+    );
+    daemon
+        .start(&mut listener)
+        .map_err(|e| format!("cannot accept the frontend: {e}"))?;
+    *shutdown.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+    log::info!("frontend connected");
+    let result = daemon.wait();
+    server.fs().destroy();
+    drop(listener);
+    match result {
+        Ok(()) => {
+            log::info!("frontend disconnected, exiting");
+            Ok(())
+        }
+        Err(e) => Err(format!("vhost-user connection failed: {e}")),
+    }
+}
+
+/// Raises the soft open-file limit to `want`, or to the hard limit.
+fn raise_nofile(want: Option<u64>) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `struct rlimit` into `lim`, which is valid and writable.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let target = want.unwrap_or(lim.rlim_max);
+    if target <= lim.rlim_cur {
+        return;
+    }
+    let new = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: lim.rlim_max.max(target),
+    };
+    // SAFETY: setrlimit only reads the `struct rlimit` passed by reference.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        log::warn!(
+            "cannot raise the open-file limit to {target}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in every thread and waits for them on a thread of their own:
+/// once connected, a signal shuts the connection down cleanly; before, it removes the socket
+/// file and exits.
+fn spawn_signal_thread(
+    shutdown: Arc<Mutex<Option<ShutdownHandle>>>,
+    socket_path: Option<std::path::PathBuf>,
+) -> Result<(), String> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given; sigaddset adds valid signal numbers
+    // to that initialised set; pthread_sigmask reads it and changes only this thread's mask,
+    // which the threads spawned later inherit.
+    let set = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+        set.assume_init()
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            log::info!("signal {sig}: shutting down");
+            match shutdown.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                Some(handle) => handle.shutdown(),
+                None => {
+                    if let Some(p) = &socket_path {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    std::process::exit(0);
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
