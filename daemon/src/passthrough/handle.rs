@@ -20,7 +20,8 @@ pub(crate) struct HandleData {
     pub(crate) file: Arc<File>,
     /// The host open flags it was opened with.
     pub(crate) flags: i32,
-    /// Serialises READDIR's `lseek` + `getdents64`, which use the descriptor's position.
+    /// Serialises users of the descriptor's position (READDIR's `lseek` + `getdents64`,
+    /// LSEEK).
     dir_pos: Mutex<()>,
 }
 
@@ -34,7 +35,7 @@ impl HandleData {
         self.flags & libc::O_ACCMODE != libc::O_RDONLY
     }
 
-    /// Locks the descriptor's position for a directory read.
+    /// Locks the descriptor's position.
     pub(crate) fn lock_pos(&self) -> MutexGuard<'_, ()> {
         self.dir_pos.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -16,7 +16,10 @@
 //!   SYMLINK) run with the caller's fsuid/fsgid, switched per thread for the duration of the
 //!   call ([`sys::FsCredsGuard`]). Chosen over `fchownat` afterwards because the file never
 //!   exists with the wrong owner, the host applies the caller's permissions on the parent,
-//!   and set-group-id directories and quotas behave as for a local caller.
+//!   and set-group-id directories and quotas behave as for a local caller. Operations on
+//!   existing names (UNLINK, RENAME, LINK, SETATTR) run as root: the guest kernel has already
+//!   checked the caller's permissions (virtiofs mounts use `default_permissions`). A daemon
+//!   not running as root cannot switch, and files belong to its own user.
 //! - **Umask**: the guest's umask is applied to the requested mode. The host process umask
 //!   (read once at construction) also applies to every create; when it removed bits the guest
 //!   asked for, the new file is `chmod`ed to the requested mode. The process umask is left

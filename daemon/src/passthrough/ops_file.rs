@@ -216,6 +216,8 @@ impl PassthroughFs {
             _ => return Err(err(libc::EINVAL)),
         };
         let offset = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
+        // Not to disturb a READDIR of the same descriptor between its seek and its reads.
+        let _pos = h.lock_pos();
         sys::lseek(h.fd(), offset, whence)
     }
 

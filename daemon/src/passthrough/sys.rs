@@ -505,6 +505,19 @@ mod tests {
             assert_eq!((current_fsuid(), current_fsgid()), (4321, 8765));
         }
         assert_eq!((current_fsuid(), current_fsgid()), (u0, g0));
+        {
+            // Per thread: a thread started before the switch keeps its own ids (a thread
+            // started during it would inherit them).
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let other = std::thread::spawn(move || {
+                go_rx.recv().expect("go");
+                (current_fsuid(), current_fsgid())
+            });
+            let _g = FsCredsGuard::new(true, 4321, 8765).expect("switch");
+            go_tx.send(()).expect("send");
+            assert_eq!(other.join().expect("thread"), (u0, g0));
+            assert_eq!(current_fsuid(), 4321);
+        }
         let _g = FsCredsGuard::new(false, 4321, 8765).expect("noop");
         assert_eq!(current_fsuid(), u0);
     }

@@ -278,3 +278,26 @@ fn create_exclusive_and_existing() {
         .expect("write");
     assert_eq!(std::fs::read(s.dir.join("f")).expect("f"), b"new");
 }
+
+#[test]
+fn concurrent_lookups_and_forgets_balance() {
+    let s = share();
+    for i in 0..4 {
+        std::fs::write(s.dir.join(&format!("f{i}")), b"x").expect("write");
+    }
+    let base = s.fs.inode_count();
+    std::thread::scope(|sc| {
+        for t in 0..8 {
+            let s = &s;
+            sc.spawn(move || {
+                for k in 0..200 {
+                    let name = format!("f{}", (t + k) % 4);
+                    let e = s.lookup_root(&name).expect("lookup");
+                    s.fs.getattr(ctx(), e.inode, None).expect("getattr");
+                    s.fs.forget(ctx(), e.inode, 1);
+                }
+            });
+        }
+    });
+    assert_eq!(s.fs.inode_count(), base);
+}
