@@ -397,6 +397,26 @@ pub fn decode(opcode: u32, args: &[u8], setxattr_ext: bool) -> Result<Request<'_
         | Opcode::NotifyReply
         | Opcode::Tmpfile => Request::Unsupported(opcode),
     };
+    // A request ending in a name ends at that name's NUL: bytes after it mean the name held
+    // a NUL of its own ("a\0b\0"), which the kernel never sends.
+    let ends_in_name = matches!(
+        op,
+        Opcode::Lookup
+            | Opcode::Symlink
+            | Opcode::Mknod
+            | Opcode::Mkdir
+            | Opcode::Unlink
+            | Opcode::Rmdir
+            | Opcode::Rename
+            | Opcode::Rename2
+            | Opcode::Link
+            | Opcode::Create
+            | Opcode::Getxattr
+            | Opcode::Removexattr
+    );
+    if ends_in_name && !a.buf.is_empty() {
+        return Err(libc::EINVAL);
+    }
     Ok(req)
 }
 

@@ -577,7 +577,27 @@ fn bad_names() {
         assert_eq!(decode(op(o), b"a/b\0", false), Err(libc::EINVAL), "slash");
         assert_eq!(decode(op(o), b"/\0", false), Err(libc::EINVAL), "slash");
         assert_eq!(decode(op(o), b"", false), Err(libc::EINVAL), "nothing");
+        assert_eq!(
+            decode(op(o), b"a\0b\0", false),
+            Err(libc::EINVAL),
+            "interior NUL"
+        );
+        assert_eq!(
+            decode(op(o), b"a\0\0", false),
+            Err(libc::EINVAL),
+            "two NULs"
+        );
+        assert!(decode(op(o), b"a\0", false).is_ok());
     }
+    assert_eq!(
+        decode(
+            op(Opcode::Rename),
+            &args(RenameIn { newdir: 1 }, &[b"a\0b\0c\0"]),
+            false
+        ),
+        Err(libc::EINVAL),
+        "a third name"
+    );
     let mkdir = |name: &[u8]| args(MkdirIn::default(), &[name]);
     assert_eq!(
         decode(op(Opcode::Mkdir), &mkdir(b"x/y\0"), false),
