@@ -387,3 +387,10 @@ pub fn raw_request(len: u32, opcode: u32, unique: u64, nodeid: u64, body: &[u8])
     v.extend_from_slice(body);
     v
 }
+
+/// A reproducible byte pattern of `len` bytes (different for each `seed`).
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}

@@ -13,9 +13,9 @@ use vfsdax_protocol::fuse::KERNEL_MINOR_VERSION;
 use vfsdax_protocol::fuse::{
     CopyFileRangeIn, ForgetOne, RemoveMappingOne, SetattrIn, SetupMappingIn, ROOT_ID,
 };
-use vfsdax_tests::harness::{expect_errno, peer_is_virtiofsd, DaemonOptions, Session};
+use vfsdax_tests::harness::{expect_errno, pattern, peer_is_virtiofsd, DaemonOptions, Session};
 use vfsdax_vmm_glue::driver::ops::DEFAULT_INIT_FLAGS;
-use vfsdax_vmm_glue::driver::{ClientOptions, FeatureWishes, XattrReply};
+use vfsdax_vmm_glue::driver::{ClientOptions, XattrReply};
 
 const S_IFMT: u32 = libc::S_IFMT;
 
@@ -88,12 +88,6 @@ fn lookup_getattr_forget_and_batch_forget() {
         s.client.lookup(ROOT_ID, b"a.txt").unwrap().attr.ino,
         meta.ino()
     );
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 #[test]
@@ -687,79 +681,5 @@ fn destroy_ends_the_session_and_init_starts_a_new_one() {
     let again = s.client.init().unwrap();
     assert_eq!(again.major, 7);
     assert_eq!(s.client.lookup(ROOT_ID, b"keep").unwrap().attr.size, 1);
-    s.assert_serving();
-}
-
-/// The same small workload with every combination of EVENT_IDX and indirect descriptors, and
-/// buffers split into 4 KiB descriptors (scatter-gather across descriptor boundaries).
-#[test]
-fn ring_feature_combinations_and_scatter_gather() {
-    for (event_idx, indirect) in [(false, false), (true, false), (false, true), (true, true)] {
-        let copts = ClientOptions {
-            queue_size: 256,
-            wishes: FeatureWishes {
-                event_idx,
-                indirect,
-                reply_ack: event_idx,
-            },
-            use_indirect: indirect,
-            max_desc_len: 4096,
-            ..Default::default()
-        };
-        let mut s = Session::start_with(&DaemonOptions::default(), copts);
-        let f = s.client.frontend();
-        assert_eq!((f.event_idx(), f.indirect()), (event_idx, indirect));
-        let data = pattern(120_000, 9);
-        let (e, o) = s
-            .client
-            .create(ROOT_ID, b"sg", libc::O_RDWR as u32, 0o600, 0)
-            .unwrap();
-        // Two WRITEs of 60 000 bytes, each spread over 15 descriptors.
-        for (i, chunk) in data.chunks(60_000).enumerate() {
-            let w = s
-                .client
-                .write(e.nodeid, o.fh, (i * 60_000) as u64, chunk)
-                .unwrap();
-            assert_eq!(w.size as usize, chunk.len());
-        }
-        assert_eq!(
-            std::fs::read(s.host("sg")).unwrap(),
-            data,
-            "event_idx={event_idx} indirect={indirect}"
-        );
-        for round in 0..300u64 {
-            let back = s.client.read(e.nodeid, o.fh, round * 100, 10_000).unwrap();
-            let start = (round * 100) as usize;
-            assert_eq!(back, &data[start..start + 10_000], "round {round}");
-        }
-        s.client.release(e.nodeid, o.fh, 0).unwrap();
-        s.assert_serving();
-    }
-}
-
-/// Headers and reply structures split across 7-byte descriptors: the daemon must gather and
-/// scatter across descriptor boundaries that cut through every structure.
-#[test]
-fn tiny_descriptors_cut_through_headers_and_structures() {
-    let copts = ClientOptions {
-        queue_size: 256,
-        use_indirect: false,
-        max_desc_len: 7,
-        ..Default::default()
-    };
-    let mut s = Session::start_with(&DaemonOptions::default(), copts);
-    std::fs::write(s.host("t"), b"tiny descriptors").unwrap();
-    let meta = std::fs::metadata(s.host("t")).unwrap();
-    let e = s.client.lookup(ROOT_ID, b"t").unwrap();
-    assert_eq!((e.attr.ino, e.attr.size), (meta.ino(), 16));
-    let o = s.client.open(e.nodeid, libc::O_RDWR as u32).unwrap();
-    assert_eq!(
-        s.client.read(e.nodeid, o.fh, 5, 100).unwrap(),
-        b"descriptors"
-    );
-    let w = s.client.write(e.nodeid, o.fh, 0, b"TINY").unwrap();
-    assert_eq!(w.size, 4);
-    assert_eq!(std::fs::read(s.host("t")).unwrap(), b"TINY descriptors");
-    s.client.release(e.nodeid, o.fh, 0).unwrap();
     s.assert_serving();
 }

@@ -78,6 +78,9 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// uid/gid/pid put in every request.
     pub caller: Caller,
+    /// Guest memory set aside for [`FsClient::request_batch`] (requests and replies of one
+    /// batch together).
+    pub batch_bytes: u32,
 }
 
 impl Default for ClientOptions {
@@ -90,6 +93,7 @@ impl Default for ClientOptions {
             max_desc_len: u32::MAX,
             timeout: Duration::from_secs(5),
             caller: Caller::default(),
+            batch_bytes: 1 << 20,
         }
     }
 }
@@ -149,6 +153,7 @@ pub struct FsClient {
     frontend: FsFrontend,
     queues: Vec<DriverQueue>,
     areas: Vec<IoArea>,
+    batch: (GuestAddress, u32),
     next_unique: u64,
     opts: ClientOptions,
     pub(super) init_out: Option<InitOut>,
@@ -165,7 +170,7 @@ impl FsClient {
         }
         let cap = opts.max_io + SLACK;
         let rings = 2 * (64 << 10) + 2 * u64::from(opts.queue_size) * 16 * u64::from(INDIRECT_MAX);
-        let size = 4 * u64::from(cap) + rings + (1 << 20);
+        let size = 4 * u64::from(cap) + u64::from(opts.batch_bytes) + rings + (1 << 20);
         let size = usize::try_from((size + 0xfff) & !0xfff)
             .map_err(|_| ClientError::BadOptions("guest memory too large"))?;
         let mut mem = GuestMem::new(GuestAddress(0x1_0000_0000), size)?;
@@ -186,6 +191,10 @@ impl FsClient {
             let reply = mem.alloc(u64::from(cap), 4096)?;
             areas.push(IoArea { req, reply, cap });
         }
+        let batch = (
+            mem.alloc(u64::from(opts.batch_bytes.max(1)), 4096)?,
+            opts.batch_bytes,
+        );
         frontend.set_mem_table(&mem)?;
         for (i, q) in queues.iter().enumerate() {
             frontend.setup_queue(i, &mem, q)?;
@@ -195,6 +204,7 @@ impl FsClient {
             frontend,
             queues,
             areas,
+            batch,
             next_unique: 1,
             opts,
             init_out: None,
@@ -378,6 +388,80 @@ impl FsClient {
             return Err(ClientError::UnexpectedReply(reply.used_len));
         }
         Ok(())
+    }
+}
+
+/// One request of a batch (see [`FsClient::request_batch`]).
+#[derive(Clone, Debug)]
+pub struct BatchRequest<'a> {
+    /// The opcode.
+    pub opcode: Opcode,
+    /// The node the request is about.
+    pub nodeid: u64,
+    /// The request structures and names after `fuse_in_header`.
+    pub parts: Vec<&'a [u8]>,
+    /// Room for the reply body.
+    pub reply_cap: u32,
+}
+
+impl FsClient {
+    /// Puts all `reqs` in flight at once on the request queue (one kick if the device asks
+    /// for it), waits for all of them and returns each reply body or its error, in order.
+    /// Their buffers share [`ClientOptions::batch_bytes`] of guest memory.
+    pub fn request_batch(
+        &mut self,
+        reqs: &[BatchRequest<'_>],
+    ) -> Result<Vec<std::result::Result<Vec<u8>, FuseError>>> {
+        let (base, cap) = self.batch;
+        let mut arena = super::memory::BumpAllocator::new(base.0, base.0 + u64::from(cap));
+        let hdr = std::mem::size_of::<OutHeader>() as u32;
+        let mut staged = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let unique = self.alloc_unique();
+            let bytes =
+                fuse::encode_request(r.opcode, unique, r.nodeid, self.opts.caller, &r.parts)?;
+            let too_large = |_| ClientError::TooLarge {
+                len: bytes.len() + (hdr + r.reply_cap) as usize,
+                cap,
+            };
+            let req_at = arena.alloc(bytes.len() as u64, 8).map_err(too_large)?;
+            let reply_at = arena
+                .alloc(u64::from(hdr + r.reply_cap), 8)
+                .map_err(too_large)?;
+            self.mem.memory().write_slice(&bytes, req_at)?;
+            staged.push((
+                unique,
+                req_at,
+                bytes.len() as u32,
+                reply_at,
+                hdr + r.reply_cap,
+            ));
+        }
+        let queue = &mut self.queues[REQUEST_QUEUE];
+        let old = queue.avail_idx();
+        let max = self.opts.max_desc_len;
+        let mut heads = Vec::with_capacity(staged.len());
+        for &(_, req_at, req_len, reply_at, reply_len) in &staged {
+            let r = split_buffer(req_at, req_len, max);
+            let w = split_buffer(reply_at, reply_len, max);
+            heads.push(queue.add_chain(&self.mem, &r, &w)?);
+        }
+        queue.notify_since(&self.mem, old)?;
+        let mut used: Vec<Option<u32>> = vec![None; heads.len()];
+        while used.iter().any(Option::is_none) {
+            let e = self.queues[REQUEST_QUEUE].wait_used(&self.mem, self.opts.timeout)?;
+            if let Some(i) = heads.iter().position(|&h| u32::from(h) == e.id) {
+                used[i] = Some(e.len);
+            }
+        }
+        let mut out = Vec::with_capacity(staged.len());
+        for (&(unique, _, _, reply_at, reply_len), len) in staged.iter().zip(used) {
+            let len = len.unwrap_or(0);
+            let mut data = vec![0u8; len.min(reply_len) as usize];
+            self.mem.memory().read_slice(&mut data, reply_at)?;
+            out.push(fuse::parse_reply(&data, len, unique).map(<[u8]>::to_vec));
+        }
+        Ok(out)
     }
 }
 

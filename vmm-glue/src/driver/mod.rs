@@ -19,7 +19,7 @@ pub mod ops;
 pub mod queue;
 pub mod ring;
 
-pub use client::{ClientError, ClientOptions, FsClient, RawReply};
+pub use client::{BatchRequest, ClientError, ClientOptions, FsClient, RawReply};
 pub use frontend::{FeatureWishes, FsFrontend};
 pub use fuse::{Caller, DirEntry, DirEntryPlus, FuseError, XattrReply};
 pub use memory::GuestMem;
