@@ -3,6 +3,7 @@
 //! ioctl or syscall.
 
 use std::fmt;
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use vfsdax_protocol::report::{Access, ActionTaken, FaultKind, FaultReport, FileR
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::errno;
 
-use crate::dax::{DaxWindow, Mapping};
+use crate::dax::DaxWindow;
 use crate::fault::{
     classify, decide, Classification, Decision, FallbackPolicy, FaultEvidence, GuestCpuState,
     Verdict, WindowGeometry,
@@ -146,7 +147,36 @@ pub enum Handled {
     /// Not a DAX fault or apf MSR: the VMM handles the exit as usual.
     NotMine,
     /// Handled; re-enter the guest. Carries the report of a fault.
-    Resume(Option<FaultReport>),
+    Resume(Option<PendingReport>),
+}
+
+/// A fault report whose file path is not resolved yet: resolving it reads `/proc/self/fd`, which
+/// costs about as much as an ioctl, so the VMM re-enters the guest first and calls
+/// [`PendingReport::resolve`] afterwards (or on another thread). Derefs to the report.
+#[derive(Debug)]
+pub struct PendingReport {
+    report: FaultReport,
+    file: Option<Arc<File>>,
+}
+
+impl PendingReport {
+    /// The report with `file.path` filled in when it can be known.
+    pub fn resolve(mut self) -> FaultReport {
+        if let (Some(f), Some(r)) = (&self.file, self.report.file.as_mut()) {
+            r.path = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned());
+        }
+        self.report
+    }
+}
+
+impl std::ops::Deref for PendingReport {
+    type Target = FaultReport;
+
+    fn deref(&self) -> &FaultReport {
+        &self.report
+    }
 }
 
 /// The DAX fault handler of one vCPU.
@@ -305,7 +335,9 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 }
                 Err(reason) => {
                     self.counters.stops += 1;
-                    let report = self.report(&class, ActionTaken::Stop, &verdict, mode, exit_at);
+                    let report = self
+                        .report(&class, ActionTaken::Stop, &verdict, mode, exit_at)
+                        .resolve();
                     return Err(FaultError::Stop(Box::new(StopDiagnostic {
                         report,
                         reason,
@@ -314,7 +346,9 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             },
             Decision::Stop => {
                 self.counters.stops += 1;
-                let report = self.report(&class, ActionTaken::Stop, &verdict, mode, exit_at);
+                let report = self
+                    .report(&class, ActionTaken::Stop, &verdict, mode, exit_at)
+                    .resolve();
                 let reason = match class {
                     Classification::TruncatedPage(_) => "the page lies beyond the end of the file; stopping the VM as the fault policy says".to_string(),
                     _ => "the guest touched a DAX window range it never mapped and the access cannot be completed".to_string(),
@@ -365,7 +399,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 let n = (len as usize).min(8);
                 mapping.file.write_all_at(&data[..n], off).map_err(|e| {
                     FaultError::Stop(Box::new(StopDiagnostic {
-                        report: self.bare_report(class),
+                        report: self.bare_report(class).resolve(),
                         reason: format!("cannot complete a store to a re-extended page: {e}"),
                     }))
                 })
@@ -536,7 +570,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         Ok((start, lost_len))
     }
 
-    fn bare_report(&self, class: &Classification) -> FaultReport {
+    fn bare_report(&self, class: &Classification) -> PendingReport {
         self.report(
             class,
             ActionTaken::Stop,
@@ -557,7 +591,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         verdict: &Verdict,
         guest_mode: GuestMode,
         exit_at: Instant,
-    ) -> FaultReport {
+    ) -> PendingReport {
         let time_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -626,13 +660,17 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 Access::Unknown,
             ),
         };
-        FaultReport {
+        let report = FaultReport {
             time_unix_ns,
             vcpu: self.vcpu_id,
             kind,
             gpa,
             window_offset,
-            file: mapping.map(file_ref),
+            file: mapping.map(|m| FileRef {
+                dev: m.identity.dev,
+                ino: m.identity.ino,
+                path: None,
+            }),
             file_offset,
             file_size_now,
             access,
@@ -640,18 +678,11 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             action,
             fallback_reason: verdict.fallback_reason(),
             latency_ns: exit_at.elapsed().as_nanos() as u64,
+        };
+        PendingReport {
+            report,
+            file: mapping.map(|m| Arc::clone(&m.file)),
         }
-    }
-}
-
-fn file_ref(m: &Mapping) -> FileRef {
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", m.file.as_raw_fd()))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    FileRef {
-        dev: m.identity.dev,
-        ino: m.identity.ino,
-        path,
     }
 }
 

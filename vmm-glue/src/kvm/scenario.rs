@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vfsdax_protocol::report::FaultReport;
 
@@ -121,6 +121,10 @@ pub struct ScenarioResult {
     pub access_rip: u64,
     /// The file at the path afterwards.
     pub file_after: FileAfter,
+    /// Every guest port write with the time the VMM saw it.
+    pub port_log: Vec<(u16, u32, Instant)>,
+    /// When the exit behind each report returned from `KVM_RUN` (parallel to `reports`).
+    pub report_exit_at: Vec<Instant>,
 }
 
 /// Errors of a scenario.
@@ -209,7 +213,9 @@ pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
         .map_err(VmError::from)?;
     let mut guest = GuestObservation::default();
     let mut mutate_err = None;
+    let mut port_log = Vec::new();
     let outcome = vm.run(s.timeout, |p, v| {
+        port_log.push((p, v, Instant::now()));
         guest.record(p, v);
         if p == port::STAGE && v == 2 {
             if let Err(e) = mutate(s, &file) {
@@ -231,5 +237,7 @@ pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
         runs: outcome.runs,
         access_rip: vm.image.access_rip,
         file_after: file_after(&s.file)?,
+        port_log,
+        report_exit_at: outcome.report_exit_at,
     })
 }

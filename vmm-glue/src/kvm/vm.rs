@@ -18,7 +18,9 @@ use crate::fault::FallbackPolicy;
 use super::apf::{self, ApfError};
 use super::guest::program::{self, GuestError, GuestImage};
 use super::guest::{layout, GuestConfig};
-use super::handler::{DaxFaultHandler, FaultConfig, FaultError, Handled, StopDiagnostic};
+use super::handler::{
+    DaxFaultHandler, FaultConfig, FaultError, Handled, PendingReport, StopDiagnostic,
+};
 use super::mce;
 use super::vcpu::{Exit, KvmVcpu, VcpuOps};
 
@@ -89,6 +91,8 @@ pub struct RunOutcome {
     pub stop: Option<StopDiagnostic>,
     /// `KVM_RUN` calls made by the run loop itself.
     pub runs: u64,
+    /// When `KVM_RUN` returned the exit behind each report (parallel to `reports`).
+    pub report_exit_at: Vec<Instant>,
 }
 
 /// The reference VM. Field order matters: the vCPU and VM are dropped before the memory they map.
@@ -238,6 +242,24 @@ impl ReferenceVm {
         F: FnMut(u16, u32) -> bool,
     {
         let mut out = RunOutcome::default();
+        let mut pending = Vec::new();
+        let r = self.run_exits(deadline, timeout, on_port, &mut out, &mut pending);
+        // Path look-ups happen here, off the exit path.
+        out.reports = pending.into_iter().map(PendingReport::resolve).collect();
+        r.map(|()| out)
+    }
+
+    fn run_exits<F>(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        on_port: &mut F,
+        out: &mut RunOutcome,
+        pending: &mut Vec<PendingReport>,
+    ) -> Result<(), VmError>
+    where
+        F: FnMut(u16, u32) -> bool,
+    {
         loop {
             if Instant::now() >= deadline {
                 return Err(VmError::Timeout(timeout));
@@ -250,20 +272,23 @@ impl ReferenceVm {
             let at = Instant::now();
             match self.handler.handle(&mut self.vcpu, &exit, at) {
                 Ok(Handled::Resume(report)) => {
-                    out.reports.extend(report);
+                    if let Some(r) = report {
+                        pending.push(r);
+                        out.report_exit_at.push(at);
+                    }
                     continue;
                 }
                 Ok(Handled::NotMine) => {}
                 Err(FaultError::Stop(d)) => {
                     out.stop = Some(*d);
-                    return Ok(out);
+                    return Ok(());
                 }
                 Err(e) => return Err(VmError::Fault(e)),
             }
             match exit {
                 Exit::IoOut { port, data, .. } => {
                     if !on_port(port, data) {
-                        return Ok(out);
+                        return Ok(());
                     }
                 }
                 Exit::Interrupted | Exit::IoIn { .. } | Exit::MmioWrite { .. } | Exit::Hlt => {}
