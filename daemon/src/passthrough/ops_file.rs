@@ -89,11 +89,14 @@ impl PassthroughFs {
                 Err(e) => return Err(e),
             }
         };
-        let entry = if created {
-            self.finish_create(&p, name, mode, umask)?
-        } else {
-            self.lookup_in(&p, name)?
-        };
+        if created {
+            if let Some(wanted) = perm::umask_fixup(mode, umask, self.host_umask) {
+                // The descriptor is the file just created: no name race.
+                let st = sys::fstat(file.as_raw_fd())?;
+                sys::fchmod(file.as_raw_fd(), (st.st_mode & 0o7000) | wanted)?;
+            }
+        }
+        let entry = self.lookup_in(&p, name)?;
         if !created && kill_priv && hflags & libc::O_TRUNC != 0 {
             if let Err(e) = self.inode(entry.inode).and_then(|d| self.kill_privs(&d)) {
                 self.inodes.forget(entry.inode, 1);

@@ -86,6 +86,9 @@ fn mkdir_mknod_symlink_create_on_host() {
 #[test]
 fn guest_umask_applies_even_over_a_looser_host_umask() {
     let s = share();
+    if s.fs.host_umask & 0o020 == 0 {
+        eprintln!("note: the process umask keeps group write; the fix-up path is not exercised");
+    }
     // The guest asks for group write, the host process umask (typically 022) would drop it.
     let d =
         s.fs.mkdir(ctx(), ROOT_ID, &cs("d"), 0o777, 0o002)
@@ -126,9 +129,10 @@ fn created_files_belong_to_the_caller() {
         pid: 1,
     };
     let (e, _, _) =
-        s.fs.create(c, ROOT_ID, &cs("f"), 0o644, libc::O_RDWR as u32, 0, false)
+        s.fs.create(c, ROOT_ID, &cs("f"), 0o666, libc::O_RDWR as u32, 0, false)
             .expect("create");
     assert_eq!((e.attr.st_uid, e.attr.st_gid), (4321, 8765));
+    assert_eq!(e.attr.st_mode & 0o777, 0o666);
     let d = s.fs.mkdir(c, ROOT_ID, &cs("d"), 0o755, 0).expect("mkdir");
     let n =
         s.fs.mknod(c, ROOT_ID, &cs("n"), libc::S_IFIFO | 0o600, 0, 0)
@@ -300,4 +304,36 @@ fn concurrent_lookups_and_forgets_balance() {
         }
     });
     assert_eq!(s.fs.inode_count(), base);
+}
+
+#[test]
+fn umask_fix_never_touches_a_file_the_caller_does_not_own() {
+    if !crate::passthrough::sys::is_root() {
+        eprintln!("skipped: needs root to tell owners apart");
+        return;
+    }
+    let mut s = share();
+    // Whatever the test process's umask, pretend the host umask took group/other write.
+    s.fs.host_umask = 0o022;
+    // As if "victim" (root's, 0600) had been renamed over a name the caller just created.
+    std::fs::write(s.dir.join("victim"), b"").expect("write");
+    std::fs::set_permissions(s.dir.join("victim"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    let c = Context {
+        uid: 4321,
+        gid: 8765,
+        pid: 1,
+    };
+    let root = s.fs.inodes.root().clone();
+    let e =
+        s.fs.finish_create(c, &root, &cs("victim"), 0o777, 0)
+            .expect("finish");
+    assert_eq!(e.attr.st_mode & 0o777, 0o600);
+    let m = std::fs::metadata(s.dir.join("victim")).expect("victim");
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    // The caller's own file is fixed.
+    let own =
+        s.fs.finish_create(ctx(), &root, &cs("victim"), 0o777, 0)
+            .expect("finish");
+    assert_eq!(own.attr.st_mode & 0o777, 0o777);
 }
