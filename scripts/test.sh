@@ -11,3 +11,8 @@ scripts/deps.sh
 # The real-guest tests start target/debug/vfsdaxd: build the binaries first.
 cargo build --workspace --bins
 cargo test --workspace "$@"
+# Style gates CI holds every change to (skip locally with VFSDAX_NO_LINT=1).
+if [ -z "${VFSDAX_NO_LINT:-}" ]; then
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+fi
