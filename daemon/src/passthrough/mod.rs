@@ -19,7 +19,9 @@
 //!   and set-group-id directories and quotas behave as for a local caller. Operations on
 //!   existing names (UNLINK, RENAME, LINK, SETATTR) run as root: the guest kernel has already
 //!   checked the caller's permissions (virtiofs mounts use `default_permissions`). A daemon
-//!   not running as root cannot switch, and files belong to its own user.
+//!   not running as root cannot switch, and files belong to its own user. The thread keeps
+//!   the process's supplementary groups during a switch: the binary should drop them at
+//!   start-up (`setgroups(0)`, as virtiofsd does) so that they grant the guest nothing.
 //! - **Umask**: the guest's umask is applied to the requested mode. The host process umask
 //!   (read once at construction) also applies to every create; when it removed bits the guest
 //!   asked for, the new file is `chmod`ed to the requested mode. The process umask is left

@@ -337,3 +337,21 @@ fn umask_fix_never_touches_a_file_the_caller_does_not_own() {
             .expect("finish");
     assert_eq!(own.attr.st_mode & 0o777, 0o777);
 }
+
+#[test]
+fn link_falls_back_to_the_magic_link_without_dac_read_search() {
+    if !crate::passthrough::sys::is_root() {
+        eprintln!("skipped: needs root to drop the capability through fsuid");
+        return;
+    }
+    let s = share();
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (e, _) = s.create("a");
+    // Owned by that uid, so that protected_hardlinks lets it link the file.
+    std::os::unix::fs::chown(s.dir.join("a"), Some(4321), Some(4321)).expect("chown");
+    // A non-zero fsuid drops CAP_DAC_READ_SEARCH, so AT_EMPTY_PATH answers ENOENT.
+    let _creds = crate::passthrough::sys::FsCredsGuard::new(true, 4321, 4321).expect("creds");
+    let l = s.fs.link(ctx(), e.inode, ROOT_ID, &cs("b")).expect("link");
+    assert_eq!(l.inode, e.inode);
+    assert_eq!(l.attr.st_nlink, 2);
+}
