@@ -41,6 +41,17 @@ impl CachePolicy {
     }
 }
 
+impl From<crate::cli::CacheMode> for CachePolicy {
+    fn from(m: crate::cli::CacheMode) -> CachePolicy {
+        match m {
+            crate::cli::CacheMode::Auto => CachePolicy::Auto,
+            crate::cli::CacheMode::Always => CachePolicy::Always,
+            crate::cli::CacheMode::Never => CachePolicy::Never,
+            crate::cli::CacheMode::Metadata => CachePolicy::Metadata,
+        }
+    }
+}
+
 /// What the passthrough filesystem exports and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PassthroughConfig {
@@ -146,6 +157,18 @@ mod tests {
         assert_eq!(CachePolicy::Auto.timeout(), Duration::from_secs(1));
         assert_eq!(CachePolicy::Metadata.timeout(), Duration::from_secs(1));
         assert_eq!(CachePolicy::Always.timeout(), Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn from_the_command_line_mode() {
+        use crate::cli::CacheMode;
+        assert_eq!(CachePolicy::from(CacheMode::Auto), CachePolicy::Auto);
+        assert_eq!(CachePolicy::from(CacheMode::Always), CachePolicy::Always);
+        assert_eq!(CachePolicy::from(CacheMode::Never), CachePolicy::Never);
+        assert_eq!(
+            CachePolicy::from(CacheMode::Metadata),
+            CachePolicy::Metadata
+        );
     }
 
     #[test]
