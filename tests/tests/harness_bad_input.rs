@@ -416,3 +416,78 @@ fn requests_before_init_are_refused_and_do_not_kill_the_daemon() {
     client.init().unwrap();
     client.getattr(ROOT_ID, None).unwrap();
 }
+
+/// Chains that break the ring rules themselves: a loop, a link out of the table, indirect
+/// tables that are nested, mis-sized or combined with `NEXT`.
+#[test]
+fn malformed_descriptor_chains() {
+    use vfsdax_vmm_glue::driver::queue::{Descriptor, VIRTQ_DESC_F_NEXT};
+    let mut s = session();
+    let unique = s.client.alloc_unique();
+    let req = raw_request(56, Opcode::Getattr as u32, unique, ROOT_ID, &getattr_body());
+    let req_addr = place(&mut s, &req);
+    let reply = reply_buf(&mut s, 4096);
+    let d = |addr, len, flags, next| Descriptor {
+        addr,
+        len,
+        flags,
+        next,
+    };
+    // A valid two-entry table (request, reply), for the indirect cases.
+    let table: Vec<u8> = [
+        d(req_addr, 56, VIRTQ_DESC_F_NEXT, 1),
+        d(reply, 4096, VIRTQ_DESC_F_WRITE, 0),
+    ]
+    .iter()
+    .flat_map(|x| x.as_slice().to_vec())
+    .collect();
+    let table_addr = place(&mut s, &table);
+    let next_write = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE;
+    let crafted: Vec<(&str, Vec<Descriptor>)> = vec![
+        (
+            "a loop back to the head",
+            vec![
+                d(req_addr, 56, VIRTQ_DESC_F_NEXT, 1),
+                d(reply, 4096, next_write, 0),
+            ],
+        ),
+        (
+            "a link out of the descriptor table",
+            vec![d(req_addr, 56, VIRTQ_DESC_F_NEXT, 0xfff0)],
+        ),
+        (
+            "an indirect table with a length not a multiple of 16",
+            vec![d(table_addr, 20, VIRTQ_DESC_F_INDIRECT, 0)],
+        ),
+        (
+            "an empty indirect table",
+            vec![d(table_addr, 0, VIRTQ_DESC_F_INDIRECT, 0)],
+        ),
+    ];
+    for (what, descs) in crafted {
+        let o = classify(
+            s.client
+                .crafted_chain(REQUEST_QUEUE, &descs)
+                .map(|u| raw_reply(&s, reply, u.len)),
+        );
+        assert_rejected(what, &o);
+        s.assert_serving();
+    }
+    if s.client
+        .queue(REQUEST_QUEUE)
+        .is_some_and(|q| q.uses_indirect())
+    {
+        let nested = [RawDesc {
+            addr: table_addr,
+            len: 32,
+            flags: VIRTQ_DESC_F_INDIRECT,
+        }];
+        let o = classify(
+            s.client
+                .raw_chain(REQUEST_QUEUE, &nested, true)
+                .map(|u| raw_reply(&s, reply, u.len)),
+        );
+        assert_rejected("an indirect table inside an indirect table", &o);
+        s.assert_serving();
+    }
+}

@@ -361,6 +361,22 @@ impl FsClient {
         self.wait_for(q, head)
     }
 
+    /// Publishes crafted descriptors (see [`DriverQueue::add_crafted_chain`]: loops, links out
+    /// of the table) on queue `q`, kicks and waits for the chain to be used.
+    pub fn crafted_chain(
+        &mut self,
+        q: usize,
+        descs: &[super::queue::Descriptor],
+    ) -> Result<UsedElem> {
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or(ClientError::BadOptions("no such queue"))?;
+        let head = queue.add_crafted_chain(&self.mem, descs)?;
+        queue.kick()?;
+        self.wait_for(q, head)
+    }
+
     /// Sends a request with opcode `op` about `nodeid` on the request queue, with room for a
     /// reply body of `reply_cap` bytes, and returns the checked reply body.
     pub fn request(

@@ -288,6 +288,23 @@ impl DriverQueue {
         Ok(head)
     }
 
+    /// Writes descriptors with caller-chosen flags and links and makes the first available.
+    /// A `next` below `descs.len()` is an index into `descs` (translated to the allocated id);
+    /// any other `next` is written unchanged. So loops and links out of the table can be made.
+    /// Does not kick. Returns the head id.
+    pub fn add_crafted_chain(&mut self, mem: &GuestMem, descs: &[Descriptor]) -> Result<u16> {
+        let ids = self.take_ids(descs.len())?;
+        let crafted = crafted_links(descs, &ids);
+        if let Err(e) = self.write_descs(mem, self.layout.desc, &ids, &crafted) {
+            self.free.extend(ids.iter().rev());
+            return Err(e);
+        }
+        let head = ids[0];
+        self.in_flight[usize::from(head)] = Some(ids);
+        self.publish(mem, head)?;
+        Ok(head)
+    }
+
     /// Writes `descs` into the indirect table of one head descriptor (flag
     /// `VIRTQ_DESC_F_INDIRECT`) and makes it available. Does not kick. Returns the head id.
     pub fn add_raw_indirect(&mut self, mem: &GuestMem, descs: &[RawDesc]) -> Result<u16> {
@@ -450,6 +467,18 @@ impl DriverQueue {
     }
 }
 
+/// Translates the relative `next` fields of crafted descriptors (see
+/// [`DriverQueue::add_crafted_chain`]) to the allocated `ids`.
+pub fn crafted_links(descs: &[Descriptor], ids: &[u16]) -> Vec<Descriptor> {
+    descs
+        .iter()
+        .map(|d| Descriptor {
+            next: ids.get(usize::from(d.next)).copied().unwrap_or(d.next),
+            ..*d
+        })
+        .collect()
+}
+
 /// Waits until `fd` is readable or `timeout` passes (thin poll(2) wrapper).
 fn poll_readable(fd: i32, timeout: Duration) -> Result<bool> {
     let mut pfd = libc::pollfd {
@@ -570,6 +599,21 @@ mod tests {
         // Without EVENT_IDX the used flags decide; zero means "kick me".
         assert!(q.notify_since(&mem, 0).unwrap());
         assert_eq!(q.kicks(), 1);
+    }
+
+    #[test]
+    fn crafted_links_are_relative_inside_and_raw_outside() {
+        let d = |next| Descriptor {
+            addr: 1,
+            len: 2,
+            flags: VIRTQ_DESC_F_NEXT,
+            next,
+        };
+        let out = crafted_links(&[d(1), d(0), d(500)], &[7, 3, 9]);
+        assert_eq!(
+            out.iter().map(|d| d.next).collect::<Vec<_>>(),
+            vec![3, 7, 500]
+        );
     }
 
     #[test]
