@@ -1,20 +1,22 @@
 //! The passthrough filesystem: a host directory exported to the guest.
 //!
 //! # Design
-//! - **Inodes** are `O_PATH | O_NOFOLLOW` descriptors ([`inode`]), keyed by (device, inode
+//! - **Inodes** are `O_PATH | O_NOFOLLOW` descriptors (`inode.rs`), keyed by (device, inode
 //!   number, mount id) and counted by lookups; node ids are our own counter, [`ROOT_ID`] is the
 //!   share root and is never dropped.
-//! - **Names** are single components ([`names`]) resolved with `openat(parent_fd, name)`:
+//! - **Names** are single components (`names.rs`) resolved with `openat(parent_fd, name)`:
 //!   no host path is ever built from guest input, so nothing outside the share can be named.
 //!   `..` looked up at the root is the root. The daemon never follows a symlink for the guest:
 //!   lookups use `O_NOFOLLOW`, a symlink inode cannot be opened (`ELOOP`), READLINK returns the
 //!   target bytes as they are.
 //! - **I/O** reopens an inode through `/proc/self/fd/<n>` (relative to a held descriptor of
 //!   `/proc/self/fd`), for regular files and directories only; a magic link resolves to the
-//!   file the `O_PATH` descriptor holds and goes no further.
+//!   file the `O_PATH` descriptor holds and goes no further. Device nodes, FIFOs and sockets
+//!   are never opened on the host (`ENXIO`): a guest kernel serves those itself, and a device
+//!   node made by guest root must not reach the host device.
 //! - **Credentials**: the daemon runs as root. Calls that create a file (CREATE, MKNOD, MKDIR,
 //!   SYMLINK) run with the caller's fsuid/fsgid, switched per thread for the duration of the
-//!   call ([`sys::FsCredsGuard`]). Chosen over `fchownat` afterwards because the file never
+//!   call (`sys::FsCredsGuard`). Chosen over `fchownat` afterwards because the file never
 //!   exists with the wrong owner, the host applies the caller's permissions on the parent,
 //!   and set-group-id directories and quotas behave as for a local caller. Operations on
 //!   existing names (UNLINK, RENAME, LINK, SETATTR) run as root: the guest kernel has already
@@ -24,8 +26,10 @@
 //!   start-up (`setgroups(0)`, as virtiofsd does) so that they grant the guest nothing.
 //! - **Umask**: the guest's umask is applied to the requested mode. The host process umask
 //!   (read once at construction) also applies to every create; when it removed bits the guest
-//!   asked for, the new file is `chmod`ed to the requested mode. The process umask is left
-//!   alone: it also governs files the binary creates (the socket).
+//!   asked for, the new file is `chmod`ed to the requested `rwx` bits (through the created
+//!   descriptor, or by name only when the caller owns the file found, so a racing rename
+//!   cannot turn it against another file). The process umask is left alone: it also governs
+//!   files the binary creates (the socket).
 //! - **Errors** are the host's errno; this module does not log.
 
 mod config;
