@@ -491,3 +491,65 @@ fn malformed_descriptor_chains() {
         s.assert_serving();
     }
 }
+
+/// FORGET and BATCH_FORGET with node ids that were never looked up, counts larger than the
+/// body, and more forgets than lookups, on the hiprio queue.
+#[test]
+fn bad_forgets_on_the_hiprio_queue() {
+    use vfsdax_protocol::fuse::{BatchForgetIn, ForgetOne};
+    use vfsdax_vmm_glue::driver::frontend::HIPRIO_QUEUE;
+    let mut s = session();
+    std::fs::write(s.host("f"), b"f").unwrap();
+    let e = s.client.lookup(ROOT_ID, b"f").unwrap();
+    // Never looked up, and many more forgets than lookups: no reply, nothing breaks.
+    s.client.forget(0xdead_beef, 1).unwrap();
+    s.client.forget(e.nodeid, 1_000_000).unwrap();
+    s.client
+        .batch_forget(&[ForgetOne {
+            nodeid: 0xfeed,
+            nlookup: 3,
+        }])
+        .unwrap();
+    s.assert_serving();
+    // A count that claims more entries than the request carries.
+    let one = ForgetOne {
+        nodeid: ROOT_ID,
+        nlookup: 1,
+    };
+    for count in [2u32, u32::MAX] {
+        let head = BatchForgetIn { count, dummy: 0 };
+        let mut body = head.as_slice().to_vec();
+        body.extend_from_slice(one.as_slice());
+        let unique = s.client.alloc_unique();
+        let req = raw_request(
+            40 + body.len() as u32,
+            Opcode::BatchForget as u32,
+            unique,
+            0,
+            &body,
+        );
+        let o = classify(s.client.transact(HIPRIO_QUEUE, &[&req], 256));
+        println!("BATCH_FORGET count {count} with one entry: {o:?}");
+        assert!(
+            !matches!(o, Outcome::Success(_) | Outcome::Garbage(_)),
+            "{o:?}"
+        );
+        s.assert_serving();
+    }
+    // A FORGET whose body is too short.
+    let unique = s.client.alloc_unique();
+    let short = raw_request(44, Opcode::Forget as u32, unique, e.nodeid, &[1, 0, 0, 0]);
+    let o = classify(s.client.transact(HIPRIO_QUEUE, &[&short], 256));
+    println!("FORGET with a 4-byte body: {o:?}");
+    assert!(
+        !matches!(o, Outcome::Success(_) | Outcome::Garbage(_)),
+        "{o:?}"
+    );
+    s.assert_serving();
+    // A forgotten name can be looked up again.
+    assert_eq!(
+        s.client.lookup(ROOT_ID, b"f").unwrap().attr.size,
+        1,
+        "lookups still work"
+    );
+}
