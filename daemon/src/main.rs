@@ -55,6 +55,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 fn run(opts: Options) -> Result<(), String> {
     opts.validate().map_err(|e| e.to_string())?;
     raise_nofile(opts.rlimit_nofile);
+    drop_supplementary_groups()?;
     if opts.thread_pool_size > 0 {
         log::warn!(
             "--thread-pool-size {}: requests are served on their queue's thread; \
@@ -148,6 +149,23 @@ fn run(opts: Options) -> Result<(), String> {
         }
         Err(e) => Err(format!("vhost-user connection failed: {e}")),
     }
+}
+
+/// Drops root's supplementary groups: requests run with the caller's fsuid/fsgid while
+/// creating files, and a leftover supplementary group would grant access the caller lacks.
+fn drop_supplementary_groups() -> Result<(), String> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return Ok(());
+    }
+    // SAFETY: a zero-length list with a null pointer is the documented way to clear the list.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return Err(format!(
+            "cannot drop supplementary groups: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Raises the soft open-file limit to `want`, or to the hard limit.
