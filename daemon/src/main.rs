@@ -76,6 +76,8 @@ fn run(opts: Options) -> Result<(), String> {
         announce_submounts: opts.announce_submounts,
         writeback: opts.writeback,
         allow_direct_io: opts.allow_direct_io,
+        dax_window: opts.cache_size,
+        dax_policy: opts.dax_policy,
         ..PassthroughConfig::new(shared_dir.clone())
     };
     let fs = PassthroughFs::new(fs_cfg)

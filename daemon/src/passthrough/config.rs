@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use vfsdax_protocol::fuse::flags::{fopen, init};
 
+pub use crate::cli::DaxPolicy;
+
 /// How much the guest may cache, as virtiofsd's `--cache`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CachePolicy {
@@ -69,11 +71,18 @@ pub struct PassthroughConfig {
     pub writeback: bool,
     /// Pass the guest's `O_DIRECT` to the host (otherwise it is dropped).
     pub allow_direct_io: bool,
+    /// Size of the DAX window in bytes (`--cache-size`); 0 disables DAX (SETUPMAPPING and
+    /// REMOVEMAPPING answer `ENOSYS`, no file is marked `FUSE_ATTR_DAX`).
+    pub dax_window: u64,
+    /// Which regular files are marked `FUSE_ATTR_DAX` for a guest mounted with `dax=inode`
+    /// (only with a DAX window).
+    pub dax_policy: DaxPolicy,
 }
 
 impl PassthroughConfig {
     /// A configuration sharing `root_dir` with the defaults of virtiofsd: cache `auto`, no
-    /// xattrs, writable, no submount announcements, no writeback, `O_DIRECT` dropped.
+    /// xattrs, writable, no submount announcements, no writeback, `O_DIRECT` dropped; no DAX
+    /// window (policy `always` once there is one).
     pub fn new(root_dir: impl Into<PathBuf>) -> PassthroughConfig {
         PassthroughConfig {
             root_dir: root_dir.into(),
@@ -83,6 +92,8 @@ impl PassthroughConfig {
             announce_submounts: false,
             writeback: false,
             allow_direct_io: false,
+            dax_window: 0,
+            dax_policy: DaxPolicy::Always,
         }
     }
 

@@ -5,13 +5,13 @@ use std::ffi::CStr;
 use std::io;
 use std::sync::atomic::Ordering;
 
-use vfsdax_protocol::fuse::SetattrIn;
+use vfsdax_protocol::fuse::{RemoveMappingOne, SetattrIn};
 
 use super::ops_dir::AddEntry;
 use super::PassthroughFs;
 use crate::filesystem::{
-    AttrReply, Context, Entry, FileSystem, Handle, Inode, XattrReply, ZeroCopyReader,
-    ZeroCopyWriter,
+    AttrReply, Context, DirEntry, Entry, FileSystem, Handle, Inode, Mapper, XattrReply,
+    ZeroCopyReader, ZeroCopyWriter,
 };
 
 impl FileSystem for PassthroughFs {
@@ -22,17 +22,19 @@ impl FileSystem for PassthroughFs {
     }
 
     fn destroy(&self) {
+        self.dax_destroy();
         self.handles.clear();
         self.inodes.clear();
     }
 
     fn lookup(&self, _ctx: Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
         let p = self.inode(parent)?;
-        self.lookup_in(&p, name)
+        Ok(self.with_dax_flag(self.lookup_in(&p, name)?))
     }
 
     fn forget(&self, _ctx: Context, inode: Inode, count: u64) {
         self.inodes.forget(inode, count);
+        self.dax_forgotten(inode);
     }
 
     fn getattr(
@@ -41,7 +43,9 @@ impl FileSystem for PassthroughFs {
         inode: Inode,
         handle: Option<Handle>,
     ) -> io::Result<AttrReply> {
-        self.do_getattr(inode, handle)
+        let mut a = self.do_getattr(inode, handle)?;
+        a.attr_flags |= self.dax_attr_flag(inode, &a.attr);
+        Ok(a)
     }
 
     fn setattr(
@@ -51,7 +55,9 @@ impl FileSystem for PassthroughFs {
         attr: &SetattrIn,
         handle: Option<Handle>,
     ) -> io::Result<AttrReply> {
-        self.do_setattr(inode, attr, handle)
+        let mut a = self.do_setattr(inode, attr, handle)?;
+        a.attr_flags |= self.dax_attr_flag(inode, &a.attr);
+        Ok(a)
     }
 
     fn readlink(&self, _ctx: Context, inode: Inode) -> io::Result<Vec<u8>> {
@@ -65,7 +71,7 @@ impl FileSystem for PassthroughFs {
         parent: Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
-        self.do_symlink(ctx, linkname, parent, name)
+        Ok(self.with_dax_flag(self.do_symlink(ctx, linkname, parent, name)?))
     }
 
     fn mknod(
@@ -77,7 +83,7 @@ impl FileSystem for PassthroughFs {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.do_mknod(ctx, parent, name, mode, rdev, umask)
+        Ok(self.with_dax_flag(self.do_mknod(ctx, parent, name, mode, rdev, umask)?))
     }
 
     fn mkdir(
@@ -88,7 +94,7 @@ impl FileSystem for PassthroughFs {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.do_mkdir(ctx, parent, name, mode, umask)
+        Ok(self.with_dax_flag(self.do_mkdir(ctx, parent, name, mode, umask)?))
     }
 
     fn unlink(&self, _ctx: Context, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -118,7 +124,7 @@ impl FileSystem for PassthroughFs {
         newparent: Inode,
         newname: &CStr,
     ) -> io::Result<Entry> {
-        self.do_link(inode, newparent, newname)
+        Ok(self.with_dax_flag(self.do_link(inode, newparent, newname)?))
     }
 
     fn open(
@@ -141,7 +147,8 @@ impl FileSystem for PassthroughFs {
         umask: u32,
         kill_priv: bool,
     ) -> io::Result<(Entry, Option<Handle>, u32)> {
-        self.do_create(ctx, parent, name, mode, flags, umask, kill_priv)
+        let (e, h, f) = self.do_create(ctx, parent, name, mode, flags, umask, kill_priv)?;
+        Ok((self.with_dax_flag(e), h, f))
     }
 
     fn read(
@@ -217,7 +224,12 @@ impl FileSystem for PassthroughFs {
         plus: bool,
         add: &mut AddEntry<'_>,
     ) -> io::Result<()> {
-        self.do_readdir(inode, handle, size, offset, plus, add)
+        if !plus || self.dax_state().is_none() {
+            return self.do_readdir(inode, handle, size, offset, plus, add);
+        }
+        let mut flagged =
+            |de: DirEntry<'_>, e: Option<Entry>| add(de, e.map(|e| self.with_dax_flag(e)));
+        self.do_readdir(inode, handle, size, offset, plus, &mut flagged)
     }
 
     fn releasedir(
@@ -316,5 +328,28 @@ impl FileSystem for PassthroughFs {
 
     fn removexattr(&self, _ctx: Context, inode: Inode, name: &CStr) -> io::Result<()> {
         self.do_removexattr(inode, name)
+    }
+
+    fn setup_mapping(
+        &self,
+        _ctx: Context,
+        inode: Inode,
+        handle: Handle,
+        foffset: u64,
+        len: u64,
+        flags: u64,
+        moffset: u64,
+        mapper: &dyn Mapper,
+    ) -> io::Result<()> {
+        self.do_setup_mapping(inode, handle, foffset, len, flags, moffset, mapper)
+    }
+
+    fn remove_mapping(
+        &self,
+        _ctx: Context,
+        requests: &[RemoveMappingOne],
+        mapper: &dyn Mapper,
+    ) -> io::Result<()> {
+        self.do_remove_mapping(requests, mapper)
     }
 }

@@ -33,6 +33,7 @@
 //! - **Errors** are the host's errno; this module does not log.
 
 mod config;
+mod dax;
 mod fs_impl;
 mod handle;
 mod inode;
@@ -56,8 +57,10 @@ use std::time::Duration;
 
 use vfsdax_protocol::fuse::ROOT_ID;
 
-pub use config::{CachePolicy, PassthroughConfig};
+pub use config::{CachePolicy, DaxPolicy, PassthroughConfig};
+pub use dax::{policy_wants_dax, FS_XFLAG_DAX, NO_HANDLE};
 
+use crate::dax::DaxState;
 use crate::filesystem::{Context, Handle};
 use handle::HandleTable;
 use inode::{InodeData, InodeTable};
@@ -105,6 +108,8 @@ pub struct PassthroughFs {
     switch_creds: bool,
     /// The INIT flags negotiated with the guest (0 before INIT).
     negotiated: AtomicU64,
+    /// The DAX window's live mappings (`dax.rs`), when `cfg.dax_window > 0`.
+    dax: Option<DaxState>,
 }
 
 impl PassthroughFs {
@@ -145,6 +150,7 @@ impl PassthroughFs {
             .ok()
             .and_then(|s| perm::parse_umask(&s))
             .unwrap_or(0o777);
+        let dax = (cfg.dax_window > 0).then(|| DaxState::with_page_alignment(cfg.dax_window));
         Ok(PassthroughFs {
             cfg,
             inodes: InodeTable::new(root, &root_stat),
@@ -153,6 +159,7 @@ impl PassthroughFs {
             host_umask,
             switch_creds: sys::is_root(),
             negotiated: AtomicU64::new(0),
+            dax,
         })
     }
 
