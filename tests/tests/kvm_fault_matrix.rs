@@ -98,7 +98,9 @@ fn scenario(access: GuestAccess, guest: Guest, truncation: Truncation) -> Scenar
         access,
         opt_in: guest == Guest::OptedIn,
         send_always: true,
+        stock_apf: false,
         guest_mce: true,
+        user_mode: false,
         feature_bit: Some(DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT),
         policy: match guest {
             Guest::OptedIn | Guest::Mce => FallbackPolicy::Mce,
@@ -459,4 +461,99 @@ fn fault_free_run_adds_no_ioctl() {
         assert!(r.runs > 3, "the guest exited for its port writes");
         assert_eq!(r.ioctls, r.runs);
     });
+}
+
+/// User-mode (CPL 3) accesses. On this host KVM never exits for them: with apf registered its own
+/// async PF retries the page forever, without apf it retries silently. The glue fences the lost
+/// range (at the guest's ACK, or at a kick) so the retry exits to it, as a bare EFAULT here.
+fn check_user(access: GuestAccess, opt_in: bool, stock_apf: bool, policy: FallbackPolicy) {
+    let mut s = scenario(
+        access,
+        if opt_in { Guest::OptedIn } else { Guest::Mce },
+        Truncation::ToZero,
+    );
+    s.user_mode = true;
+    s.send_always = false;
+    s.stock_apf = stock_apf;
+    s.policy = policy;
+    let r = run(&s);
+    let g = &r.guest;
+    assert_eq!(g.exception, None, "{g:?}");
+    let [rep] = r.reports.as_slice() else {
+        panic!("one report expected: {:?} {:?}", r.reports, g)
+    };
+    assert_eq!(rep.guest_mode, GuestMode::User);
+    assert_eq!(rep.file_size_now, Some(0));
+    let gpa = layout::WINDOW_GPA + ACCESS_OFFSET;
+    // Exact address from an MMIO exit, or the first lost byte from a bare EFAULT (fenced range).
+    assert!(rep.gpa.is_none_or(|a| a == gpa), "{rep:?}");
+    assert!(rep.window_offset <= ACCESS_OFFSET);
+    if rep.gpa.is_none() {
+        assert!(
+            r.counters.fenced >= 1,
+            "a bare EFAULT here only comes from a fenced range"
+        );
+    }
+    let rips = [r.access_rip as u32, (r.access_rip + STORE_LEN) as u32];
+    for &(t, f) in &g.ready {
+        let ours = matches!(rep.action, ActionTaken::ApfError { token } if token == t);
+        let kvm = t == BROADCAST_TOKEN || vfsdax_protocol::apf::is_kvm_token_of(t, 0);
+        assert!(ours || (kvm && f == 0), "stray 'page ready' {t:#x}/{f}");
+    }
+    match rep.action {
+        ActionTaken::ApfError { token } => {
+            assert!(opt_in);
+            let (flags, cr2, rip) = g.page_fault.expect("#PF");
+            assert_eq!((flags, cr2), (1, token));
+            assert!(
+                rips.contains(&rip),
+                "RIP {rip:#x} vs access at {:#x}",
+                r.access_rip
+            );
+            assert!(g.ready.contains(&(token, KVM_PV_REASON_PAGE_ERROR)));
+            assert_eq!(g.sigbus, Some(1));
+        }
+        ActionTaken::MachineCheck { bank: 9 } => {
+            assert!(!opt_in && policy == FallbackPolicy::Mce);
+            let (addr, _, _, rip) = g.machine_check.expect("#MC");
+            assert_eq!(
+                Some(addr),
+                Some(rep.gpa.unwrap_or(layout::WINDOW_GPA + rep.window_offset))
+            );
+            assert!((layout::WINDOW_GPA..=gpa).contains(&addr));
+            assert!(rips.contains(&rip));
+            assert_eq!(g.sigbus, Some(2));
+        }
+        ActionTaken::ZeroFill { .. } => {
+            assert_eq!(policy, FallbackPolicy::ZeroFill);
+            let want = if access == GuestAccess::Load {
+                0
+            } else {
+                STORE_VALUE
+            };
+            assert_eq!(g.value, Some(want));
+        }
+        other => panic!("unexpected action {other:?}"),
+    }
+    assert!(g.done);
+}
+
+macro_rules! user_cells {
+    ($($name:ident: $access:ident, $opt_in:expr, $stock:expr, $policy:ident;)*) => {$(
+        #[test]
+        fn $name() {
+            in_child(stringify!($name), || {
+                check_user(GuestAccess::$access, $opt_in, $stock, FallbackPolicy::$policy)
+            });
+        }
+    )*};
+}
+
+user_cells! {
+    user_load_apf: Load, true, false, Mce;
+    user_store_apf: Store, true, false, Mce;
+    user_load_stock_apf_mce: Load, false, true, Mce;
+    user_store_stock_apf_zero_fill: Store, false, true, ZeroFill;
+    user_load_no_apf_mce: Load, false, false, Mce;
+    user_store_no_apf_mce: Store, false, false, Mce;
 }

@@ -50,9 +50,15 @@ struct Args {
     /// The guest opts in to apf errors.
     #[arg(long)]
     opt_in: bool,
-    /// When opting in, do not set SEND_ALWAYS (kernel-mode faults then use the fallback).
+    /// The guest registers for plain apf like a stock Linux guest (no SEND_ERROR).
+    #[arg(long)]
+    stock_apf: bool,
+    /// When registering, do not set SEND_ALWAYS (kernel-mode faults then use the fallback).
     #[arg(long)]
     no_send_always: bool,
+    /// The guest's loads and stores run in user mode (CPL 3).
+    #[arg(long)]
+    user_mode: bool,
     /// The guest leaves CR4.MCE clear.
     #[arg(long)]
     no_guest_mce: bool,
@@ -86,7 +92,9 @@ fn main() -> ExitCode {
         },
         opt_in: args.opt_in,
         send_always: !args.no_send_always,
+        stock_apf: args.stock_apf,
         guest_mce: !args.no_guest_mce,
+        user_mode: args.user_mode,
         feature_bit: (!args.no_apf_feature).then_some(args.feature_bit),
         policy: match args.policy {
             PolicyArg::Mce => FallbackPolicy::Mce,
@@ -166,6 +174,7 @@ fn main() -> ExitCode {
             "retries": c.retries,
             "msr_traps": c.msr_traps,
             "deferred_ready": c.deferred_ready,
+            "fenced": c.fenced,
         },
         "ioctls": result.ioctls,
         "runs": result.runs,

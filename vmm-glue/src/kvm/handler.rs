@@ -25,6 +25,7 @@ use crate::fault::{
 };
 
 use super::apf::ApfVcpu;
+use super::fence::Fences;
 use super::mce;
 use super::vcpu::{CpuSnapshot, Exit, VcpuOps};
 
@@ -32,6 +33,8 @@ use super::vcpu::{CpuSnapshot, Exit, VcpuOps};
 const PF_VECTOR: u8 = 14;
 /// x86 #MC vector.
 const MC_VECTOR: u8 = 18;
+/// Minimum time between two fence scans triggered by kicks.
+const FENCE_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 /// Base of the local APIC MSI address range.
 const MSI_ADDRESS_BASE: u64 = 0xfee0_0000;
 
@@ -53,6 +56,9 @@ pub enum FaultError {
     /// The immediate-exit run used to rewind a load did not return `EINTR`.
     #[error("rewinding the faulted load returned {0} instead of an immediate exit")]
     Rewind(String),
+    /// Fencing a lost range failed.
+    #[error("cannot fence a lost DAX window range")]
+    Fence(#[source] super::fence::FenceError),
     /// The apf data the guest registered is not in guest memory.
     #[error("the apf data at guest address {0:#x} is outside guest memory")]
     ApfData(u64),
@@ -139,6 +145,8 @@ pub struct FaultCounters {
     pub msr_traps: u64,
     /// 'page ready' deliveries deferred until the guest freed the slot.
     pub deferred_ready: u64,
+    /// Lost window ranges fenced so KVM's own async PF cannot loop on them.
+    pub fenced: u64,
 }
 
 /// What became of an exit.
@@ -189,6 +197,8 @@ pub struct DaxFaultHandler<M> {
     apf: ApfVcpu,
     mce_outstanding: bool,
     counters: FaultCounters,
+    fences: Fences,
+    last_fence_scan: Option<Instant>,
 }
 
 impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
@@ -214,6 +224,8 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             config,
             apf: ApfVcpu::default(),
             mce_outstanding: false,
+            fences: Fences::default(),
+            last_fence_scan: None,
             counters: FaultCounters::default(),
         }
     }
@@ -241,7 +253,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         exit_at: Instant,
     ) -> Result<Handled, FaultError> {
         let evidence = match *exit {
-            Exit::Wrmsr { index, data } if self.config.apf_advertised && ApfVcpu::traps(index) => {
+            Exit::Wrmsr { index, data } if ApfVcpu::traps(index) => {
                 return self.on_apf_msr(ops, index, data);
             }
             Exit::MmioRead { gpa, len } if self.geometry.offset_of_gpa(gpa).is_some() => {
@@ -262,6 +274,22 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 memory_fault: Some((gpa, size)),
             },
             Exit::Efault => FaultEvidence::Efault { memory_fault: None },
+            Exit::Interrupted => {
+                // A kick: the only exit a KVM that silently retries a lost page still produces.
+                // Fence shrunken mappings (fstat only, no ioctl), at most every 10 ms.
+                if self
+                    .last_fence_scan
+                    .is_none_or(|t| t.elapsed() >= FENCE_SCAN_INTERVAL)
+                {
+                    self.last_fence_scan = Some(Instant::now());
+                    let n = self
+                        .fences
+                        .fence_truncated(self.geometry.host_base, self.window.table())
+                        .map_err(FaultError::Fence)?;
+                    self.counters.fenced += n as u64;
+                }
+                return Ok(Handled::NotMine);
+            }
             _ => return Ok(Handled::NotMine),
         };
         let class = classify(&evidence, &self.geometry, self.window.table(), |m| {
@@ -305,6 +333,12 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         let action = match verdict.decision {
             Decision::PassThrough => return Ok(Handled::NotMine),
             Decision::Retry => {
+                if let Classification::Backed { gpa, .. } = &class {
+                    let off = gpa - self.geometry.gpa_base;
+                    self.fences
+                        .unfence(self.geometry.host_base, off)
+                        .map_err(FaultError::Fence)?;
+                }
                 self.retry(ops, exit, &snap, &class)?;
                 self.counters.retries += 1;
                 return Ok(Handled::Resume(None));
@@ -487,6 +521,15 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         data: u64,
     ) -> Result<Handled, FaultError> {
         self.counters.msr_traps += 1;
+        if index == vfsdax_protocol::apf::MSR_KVM_ASYNC_PF_ACK {
+            // The guest consumed a 'page ready': if it was KVM's own for a truncated page, the
+            // retry would start KVM's async fault all over again. Fence lost ranges first.
+            let n = self
+                .fences
+                .fence_truncated(self.geometry.host_base, self.window.table())
+                .map_err(FaultError::Fence)?;
+            self.counters.fenced += n as u64;
+        }
         let w = self
             .apf
             .on_msr_write(ops, index, data, self.config.apf_advertised)
@@ -552,6 +595,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         self.window
             .map_zero(start, lost_len)
             .map_err(|e| format!("zero-filling the lost range failed: {e}"))?;
+        self.fences.forget(start, lost_len);
         match *exit {
             Exit::MmioRead { len, .. } => ops.complete_mmio_read(&[0; 8][..len.min(8) as usize]),
             Exit::MmioWrite { gpa, len, data } => {

@@ -227,17 +227,27 @@ fn exits_that_are_not_dax_faults_cost_no_ioctl() {
     ));
     assert!(v.ioctls.is_empty(), "{:?}", v.ioctls);
     assert!(v.staged_regs.is_none() && v.staged_events.is_none() && v.mmio_data.is_none());
-    // Without the feature advertised, apf MSR writes are not trapped either.
+    // Without the feature advertised, SEND_ERROR is refused but plain apf still reaches KVM.
     let mut g = fixture("passthrough-noadv", FallbackPolicy::Mce, false);
     let e = Exit::Wrmsr {
         index: MSR_KVM_ASYNC_PF_EN,
-        data: 1,
+        data: APF_GPA | 1 | KVM_ASYNC_PF_SEND_ERROR,
     };
     assert!(matches!(
         g.handler.handle(&mut v, &e, Instant::now()),
-        Ok(Handled::NotMine)
+        Ok(Handled::Resume(None))
     ));
+    assert_eq!(v.msr_error, Some(true));
     assert!(v.ioctls.is_empty());
+    let e = Exit::Wrmsr {
+        index: MSR_KVM_ASYNC_PF_EN,
+        data: APF_GPA | 1 | KVM_ASYNC_PF_DELIVERY_AS_INT,
+    };
+    g.handler
+        .handle(&mut v, &e, Instant::now())
+        .expect("forwarded");
+    assert_eq!(v.msr_error, Some(false));
+    assert_eq!(v.ioctls, ["set_msr"]);
 }
 
 #[test]

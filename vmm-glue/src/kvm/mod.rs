@@ -3,6 +3,7 @@
 //! - [`vcpu`]: the vCPU operations the glue needs, behind [`vcpu::VcpuOps`] so tests can stand
 //!   in for KVM and count ioctls; [`vcpu::KvmVcpu`] is the real one.
 //! - [`apf`]: the async-page-fault error protocol (CPUID bit, MSR trapping, tokens).
+//! - [`fence`]: fencing lost window ranges so KVM's own async PF cannot loop on them.
 //! - [`mce`]: machine-check injection.
 //! - [`guest`]: the hand-written 64-bit test guest.
 //! - [`handler`]: [`handler::DaxFaultHandler`], which turns a vCPU exit into a report and an
@@ -10,6 +11,7 @@
 //! - [`vm`]: a minimal reference VM on real KVM; [`scenario`]: truncation scenarios run in it.
 
 pub mod apf;
+pub mod fence;
 pub mod guest;
 pub mod handler;
 pub mod mce;

@@ -75,12 +75,16 @@ impl std::str::FromStr for Truncation {
 pub struct Scenario {
     /// Load or store.
     pub access: GuestAccess,
-    /// The guest opts in to apf errors (with `SEND_ALWAYS`, since it runs in kernel mode).
+    /// The guest opts in to apf errors.
     pub opt_in: bool,
-    /// The guest sets `SEND_ALWAYS` when it opts in.
+    /// The guest registers for plain apf like a stock Linux guest (ignored with `opt_in`).
+    pub stock_apf: bool,
+    /// The guest sets `SEND_ALWAYS` when it registers.
     pub send_always: bool,
     /// The guest sets CR4.MCE.
     pub guest_mce: bool,
+    /// The guest's accesses run in user mode (CPL 3).
+    pub user_mode: bool,
     /// CPUID bit advertising the feature (`None`: not advertised).
     pub feature_bit: Option<u32>,
     /// Fallback policy.
@@ -136,6 +140,15 @@ pub enum ScenarioError {
     /// The VM failed.
     #[error("the reference VM failed")]
     Vm(#[from] VmError),
+    /// The VM failed while running the guest; carries what the guest had reported by then.
+    #[error("the reference VM failed after the guest reported {guest:?}")]
+    Run {
+        /// What the guest reported before the failure.
+        guest: Box<GuestObservation>,
+        /// The failure.
+        #[source]
+        source: VmError,
+    },
 }
 
 fn write_pattern(path: &PathBuf, word: fn(u64) -> u64) -> io::Result<File> {
@@ -193,8 +206,10 @@ pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
         access: s.access,
         opt_in: s.opt_in,
         send_always: s.send_always,
+        stock_apf: s.stock_apf,
         enable_mce: s.guest_mce,
         interrupts: true,
+        user_mode: s.user_mode,
         feature_bit: s
             .feature_bit
             .unwrap_or(vfsdax_protocol::apf::DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT),
@@ -214,7 +229,7 @@ pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
     let mut guest = GuestObservation::default();
     let mut mutate_err = None;
     let mut port_log = Vec::new();
-    let outcome = vm.run(s.timeout, |p, v| {
+    let run = vm.run(s.timeout, |p, v| {
         port_log.push((p, v, Instant::now()));
         guest.record(p, v);
         if p == port::STAGE && v == 2 {
@@ -224,7 +239,16 @@ pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
             }
         }
         p != port::DONE
-    })?;
+    });
+    let outcome = match run {
+        Ok(o) => o,
+        Err(source) => {
+            return Err(ScenarioError::Run {
+                guest: Box::new(guest),
+                source,
+            })
+        }
+    };
     if let Some(e) = mutate_err {
         return Err(e.into());
     }

@@ -175,6 +175,16 @@ impl Asm {
         self.b(&[0xf4])
     }
 
+    /// `pause` (`F3 90`), allowed at any privilege level.
+    pub fn pause(&mut self) -> &mut Self {
+        self.b(&[0xf3, 0x90])
+    }
+
+    /// `lea rax, [rip + rel32]` to a label (`REX.W 8D /r`, ModRM 00 000 101).
+    pub fn lea_rax_label(&mut self, l: Label) -> &mut Self {
+        self.b(&[0x48, 0x8d, 0x05]).rel32(l)
+    }
+
     /// `iretq` (`REX.W CF`).
     pub fn iretq(&mut self) -> &mut Self {
         self.b(&[0x48, 0xcf])

@@ -29,8 +29,22 @@ pub mod layout {
     pub const WOKEN_TOKEN: u64 = 0x9104;
     /// Guest variable: `ready_flags` of that 'page ready'.
     pub const WOKEN_FLAGS: u64 = 0x9108;
+    /// The 64-bit TSS (only its RSP0 matters: the kernel stack for user-mode runs).
+    pub const TSS: u64 = 0x9200;
     /// Code.
     pub const CODE: u64 = 0x10000;
+    /// Initial user-mode stack pointer.
+    pub const USER_STACK_TOP: u64 = 0x17000;
+    /// Kernel code selector.
+    pub const KERNEL_CS: u16 = 0x08;
+    /// Kernel data selector.
+    pub const KERNEL_DS: u16 = 0x10;
+    /// User code selector (RPL 3).
+    pub const USER_CS: u16 = 0x18 | 3;
+    /// User data selector (RPL 3).
+    pub const USER_DS: u16 = 0x20 | 3;
+    /// TSS selector.
+    pub const TSS_SEL: u16 = 0x28;
     /// Initial stack pointer.
     pub const STACK_TOP: u64 = 0x1f000;
     /// Size of guest RAM (at GPA 0).
@@ -107,10 +121,15 @@ pub struct GuestConfig {
     pub opt_in: bool,
     /// Set `SEND_ALWAYS` (the guest's accesses run in kernel mode).
     pub send_always: bool,
+    /// Register for plain apf like a stock Linux guest (no `SEND_ERROR`, no CPUID check); with
+    /// `opt_in` this is implied.
+    pub stock_apf: bool,
     /// Set CR4.MCE.
     pub enable_mce: bool,
     /// Run the access with interrupts enabled.
     pub interrupts: bool,
+    /// Drop to user mode (CPL 3, IOPL 3) for the baseline load and the access.
+    pub user_mode: bool,
     /// CPUID 0x40000001 EAX bit that advertises `ASYNC_PF_ERROR`.
     pub feature_bit: u32,
     /// Window offset of the baseline load.

@@ -40,15 +40,17 @@ pub struct GuestImage {
     pub gates: Vec<(u8, u64)>,
 }
 
+/// Limit of the TSS: 104 bytes, the 8 KiB I/O bitmap and its terminating byte.
+const TSS_LIMIT: u64 = 104 + 8192;
 const LAPIC_SVR: u64 = layout::LAPIC + 0xf0;
 const LAPIC_EOI: u64 = layout::LAPIC + 0xb0;
 
-/// The value the guest writes to `MSR_KVM_ASYNC_PF_EN` when it opts in.
+/// The value the guest writes to `MSR_KVM_ASYNC_PF_EN` when it registers for apf.
 pub fn apf_en_value(cfg: &GuestConfig) -> u64 {
-    let mut v = layout::APF_DATA
-        | KVM_ASYNC_PF_ENABLED
-        | KVM_ASYNC_PF_DELIVERY_AS_INT
-        | KVM_ASYNC_PF_SEND_ERROR;
+    let mut v = layout::APF_DATA | KVM_ASYNC_PF_ENABLED | KVM_ASYNC_PF_DELIVERY_AS_INT;
+    if cfg.opt_in {
+        v |= KVM_ASYNC_PF_SEND_ERROR;
+    }
     if cfg.send_always {
         v |= KVM_ASYNC_PF_SEND_ALWAYS;
     }
@@ -69,16 +71,22 @@ pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
     a.mov_r32_imm(Reg::Rax, 0x100 | u32::from(layout::SPURIOUS_VECTOR))
         .store_eax_abs(LAPIC_SVR);
     a.report(port::STAGE as u8, 1);
+    // Touch the GDT and IDT pages once, as a guest that has been running a while would have:
+    // on a shadow-MMU host the first exception delivery otherwise pays for mapping them.
+    a.load_eax_abs(layout::GDT + 8)
+        .load_eax_abs(layout::IDT + 16 * 14);
     if cfg.enable_mce {
         a.mov_rax_cr4().or_rax_imm(1 << 6).mov_cr4_rax();
     }
-    if cfg.opt_in {
+    if cfg.opt_in || cfg.stock_apf {
         let no_apf = a.label();
         a.mov_r32_imm(Reg::Rax, KVM_CPUID_FEATURES)
             .zero(Reg::Rcx)
             .cpuid()
             .out_eax(port::CPUID_EAX as u8);
-        a.bt_eax(cfg.feature_bit as u8).jcc(Cond::NotCarry, no_apf);
+        if cfg.opt_in {
+            a.bt_eax(cfg.feature_bit as u8).jcc(Cond::NotCarry, no_apf);
+        }
         a.write_msr(MSR_KVM_ASYNC_PF_INT, u64::from(layout::APF_VECTOR));
         a.mov_r32_imm(Reg::Rax, 1)
             .store_eax_abs(layout::APF_DATA + APF_ENABLED_OFFSET);
@@ -89,6 +97,20 @@ pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
     }
     if cfg.interrupts {
         a.sti();
+    }
+    if cfg.user_mode {
+        // iretq into ring 3 with IOPL 3 (ports stay usable) and IF as configured.
+        let user = a.label();
+        let rflags = 0x3002 | if cfg.interrupts { 0x200 } else { 0 };
+        a.mov_r32_imm(Reg::Rax, u32::from(layout::USER_DS))
+            .push(Reg::Rax);
+        a.mov_r32_imm(Reg::Rax, layout::USER_STACK_TOP as u32)
+            .push(Reg::Rax);
+        a.mov_r32_imm(Reg::Rax, rflags).push(Reg::Rax);
+        a.mov_r32_imm(Reg::Rax, u32::from(layout::USER_CS))
+            .push(Reg::Rax);
+        a.lea_rax_label(user).push(Reg::Rax).iretq();
+        a.bind(user);
     }
     // Baseline load from a page the host keeps.
     a.mov_r64_imm(Reg::Rbx, layout::WINDOW_GPA + cfg.baseline_offset)
@@ -116,7 +138,7 @@ pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
     a.report(port::DONE as u8, 0);
     let park = a.label();
     a.bind(park);
-    a.hlt().jmp(park);
+    a.pause().jmp(park);
 
     let mut gates = Vec::new();
 
@@ -225,13 +247,33 @@ pub fn load<M: Bytes<GuestAddress>>(mem: &M, image: &GuestImage) -> Result<(), G
         mem.write_obj(v, GuestAddress(at))
             .map_err(|_| GuestError::Memory)
     };
-    // GDT: null, 64-bit code (0x08), data (0x10).
-    for (i, d) in [0u64, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff]
-        .into_iter()
-        .enumerate()
-    {
+    // GDT: null, kernel code (0x08), kernel data (0x10), user code (0x18), user data (0x20), and
+    // the 16-byte TSS descriptor (0x28).
+    let tss_lo = TSS_LIMIT
+        | ((layout::TSS & 0xff_ffff) << 16)
+        | (0x89 << 40)
+        | (((layout::TSS >> 24) & 0xff) << 56);
+    let gdt = [
+        0u64,
+        0x00af_9a00_0000_ffff,
+        0x00cf_9200_0000_ffff,
+        0x00af_fa00_0000_ffff,
+        0x00cf_f200_0000_ffff,
+        tss_lo,
+        layout::TSS >> 32,
+    ];
+    for (i, d) in gdt.into_iter().enumerate() {
         w(d, layout::GDT + 8 * i as u64)?;
     }
+    // TSS: RSP0 (offset 4) = the kernel stack; an all-zero I/O permission bitmap right after
+    // the 104-byte TSS lets user mode use the report ports even where IOPL is not honoured.
+    w(layout::STACK_TOP, layout::TSS + 4)?;
+    mem.write_obj(104u16, GuestAddress(layout::TSS + 102))
+        .map_err(|_| GuestError::Memory)?;
+    mem.write_slice(&[0u8; 8192], GuestAddress(layout::TSS + 104))
+        .map_err(|_| GuestError::Memory)?;
+    mem.write_obj(0xffu8, GuestAddress(layout::TSS + 104 + 8192))
+        .map_err(|_| GuestError::Memory)?;
     // IDT: 64-bit interrupt gates, selector 0x08, present, DPL 0.
     for &(vector, handler) in &image.gates {
         let lo =
@@ -239,17 +281,17 @@ pub fn load<M: Bytes<GuestAddress>>(mem: &M, image: &GuestImage) -> Result<(), G
         w(lo, layout::IDT + 16 * u64::from(vector))?;
         w(handler >> 32, layout::IDT + 16 * u64::from(vector) + 8)?;
     }
-    // Identity map 0-4 GiB with 2 MiB pages; the local APIC page uncached.
-    w(layout::PDPT | 3, layout::PML4)?;
+    // Identity map 0-4 GiB with 2 MiB user-accessible pages; the local APIC page uncached.
+    w(layout::PDPT | 7, layout::PML4)?;
     for i in 0..4u64 {
-        w((layout::PD + 0x1000 * i) | 3, layout::PDPT + 8 * i)?;
+        w((layout::PD + 0x1000 * i) | 7, layout::PDPT + 8 * i)?;
     }
     for j in 0..2048u64 {
         let base = j << 21;
         let flags = if base == layout::LAPIC & !0x1f_ffff {
-            0x9b
+            0x9f
         } else {
-            0x83
+            0x87
         };
         w(base | flags, layout::PD + 8 * j)?;
     }
@@ -291,8 +333,16 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
+    sregs.tr = kvm_segment {
+        base: layout::TSS,
+        limit: TSS_LIMIT as u32,
+        selector: layout::TSS_SEL,
+        type_: 11, // busy 64-bit TSS
+        present: 1,
+        ..Default::default()
+    };
     sregs.gdt.base = layout::GDT;
-    sregs.gdt.limit = 23;
+    sregs.gdt.limit = 7 * 8 - 1;
     sregs.idt.base = layout::IDT;
     sregs.idt.limit = 4095;
     sregs.cr0 = 0x8005_0033; // PG, AM, WP, NE, ET, MP, PE
@@ -323,8 +373,10 @@ mod tests {
             access,
             opt_in: true,
             send_always: true,
+            stock_apf: false,
             enable_mce: true,
             interrupts: true,
+            user_mode: false,
             feature_bit: vfsdax_protocol::apf::DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT,
             baseline_offset: 8,
             access_offset: 0x2010,
@@ -374,7 +426,7 @@ mod tests {
             let pde: u64 = mem
                 .read_obj(GuestAddress(layout::PD + 8 * (layout::WINDOW_GPA >> 21)))
                 .expect("pd");
-            assert_eq!(pde, layout::WINDOW_GPA | 0x83);
+            assert_eq!(pde, layout::WINDOW_GPA | 0x87);
         }
     }
 
@@ -386,6 +438,7 @@ mod tests {
         assert_ne!(v & KVM_ASYNC_PF_SEND_ALWAYS, 0);
         let v = apf_en_value(&GuestConfig {
             send_always: false,
+            stock_apf: false,
             ..cfg(GuestAccess::Load)
         });
         assert_eq!(v & KVM_ASYNC_PF_SEND_ALWAYS, 0);
