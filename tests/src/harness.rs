@@ -233,6 +233,11 @@ impl Daemon {
         self.tmp.path().join("outside")
     }
 
+    /// The daemon's process id (for counting its descriptors in `/proc/<pid>/fd`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the daemon process is still running.
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
