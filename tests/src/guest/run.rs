@@ -1,5 +1,6 @@
 //! One guest run end to end: initramfs, daemon, QEMU, serial markers.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -86,6 +87,8 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// How long to wait for the daemon's socket.
     pub daemon_start_timeout: Duration,
+    /// Arguments appended to [`daemon::virtiofs_args`] (e.g. `--cache-size 64M`).
+    pub daemon_args: Vec<OsString>,
 }
 
 impl RunOptions {
@@ -102,6 +105,7 @@ impl RunOptions {
             mem_mib: 1024,
             timeout: Duration::from_secs(secs),
             daemon_start_timeout: Duration::from_secs(20),
+            daemon_args: Vec::new(),
         }
     }
 }
@@ -147,7 +151,7 @@ impl GuestRun {
 }
 
 /// Boots a guest whose virtio-fs device is served by `daemon_program` (started with
-/// [`daemon::virtiofs_args`] on `share`), runs `opts.mode`, and returns what happened.
+/// [`daemon::virtiofs_args`] on `share` plus `opts.daemon_args`), runs `opts.mode`, and returns what happened.
 /// `work` holds the socket, the logs and the initramfs. Steps that fail inside the guest are in
 /// the report, not errors.
 pub fn run_guest(
@@ -160,9 +164,11 @@ pub fn run_guest(
     let initrd = work.join("initramfs.cpio");
     initramfs::build_initramfs(&setup.busybox, &setup.kernel.modules, &initrd)?;
     let socket = work.join("vhost.sock");
+    let mut args = daemon::virtiofs_args(&socket, share);
+    args.extend(opts.daemon_args.iter().cloned());
     let daemon = Daemon::start(
         daemon_program,
-        &daemon::virtiofs_args(&socket, share),
+        &args,
         &socket,
         &work.join("daemon.log"),
         opts.daemon_start_timeout,
