@@ -465,7 +465,8 @@ fn fault_free_run_adds_no_ioctl() {
 
 /// User-mode (CPL 3) accesses. On this host KVM never exits for them: with apf registered its own
 /// async PF retries the page forever, without apf it retries silently. The glue fences the lost
-/// range (at the guest's ACK, or at a kick) so the retry exits to it, as a bare EFAULT here.
+/// range (at the guest's ACK, or at a kick) so the retry exits to it, as a bare EFAULT here, whose
+/// address the glue recovers by decoding the faulting instruction.
 fn check_user(access: GuestAccess, opt_in: bool, stock_apf: bool, policy: FallbackPolicy) {
     let mut s = scenario(
         access,
@@ -485,15 +486,15 @@ fn check_user(access: GuestAccess, opt_in: bool, stock_apf: bool, policy: Fallba
     assert_eq!(rep.guest_mode, GuestMode::User);
     assert_eq!(rep.file_size_now, Some(0));
     let gpa = layout::WINDOW_GPA + ACCESS_OFFSET;
-    // Exact address from an MMIO exit, or the first lost byte from a bare EFAULT (fenced range).
-    assert!(rep.gpa.is_none_or(|a| a == gpa), "{rep:?}");
-    assert!(rep.window_offset <= ACCESS_OFFSET);
-    if rep.gpa.is_none() {
-        assert!(
-            r.counters.fenced >= 1,
-            "a bare EFAULT here only comes from a fenced range"
-        );
-    }
+    // Exact address: from an MMIO exit, or decoded from the instruction after a bare EFAULT.
+    assert_eq!(rep.gpa, Some(gpa), "{rep:?}");
+    assert_eq!(rep.window_offset, ACCESS_OFFSET);
+    let want_access = if access == GuestAccess::Load {
+        Access::Read
+    } else {
+        Access::Write
+    };
+    assert_eq!(rep.access, want_access);
     let rips = [r.access_rip as u32, (r.access_rip + STORE_LEN) as u32];
     for &(t, f) in &g.ready {
         let ours = matches!(rep.action, ActionTaken::ApfError { token } if token == t);
@@ -516,11 +517,7 @@ fn check_user(access: GuestAccess, opt_in: bool, stock_apf: bool, policy: Fallba
         ActionTaken::MachineCheck { bank: 9 } => {
             assert!(!opt_in && policy == FallbackPolicy::Mce);
             let (addr, _, _, rip) = g.machine_check.expect("#MC");
-            assert_eq!(
-                Some(addr),
-                Some(rep.gpa.unwrap_or(layout::WINDOW_GPA + rep.window_offset))
-            );
-            assert!((layout::WINDOW_GPA..=gpa).contains(&addr));
+            assert_eq!(addr, gpa, "MCi_ADDR is the faulting GPA");
             assert!(rips.contains(&rip));
             assert_eq!(g.sigbus, Some(2));
         }
@@ -556,4 +553,71 @@ user_cells! {
     user_store_stock_apf_zero_fill: Store, false, true, ZeroFill;
     user_load_no_apf_mce: Load, false, false, Mce;
     user_store_no_apf_mce: Store, false, false, Mce;
+}
+
+/// A guest bug: the accessed half of the mapping is removed from the window before the access.
+fn check_unmapped(access: GuestAccess, user: bool, opt_in: bool) {
+    let mut s = scenario(
+        access,
+        if opt_in { Guest::OptedIn } else { Guest::Mce },
+        Truncation::UnmapBeforeAccess,
+    );
+    s.user_mode = user;
+    s.send_always = !user;
+    let r = run(&s);
+    let g = &r.guest;
+    assert!(
+        r.stop.is_none(),
+        "a guest bug does not stop the VM: {:?}",
+        r.stop
+    );
+    assert!(!r.reports.is_empty(), "{g:?}");
+    let gpa = layout::WINDOW_GPA + ACCESS_OFFSET;
+    for rep in &r.reports {
+        assert_eq!(rep.kind, FaultKind::UnmappedWindowAccess);
+        assert_eq!(rep.gpa, Some(gpa));
+        assert_eq!(rep.file, None);
+        assert_eq!(
+            rep.guest_mode,
+            if user {
+                GuestMode::User
+            } else {
+                GuestMode::Kernel
+            }
+        );
+    }
+    match r.reports[0].action {
+        // Kernel mode exits as MMIO here: loads read all-ones, stores are dropped.
+        ActionTaken::UnclaimedMmio => {
+            assert_eq!(g.value, Some(u64::MAX));
+            assert!(g.done && g.stage == 3);
+        }
+        ActionTaken::ApfError { token } => {
+            assert!(opt_in);
+            assert!(g.ready.contains(&(token, KVM_PV_REASON_PAGE_ERROR)));
+            assert_eq!(g.sigbus, Some(1));
+        }
+        ActionTaken::MachineCheck { .. } => {
+            assert_eq!(g.machine_check.map(|m| m.0), Some(gpa));
+            assert_eq!(g.sigbus, Some(2));
+        }
+        other => panic!("unexpected action {other:?}"),
+    }
+    assert!(g.done);
+}
+
+macro_rules! unmapped_cells {
+    ($($name:ident: $access:ident, $user:expr, $opt_in:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            in_child(stringify!($name), || check_unmapped(GuestAccess::$access, $user, $opt_in));
+        }
+    )*};
+}
+
+unmapped_cells! {
+    unmapped_kernel_load: Load, false, false;
+    unmapped_kernel_store: Store, false, false;
+    unmapped_user_load_mce: Load, true, false;
+    unmapped_user_store_apf: Store, true, true;
 }

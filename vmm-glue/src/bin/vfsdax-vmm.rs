@@ -35,6 +35,7 @@ enum TruncArg {
     BelowPage,
     UnlinkRecreate,
     Reextend,
+    Unmap,
 }
 
 /// Reference VMM for vfsdax DAX fault handling on KVM.
@@ -107,6 +108,7 @@ fn main() -> ExitCode {
             TruncArg::BelowPage => Truncation::BelowAccessedPage,
             TruncArg::UnlinkRecreate => Truncation::UnlinkAndRecreate,
             TruncArg::Reextend => Truncation::TruncateThenReextend,
+            TruncArg::Unmap => Truncation::UnmapBeforeAccess,
         },
         file: args.file.clone(),
         timeout: Duration::from_millis(args.timeout_ms),

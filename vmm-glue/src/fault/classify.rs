@@ -52,6 +52,16 @@ pub enum FaultEvidence {
         /// `(gpa, size)` of the `KVM_EXIT_MEMORY_FAULT` record, if present.
         memory_fault: Option<(u64, u64)>,
     },
+    /// A bare `EFAULT` whose address was recovered by decoding the faulting instruction
+    /// ([`super::decode`]) and translating its operand.
+    Decoded {
+        /// Guest-physical address.
+        gpa: u64,
+        /// Access width in bytes.
+        len: u32,
+        /// Load or store.
+        access: Access,
+    },
     /// The VMM itself took a SIGBUS at a host address.
     Sigbus {
         /// `si_addr` of the signal.
@@ -159,10 +169,12 @@ where
     F: FnMut(&Mapping) -> io::Result<u64>,
 {
     let (window_offset, access) = match *evidence {
-        FaultEvidence::Mmio { gpa, access, .. } => match window.offset_of_gpa(gpa) {
-            Some(off) => (off, access),
-            None => return Classification::NotDax,
-        },
+        FaultEvidence::Mmio { gpa, access, .. } | FaultEvidence::Decoded { gpa, access, .. } => {
+            match window.offset_of_gpa(gpa) {
+                Some(off) => (off, access),
+                None => return Classification::NotDax,
+            }
+        }
         FaultEvidence::Efault {
             memory_fault: Some((gpa, _)),
         } => match window.offset_of_gpa(gpa) {
@@ -474,6 +486,33 @@ mod tests {
         assert!(matches!(
             classify(&e, &WIN, &MappingTable::new(), sizes(&[])),
             Classification::NotDax
+        ));
+    }
+
+    #[test]
+    fn decoded_efault_is_exact() {
+        let t = table();
+        let e = FaultEvidence::Decoded {
+            gpa: WIN.gpa_base + 0x2010,
+            len: 8,
+            access: Access::Write,
+        };
+        let c = classify(&e, &WIN, &t, sizes(&[(10, 0)]));
+        let Classification::TruncatedPage(p) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (p.window_offset, p.access, p.located),
+            (0x2010, Access::Write, Located::Exact)
+        );
+        let e = FaultEvidence::Decoded {
+            gpa: WIN.gpa_base + 0x8000,
+            len: 8,
+            access: Access::Read,
+        };
+        assert!(matches!(
+            classify(&e, &WIN, &t, sizes(&[])),
+            Classification::UnmappedWindowAccess { .. }
         ));
     }
 

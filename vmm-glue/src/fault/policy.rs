@@ -233,13 +233,32 @@ pub fn decide(
         Classification::NotDax => Verdict::plain(Decision::PassThrough),
         Classification::Backed { .. } => Verdict::plain(Decision::Retry),
         Classification::UnmappedWindowAccess { .. } | Classification::ReadOnlyWrite { .. } => {
-            // Nothing can be mapped there on the guest's behalf; an MMIO exit can still be
-            // completed the way unclaimed physical addresses behave, anything else cannot.
-            Verdict::plain(if from_mmio {
-                Decision::UnclaimedMmio
+            // Nothing can be mapped there on the guest's behalf. An MMIO exit is completed the way
+            // unclaimed physical addresses behave; a failed KVM_RUN would fail again, so the
+            // faulting task gets the apf error or a machine check if it can, else the VM stops.
+            if from_mmio {
+                return Verdict::plain(Decision::UnclaimedMmio);
+            }
+            let apf_refused = apf_refusal(advertised, apf, cpu);
+            if apf_refused.is_none() {
+                return Verdict::plain(Decision::ApfError);
+            }
+            let mce_refused = if !cpu.cr4_mce {
+                Some(MceRefusal::Cr4MceClear)
+            } else if cpu.mce_in_progress {
+                Some(MceRefusal::InProgress)
             } else {
-                Decision::Stop
-            })
+                None
+            };
+            let decision = match (policy, mce_refused) {
+                (FallbackPolicy::Stop, _) | (_, Some(_)) => Decision::Stop,
+                _ => Decision::MachineCheck,
+            };
+            Verdict {
+                decision,
+                apf_refused,
+                mce_refused,
+            }
         }
         Classification::TruncatedPage(_) => {
             let apf_refused = apf_refusal(advertised, apf, cpu);
@@ -431,7 +450,24 @@ mod tests {
             access: Access::Read,
         };
         assert_eq!(any(&unmapped, true), Decision::UnclaimedMmio);
-        assert_eq!(any(&unmapped, false), Decision::Stop);
+        assert_eq!(
+            any(&unmapped, false),
+            Decision::ApfError,
+            "a failed run cannot be completed"
+        );
+        let none = ApfRegistration::default();
+        let no_mce = GuestCpuState {
+            cr4_mce: false,
+            ..USER_IF
+        };
+        let d = |cpu: &GuestCpuState, p| decide(&unmapped, false, true, &none, cpu, p).decision;
+        assert_eq!(d(&USER_IF, FallbackPolicy::Mce), Decision::MachineCheck);
+        assert_eq!(
+            d(&USER_IF, FallbackPolicy::ZeroFill),
+            Decision::MachineCheck
+        );
+        assert_eq!(d(&no_mce, FallbackPolicy::Mce), Decision::Stop);
+        assert_eq!(d(&USER_IF, FallbackPolicy::Stop), Decision::Stop);
         let Classification::TruncatedPage(t) = truncated() else {
             unreachable!()
         };

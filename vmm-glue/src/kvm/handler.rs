@@ -2,31 +2,30 @@
 //! as few ioctls as possible. Exits that are not DAX faults go back to the VMM without a single
 //! ioctl or syscall.
 
-use std::fmt;
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use kvm_bindings::KVM_VCPUEVENT_VALID_PAYLOAD;
 use vfsdax_protocol::apf::{
     APF_FLAGS_OFFSET, APF_READY_FLAGS_OFFSET, APF_TOKEN_OFFSET, KVM_PV_REASON_PAGE_ERROR,
     KVM_PV_REASON_PAGE_NOT_PRESENT,
 };
-use vfsdax_protocol::report::{Access, ActionTaken, FaultKind, FaultReport, FileRef, GuestMode};
+use vfsdax_protocol::report::{Access, ActionTaken, GuestMode};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::errno;
 
 use crate::dax::DaxWindow;
+use crate::fault::decode::{decode, DecodeRegs};
 use crate::fault::{
     classify, decide, Classification, Decision, FallbackPolicy, FaultEvidence, GuestCpuState,
-    Verdict, WindowGeometry,
+    Verdict, WindowGeometry, PAGE_SIZE,
 };
 
 use super::apf::ApfVcpu;
 use super::fence::Fences;
 use super::mce;
+use super::report::{PendingReport, StopDiagnostic};
 use super::vcpu::{CpuSnapshot, Exit, VcpuOps};
 
 /// x86 #PF vector.
@@ -62,59 +61,6 @@ pub enum FaultError {
     /// The apf data the guest registered is not in guest memory.
     #[error("the apf data at guest address {0:#x} is outside guest memory")]
     ApfData(u64),
-}
-
-/// Everything known about a fault that stopped the VM.
-#[derive(Clone, Debug)]
-pub struct StopDiagnostic {
-    /// The fault report (action [`ActionTaken::Stop`]).
-    pub report: FaultReport,
-    /// Why the VM was stopped.
-    pub reason: String,
-}
-
-impl fmt::Display for StopDiagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.report;
-        write!(
-            f,
-            "vCPU {} {} ",
-            r.vcpu,
-            match r.access {
-                Access::Read => "read",
-                Access::Write => "wrote",
-                Access::Unknown => "accessed",
-            }
-        )?;
-        match r.gpa {
-            Some(gpa) => write!(
-                f,
-                "guest-physical address {gpa:#x} (DAX window offset {:#x})",
-                r.window_offset
-            )?,
-            None => write!(
-                f,
-                "the DAX window (first lost byte at window offset {:#x})",
-                r.window_offset
-            )?,
-        }
-        if let Some(file) = &r.file {
-            let path = file.path.as_deref().unwrap_or("<unknown path>");
-            write!(
-                f,
-                ", mapped from {path} (dev {:#x}, inode {})",
-                file.dev, file.ino
-            )?;
-        }
-        if let Some(off) = r.file_offset {
-            write!(f, " at file offset {off:#x}")?;
-        }
-        match r.file_size_now {
-            Some(size) => write!(f, "; the file is now {size} bytes long")?,
-            None => write!(f, "; the file size is unknown")?,
-        }
-        write!(f, ": {}", self.reason)
-    }
 }
 
 /// Configuration of a window's fault handling.
@@ -156,35 +102,6 @@ pub enum Handled {
     NotMine,
     /// Handled; re-enter the guest. Carries the report of a fault.
     Resume(Option<PendingReport>),
-}
-
-/// A fault report whose file path is not resolved yet: resolving it reads `/proc/self/fd`, which
-/// costs about as much as an ioctl, so the VMM re-enters the guest first and calls
-/// [`PendingReport::resolve`] afterwards (or on another thread). Derefs to the report.
-#[derive(Debug)]
-pub struct PendingReport {
-    report: FaultReport,
-    file: Option<Arc<File>>,
-}
-
-impl PendingReport {
-    /// The report with `file.path` filled in when it can be known.
-    pub fn resolve(mut self) -> FaultReport {
-        if let (Some(f), Some(r)) = (&self.file, self.report.file.as_mut()) {
-            r.path = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned());
-        }
-        self.report
-    }
-}
-
-impl std::ops::Deref for PendingReport {
-    type Target = FaultReport;
-
-    fn deref(&self) -> &FaultReport {
-        &self.report
-    }
 }
 
 /// The DAX fault handler of one vCPU.
@@ -273,7 +190,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             Exit::MemoryFault { gpa, size, .. } => FaultEvidence::Efault {
                 memory_fault: Some((gpa, size)),
             },
-            Exit::Efault => FaultEvidence::Efault { memory_fault: None },
+            Exit::Efault => self.locate_bare_efault(ops)?,
             Exit::Interrupted => {
                 // A kick: the only exit a KVM that silently retries a lost page still produces.
                 // Fence shrunken mappings (fstat only, no ioctl), at most every 10 ms.
@@ -370,7 +287,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 Err(reason) => {
                     self.counters.stops += 1;
                     let report = self
-                        .report(&class, ActionTaken::Stop, &verdict, mode, exit_at)
+                        .build_report(&class, ActionTaken::Stop, &verdict, mode, exit_at)
                         .resolve();
                     return Err(FaultError::Stop(Box::new(StopDiagnostic {
                         report,
@@ -381,7 +298,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             Decision::Stop => {
                 self.counters.stops += 1;
                 let report = self
-                    .report(&class, ActionTaken::Stop, &verdict, mode, exit_at)
+                    .build_report(&class, ActionTaken::Stop, &verdict, mode, exit_at)
                     .resolve();
                 let reason = match class {
                     Classification::TruncatedPage(_) => "the page lies beyond the end of the file; stopping the VM as the fault policy says".to_string(),
@@ -394,8 +311,65 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             }
         };
         Ok(Handled::Resume(Some(
-            self.report(&class, action, &verdict, mode, exit_at),
+            self.build_report(&class, action, &verdict, mode, exit_at),
         )))
+    }
+
+    /// A bare `EFAULT`: try to recover the address by decoding the instruction at RIP (64-bit
+    /// mode only; two `KVM_TRANSLATE` ioctls). Falls back to locating by file size.
+    fn locate_bare_efault<V: VcpuOps>(&self, ops: &mut V) -> Result<FaultEvidence, FaultError> {
+        let bare = FaultEvidence::Efault { memory_fault: None };
+        let snap = ops.snapshot();
+        let long_mode = snap.sregs.efer & (1 << 10) != 0 && snap.sregs.cs.l != 0;
+        if !long_mode {
+            return Ok(bare);
+        }
+        let kvm = |source| FaultError::Kvm {
+            what: "translate a guest address",
+            source,
+        };
+        let rip = snap.regs.rip;
+        let mut code = [0u8; 15];
+        let mut got = 0;
+        while got < code.len() {
+            let gva = rip.wrapping_add(got as u64);
+            let Some(gpa) = ops.translate(gva).map_err(kvm)? else {
+                break;
+            };
+            let chunk = ((PAGE_SIZE - (gva & (PAGE_SIZE - 1))) as usize).min(code.len() - got);
+            if self
+                .mem
+                .read_slice(&mut code[got..got + chunk], GuestAddress(gpa))
+                .is_err()
+            {
+                break;
+            }
+            got += chunk;
+        }
+        let r = &snap.regs;
+        let regs = DecodeRegs {
+            gpr: [
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ],
+            rip,
+            fs_base: snap.sregs.fs.base,
+            gs_base: snap.sregs.gs.base,
+        };
+        let Some(m) = decode(&code[..got], &regs) else {
+            return Ok(bare);
+        };
+        let Some(gpa) = ops.translate(m.linear).map_err(kvm)? else {
+            return Ok(bare);
+        };
+        if self.geometry.offset_of_gpa(gpa).is_none() {
+            return Ok(bare);
+        }
+        Ok(FaultEvidence::Decoded {
+            gpa,
+            len: m.len,
+            access: m.access,
+        })
     }
 
     /// Completes the pending load and puts the registers back as they were at the exit, so the
@@ -554,7 +528,10 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
     ) -> Result<(), FaultError> {
         let gpa = match class {
             Classification::TruncatedPage(t) => t.gpa,
-            _ => self.geometry.gpa_base,
+            Classification::UnmappedWindowAccess { gpa, .. }
+            | Classification::ReadOnlyWrite { gpa, .. }
+            | Classification::Backed { gpa, .. } => *gpa,
+            Classification::NotDax => self.geometry.gpa_base,
         };
         let is_load = matches!(exit, Exit::MmioRead { .. });
         let rec = mce::srar_record(gpa, !matches!(exit, Exit::MmioWrite { .. }));
@@ -614,8 +591,27 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         Ok((start, lost_len))
     }
 
+    fn build_report(
+        &self,
+        class: &Classification,
+        action: ActionTaken,
+        verdict: &Verdict,
+        mode: GuestMode,
+        exit_at: Instant,
+    ) -> PendingReport {
+        super::report::build(
+            class,
+            &self.geometry,
+            self.vcpu_id,
+            action,
+            verdict,
+            mode,
+            exit_at,
+        )
+    }
+
     fn bare_report(&self, class: &Classification) -> PendingReport {
-        self.report(
+        self.build_report(
             class,
             ActionTaken::Stop,
             &Verdict {
@@ -626,107 +622,6 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             GuestMode::Unknown,
             Instant::now(),
         )
-    }
-
-    fn report(
-        &self,
-        class: &Classification,
-        action: ActionTaken,
-        verdict: &Verdict,
-        guest_mode: GuestMode,
-        exit_at: Instant,
-    ) -> PendingReport {
-        let time_unix_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let (kind, gpa, window_offset, mapping, file_offset, file_size_now, access) = match class {
-            Classification::TruncatedPage(t) => {
-                let exact = matches!(t.located, crate::fault::Located::Exact);
-                (
-                    FaultKind::TruncatedPage,
-                    exact.then_some(t.gpa),
-                    t.window_offset,
-                    Some(&t.mapping),
-                    Some(t.file_offset),
-                    t.file_size,
-                    t.access,
-                )
-            }
-            Classification::UnmappedWindowAccess {
-                gpa,
-                window_offset,
-                access,
-            } => (
-                FaultKind::UnmappedWindowAccess,
-                Some(*gpa),
-                *window_offset,
-                None,
-                None,
-                None,
-                *access,
-            ),
-            Classification::ReadOnlyWrite { mapping, gpa } => {
-                let wo = gpa - self.geometry.gpa_base;
-                let fo = mapping.file_offset + (wo - mapping.window_offset);
-                (
-                    FaultKind::ReadOnlyWrite,
-                    Some(*gpa),
-                    wo,
-                    Some(mapping),
-                    Some(fo),
-                    None,
-                    Access::Write,
-                )
-            }
-            Classification::Backed {
-                mapping,
-                gpa,
-                access,
-            } => {
-                let wo = gpa - self.geometry.gpa_base;
-                (
-                    FaultKind::TruncatedPage,
-                    Some(*gpa),
-                    wo,
-                    Some(mapping),
-                    None,
-                    None,
-                    *access,
-                )
-            }
-            Classification::NotDax => (
-                FaultKind::UnmappedWindowAccess,
-                None,
-                0,
-                None,
-                None,
-                None,
-                Access::Unknown,
-            ),
-        };
-        let report = FaultReport {
-            time_unix_ns,
-            vcpu: self.vcpu_id,
-            kind,
-            gpa,
-            window_offset,
-            file: mapping.map(|m| FileRef {
-                dev: m.identity.dev,
-                ino: m.identity.ino,
-                path: None,
-            }),
-            file_offset,
-            file_size_now,
-            access,
-            guest_mode,
-            action,
-            fallback_reason: verdict.fallback_reason(),
-            latency_ns: exit_at.elapsed().as_nanos() as u64,
-        };
-        PendingReport {
-            report,
-            file: mapping.map(|m| Arc::clone(&m.file)),
-        }
     }
 }
 

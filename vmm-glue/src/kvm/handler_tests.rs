@@ -76,6 +76,10 @@ impl VcpuOps for FakeVcpu {
         self.ioctls.push("get_msr");
         Ok(Some(self.mcg_status))
     }
+    fn translate(&mut self, gva: u64) -> Result<Option<u64>, errno::Error> {
+        self.ioctls.push("translate");
+        Ok(Some(gva))
+    }
     fn set_mce(&mut self, mce: &kvm_x86_mce) -> Result<(), errno::Error> {
         self.ioctls.push("set_mce");
         self.mce = Some(*mce);
@@ -624,4 +628,51 @@ fn unmapped_window_access_reads_all_ones() {
     assert_eq!(r.action, ActionTaken::UnclaimedMmio);
     assert_eq!(v.mmio_data.as_deref(), Some(&[0xffu8; 4][..]));
     assert!(v.ioctls.is_empty());
+}
+
+#[test]
+fn bare_efault_in_long_mode_is_located_by_decoding_the_instruction() {
+    let mut f = fixture("decode", FallbackPolicy::Mce, false);
+    let mut v = vcpu();
+    v.snap.sregs.efer = 0x500;
+    v.snap.sregs.cs.l = 1;
+    v.snap.regs.rip = 0x1000;
+    v.snap.regs.rbx = WIN_GPA + 0x2010;
+    // mov [rbx], rcx at RIP (the fake translates identically).
+    f.mem
+        .write_slice(&[0x48, 0x89, 0x0b], GuestAddress(0x1000))
+        .expect("code");
+    f.file.set_len(0).expect("truncate");
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &Exit::Efault, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert_eq!(r.gpa, Some(WIN_GPA + 0x2010));
+    assert_eq!(r.access, Access::Write);
+    assert_eq!(r.action, ActionTaken::MachineCheck { bank: 9 });
+    assert_eq!(v.mce.map(|m| m.addr), Some(WIN_GPA + 0x2010));
+    assert_eq!(
+        v.mce.map(|m| m.mcg_status & super::mce::MCG_STATUS_EIPV),
+        Some(super::mce::MCG_STATUS_EIPV),
+        "RIP is on the instruction"
+    );
+    assert_eq!(v.ioctls, ["translate", "translate", "set_mce"]);
+    // An instruction the decoder does not know falls back to the file-size search.
+    v.ioctls.clear();
+    v.mcg_status = 0;
+    f.mem
+        .write_slice(&[0xc5, 0xf8, 0x11, 0x03], GuestAddress(0x1000))
+        .expect("code");
+    let Handled::Resume(Some(r)) = f
+        .handler
+        .handle(&mut v, &Exit::Efault, Instant::now())
+        .expect("handled")
+    else {
+        panic!()
+    };
+    assert_eq!(r.gpa, None);
+    assert_eq!(r.window_offset, 0);
 }

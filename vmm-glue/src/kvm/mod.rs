@@ -7,7 +7,7 @@
 //! - [`mce`]: machine-check injection.
 //! - [`guest`]: the hand-written 64-bit test guest.
 //! - [`handler`]: [`handler::DaxFaultHandler`], which turns a vCPU exit into a report and an
-//!   injection.
+//!   injection; [`report`]: the reports it produces.
 //! - [`vm`]: a minimal reference VM on real KVM; [`scenario`]: truncation scenarios run in it.
 
 pub mod apf;
@@ -15,11 +15,11 @@ pub mod fence;
 pub mod guest;
 pub mod handler;
 pub mod mce;
+pub mod report;
 pub mod scenario;
 pub mod vcpu;
 pub mod vm;
 
-pub use handler::{
-    DaxFaultHandler, FaultConfig, FaultCounters, FaultError, Handled, StopDiagnostic,
-};
+pub use handler::{DaxFaultHandler, FaultConfig, FaultCounters, FaultError, Handled};
+pub use report::{PendingReport, StopDiagnostic};
 pub use vcpu::{CpuSnapshot, Exit, KvmVcpu, VcpuOps};

@@ -5,14 +5,17 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vfsdax_protocol::report::FaultReport;
 
+use crate::dax::DaxWindow;
 use crate::fault::FallbackPolicy;
 
 use super::guest::{port, GuestAccess, GuestConfig, GuestObservation};
-use super::handler::{FaultCounters, StopDiagnostic};
+use super::handler::FaultCounters;
+use super::report::StopDiagnostic;
 use super::vm::{ReferenceVm, VmError, VmSetup};
 
 /// Bytes of the file mapped into the window (at window offset 0, file offset 0).
@@ -51,6 +54,9 @@ pub enum Truncation {
     UnlinkAndRecreate,
     /// `ftruncate(0)` then `ftruncate(MAP_LEN)` before the access (the page reads zeros).
     TruncateThenReextend,
+    /// Not a truncation: the accessed half of the mapping is removed from the window (as a
+    /// REMOVEMAPPING would), so the guest touches a window range it no longer maps (a guest bug).
+    UnmapBeforeAccess,
 }
 
 impl std::str::FromStr for Truncation {
@@ -63,8 +69,9 @@ impl std::str::FromStr for Truncation {
             "below-page" => Ok(Self::BelowAccessedPage),
             "unlink-recreate" => Ok(Self::UnlinkAndRecreate),
             "reextend" => Ok(Self::TruncateThenReextend),
+            "unmap" => Ok(Self::UnmapBeforeAccess),
             other => Err(format!(
-                "unknown truncation '{other}' (expected none, to-zero, below-page, unlink-recreate or reextend)"
+                "unknown truncation '{other}' (expected none, to-zero, below-page, unlink-recreate, reextend or unmap)"
             )),
         }
     }
@@ -167,9 +174,12 @@ fn write_pattern(path: &PathBuf, word: fn(u64) -> u64) -> io::Result<File> {
     Ok(f)
 }
 
-fn mutate(s: &Scenario, file: &File) -> io::Result<()> {
+fn mutate(s: &Scenario, file: &File, window: &DaxWindow) -> io::Result<()> {
     match s.truncation {
         Truncation::None => Ok(()),
+        Truncation::UnmapBeforeAccess => window
+            .unmap(MAP_LEN / 2, MAP_LEN / 2)
+            .map_err(|e| io::Error::other(e.to_string())),
         Truncation::ToZero => file.set_len(0),
         Truncation::BelowAccessedPage => file.set_len(BELOW_SIZE),
         Truncation::UnlinkAndRecreate => {
@@ -229,11 +239,12 @@ pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
     let mut guest = GuestObservation::default();
     let mut mutate_err = None;
     let mut port_log = Vec::new();
+    let window = Arc::clone(&vm.window);
     let run = vm.run(s.timeout, |p, v| {
         port_log.push((p, v, Instant::now()));
         guest.record(p, v);
         if p == port::STAGE && v == 2 {
-            if let Err(e) = mutate(s, &file) {
+            if let Err(e) = mutate(s, &file, &window) {
                 mutate_err = Some(e);
                 return false;
             }

@@ -113,6 +113,9 @@ pub trait VcpuOps {
     fn set_msr(&mut self, index: u32, value: u64) -> Result<bool, errno::Error>;
     /// `KVM_GET_MSRS` of one MSR (ioctl).
     fn get_msr(&mut self, index: u32) -> Result<Option<u64>, errno::Error>;
+    /// `KVM_TRANSLATE` of a guest-virtual address in the current paging mode (ioctl); `None` if
+    /// it is not mapped.
+    fn translate(&mut self, gva: u64) -> Result<Option<u64>, errno::Error>;
     /// `KVM_X86_SET_MCE` (ioctl).
     fn set_mce(&mut self, mce: &kvm_x86_mce) -> Result<(), errno::Error>;
     /// `KVM_SIGNAL_MSI` to the local APIC (VM ioctl); returns whether it was delivered.
@@ -227,6 +230,12 @@ impl VcpuOps for KvmVcpu {
         .map_err(|_| errno::Error::new(libc::EINVAL))?;
         let n = self.fd.get_msrs(&mut msrs)?;
         Ok((n == 1).then(|| msrs.as_slice()[0].data))
+    }
+
+    fn translate(&mut self, gva: u64) -> Result<Option<u64>, errno::Error> {
+        self.ioctls += 1;
+        let t = self.fd.translate_gva(gva)?;
+        Ok((t.valid != 0).then_some(t.physical_address))
     }
 
     fn set_mce(&mut self, m: &kvm_x86_mce) -> Result<(), errno::Error> {

@@ -18,10 +18,9 @@ use crate::fault::FallbackPolicy;
 use super::apf::{self, ApfError};
 use super::guest::program::{self, GuestError, GuestImage};
 use super::guest::{layout, GuestConfig};
-use super::handler::{
-    DaxFaultHandler, FaultConfig, FaultError, Handled, PendingReport, StopDiagnostic,
-};
+use super::handler::{DaxFaultHandler, FaultConfig, FaultError, Handled};
 use super::mce;
+use super::report::{PendingReport, StopDiagnostic};
 use super::vcpu::{Exit, KvmVcpu, VcpuOps};
 
 /// Errors of the reference VM.
