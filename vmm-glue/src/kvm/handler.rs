@@ -55,6 +55,9 @@ pub enum FaultError {
     /// The immediate-exit run used to rewind a load did not return `EINTR`.
     #[error("rewinding the faulted load returned {0} instead of an immediate exit")]
     Rewind(String),
+    /// The vCPU id would collide with the vfsdax apf token space.
+    #[error("vCPU id {0} is above the highest id vfsdax apf tokens allow (4094)")]
+    VcpuId(u32),
     /// Fencing a lost range failed.
     #[error("cannot fence a lost DAX window range")]
     Fence(#[source] super::fence::FenceError),
@@ -127,13 +130,17 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         gpa_base: u64,
         mem: M,
         config: FaultConfig,
-    ) -> Self {
+    ) -> Result<Self, FaultError> {
+        // vfsdax tokens carry 0xfff where KVM's carry the vCPU id; an id there would collide.
+        if vcpu_id > vfsdax_protocol::apf::MAX_VCPU_ID {
+            return Err(FaultError::VcpuId(vcpu_id));
+        }
         let geometry = WindowGeometry {
             gpa_base,
             host_base: window.host_addr(),
             size: window.size(),
         };
-        DaxFaultHandler {
+        Ok(DaxFaultHandler {
             vcpu_id,
             geometry,
             window,
@@ -144,7 +151,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             fences: Fences::default(),
             last_fence_scan: None,
             counters: FaultCounters::default(),
-        }
+        })
     }
 
     /// The counters so far.

@@ -127,7 +127,8 @@ fn fixture(name: &str, policy: FallbackPolicy, advertised: bool) -> Fixture {
             policy,
             apf_advertised: advertised,
         },
-    );
+    )
+    .expect("handler");
     Fixture {
         handler,
         mem,
@@ -675,4 +676,24 @@ fn bare_efault_in_long_mode_is_located_by_decoding_the_instruction() {
     };
     assert_eq!(r.gpa, None);
     assert_eq!(r.window_offset, 0);
+}
+
+#[test]
+fn vcpu_ids_that_would_collide_with_vfsdax_tokens_are_refused() {
+    let window = Arc::new(DaxWindow::new(0x20_0000).expect("window"));
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("mem");
+    let config = FaultConfig {
+        policy: FallbackPolicy::Mce,
+        apf_advertised: true,
+    };
+    let ok = DaxFaultHandler::new(
+        vfsdax_protocol::apf::MAX_VCPU_ID,
+        Arc::clone(&window),
+        WIN_GPA,
+        mem.clone(),
+        config,
+    );
+    assert!(ok.is_ok());
+    let bad = DaxFaultHandler::new(0xfff, window, WIN_GPA, mem, config);
+    assert!(matches!(bad, Err(FaultError::VcpuId(0xfff))));
 }

@@ -195,7 +195,8 @@ impl ReferenceVm {
             layout::WINDOW_GPA,
             mem.clone(),
             config,
-        );
+        )
+        .map_err(VmError::Fault)?;
         Ok(ReferenceVm {
             vcpu,
             handler,
