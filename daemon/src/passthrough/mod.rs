@@ -30,6 +30,9 @@
 //!   descriptor, or by name only when the caller owns the file found, so a racing rename
 //!   cannot turn it against another file). The process umask is left alone: it also governs
 //!   files the binary creates (the socket).
+//! - **DAX** (`dax.rs`): SETUPMAPPING/REMOVEMAPPING over [`crate::dax::DaxState`] when the
+//!   share has a window; Linux's `fh = -1` maps a descriptor opened for the request; mappings
+//!   belong to the inode and outlive RELEASE; `FUSE_ATTR_DAX` follows [`DaxPolicy`].
 //! - **Errors** are the host's errno; this module does not log.
 
 mod config;
