@@ -18,6 +18,9 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::dax::{BackendMapper, MapperSlot};
 use crate::filesystem::FileSystem;
@@ -52,6 +55,9 @@ pub enum BackendError {
         #[source]
         source: virtio_queue::Error,
     },
+    /// The worker threads' exit events could not be created.
+    #[error("cannot create the queue threads' exit events")]
+    ExitEvent(#[source] io::Error),
     /// The frontend could not be notified.
     #[error("cannot signal queue {queue}")]
     Signal {
@@ -102,6 +108,9 @@ pub struct FsBackend<F: FileSystem> {
     event_idx: AtomicBool,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap<()>>>>,
     mapper: MapperSlot,
+    /// One exit event per queue thread: the event loops watch them, and
+    /// `VringEpollHandler::send_exit_event` ends the threads when the connection is over.
+    exit_events: Vec<(EventConsumer, EventNotifier)>,
 }
 
 impl<F: FileSystem> FsBackend<F> {
@@ -111,7 +120,12 @@ impl<F: FileSystem> FsBackend<F> {
             Some(tag) => Some(config_space(tag, config.num_request_queues)?),
             None => None,
         };
+        let exit_events = (0..=config.num_request_queues)
+            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BackendError::ExitEvent)?;
         Ok(FsBackend {
+            exit_events,
             server,
             config,
             config_space,
@@ -235,6 +249,11 @@ impl<F: FileSystem> VhostUserBackend for FsBackend<F> {
     fn reset_device(&self) {
         self.mapper.set(None);
         self.server.fs().destroy();
+    }
+
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (consumer, notifier) = self.exit_events.get(thread_index)?;
+        Some((consumer.try_clone().ok()?, notifier.try_clone().ok()?))
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use vhost::vhost_user::Error as VhostUserError;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -104,13 +105,14 @@ fn run(opts: Options) -> Result<(), String> {
     )
     .map_err(|e| chain(&e))?;
 
-    let mut listener = match (&opts.socket_path, opts.fd) {
+    // The socket (and the lock on its path) lives until the daemon exits.
+    let mut socket = match (&opts.socket_path, opts.fd) {
         (Some(path), _) => {
-            let l = socket::bind(path).map_err(|e| chain(&e))?;
+            let s = socket::bind(path).map_err(|e| chain(&e))?;
             if let Some(group) = &opts.socket_group {
                 socket::set_group(path, group).map_err(|e| chain(&e))?;
             }
-            l
+            s
         }
         (None, Some(fd)) => socket::from_fd(fd).map_err(|e| chain(&e))?,
         (None, None) => return Err("either --socket-path or --fd is needed".into()),
@@ -137,15 +139,23 @@ fn run(opts: Options) -> Result<(), String> {
             .map_or_else(|| format!("fd {:?}", opts.fd), |p| p.display().to_string())
     );
     daemon
-        .start(&mut listener)
+        .start(&mut socket.listener)
         .map_err(|e| format!("cannot accept the frontend: {e}"))?;
     *shutdown.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
     log::info!("frontend connected");
     let result = daemon.wait();
+    // The queue threads run until told to stop; the device goes away with the connection.
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
     server.fs().destroy();
-    drop(listener);
+    drop(socket);
     match result {
-        Ok(()) => {
+        // A frontend that goes away (the VM shut down) ends the session normally.
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => {
             log::info!("frontend disconnected, exiting");
             Ok(())
         }
@@ -229,6 +239,7 @@ fn spawn_signal_thread(
                 None => {
                     if let Some(p) = &socket_path {
                         let _ = std::fs::remove_file(p);
+                        let _ = std::fs::remove_file(socket::lock_path(p));
                     }
                     std::process::exit(0);
                 }

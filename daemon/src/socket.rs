@@ -4,7 +4,6 @@
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -13,9 +12,12 @@ use vhost::vhost_user::Listener;
 /// Errors setting up the listening socket.
 #[derive(Debug, Error)]
 pub enum SocketError {
-    /// Another process accepts connections on the socket.
-    #[error("socket {0} is already in use by another process")]
+    /// Another daemon holds the socket.
+    #[error("socket {0} is already in use by another vfsdaxd")]
     InUse(PathBuf),
+    /// The socket's lock file could not be opened or locked.
+    #[error("cannot lock {0}")]
+    Lock(PathBuf, #[source] io::Error),
     /// The path exists and is not a socket.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
@@ -39,19 +41,72 @@ pub enum SocketError {
     Fd(RawFd, #[source] io::Error),
 }
 
-/// Binds a listening socket at `path`. A socket file nobody listens on is replaced; a socket
-/// another process accepts on, or a file that is not a socket, is an error.
-pub fn bind(path: &Path) -> Result<Listener, SocketError> {
+/// The listening socket, with the lock on its path when vfsdaxd bound it itself.
+pub struct ListenSocket {
+    /// The listener to hand to the vhost-user daemon.
+    pub listener: Listener,
+    /// The lock file and its path (`None` for a socket inherited with `--fd`).
+    lock: Option<(std::fs::File, PathBuf)>,
+}
+
+impl Drop for ListenSocket {
+    fn drop(&mut self) {
+        // Remove the lock file while still holding the lock, so a daemon starting now either
+        // saw it locked or finds it gone.
+        if let Some((_file, path)) = &self.lock {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The lock file guarding the socket at `path`: `<path>.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Binds a listening socket at `path`.
+///
+/// Ownership of the path is an exclusive `flock` on `<path>.lock`, held for the daemon's
+/// life: a socket whose lock another daemon holds is in use; a socket file without a held
+/// lock is stale and replaced. (Probing by connecting would not do: the daemon there serves
+/// exactly one connection and would take the probe for its frontend.) A path that is not a
+/// socket is never replaced.
+pub fn bind(path: &Path) -> Result<ListenSocket, SocketError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock_path = lock_path(path);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(|e| SocketError::Lock(lock_path.clone(), e))?;
+    // SAFETY: flock on a descriptor this function owns; it takes no pointers.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            SocketError::InUse(path.to_path_buf())
+        } else {
+            SocketError::Lock(lock_path, err)
+        });
+    }
     match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
-            Err(_) => std::fs::remove_file(path)
-                .map_err(|e| SocketError::RemoveStale(path.to_path_buf(), e))?,
-        },
+        Ok(md) if md.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(|e| SocketError::RemoveStale(path.to_path_buf(), e))?,
         Ok(_) => return Err(SocketError::NotASocket(path.to_path_buf())),
         Err(_) => {}
     }
-    Listener::new(path, false).map_err(|e| SocketError::Bind(path.to_path_buf(), e))
+    let listener =
+        Listener::new(path, false).map_err(|e| SocketError::Bind(path.to_path_buf(), e))?;
+    Ok(ListenSocket {
+        listener,
+        lock: Some((lock, lock_path)),
+    })
 }
 
 /// Gives the socket file to `group` and lets the group connect (mode 0660).
@@ -92,7 +147,7 @@ fn group_id(group: &str) -> Option<u32> {
 }
 
 /// Takes over a listening socket passed as a file descriptor (`--fd`).
-pub fn from_fd(fd: RawFd) -> Result<Listener, SocketError> {
+pub fn from_fd(fd: RawFd) -> Result<ListenSocket, SocketError> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat only writes a `struct stat` into `st`, which is large enough; an invalid fd
     // makes it fail with EBADF.
@@ -106,7 +161,11 @@ pub fn from_fd(fd: RawFd) -> Result<Listener, SocketError> {
     }
     // SAFETY: the caller handed this process the descriptor for it to own (virtiofsd's `--fd`
     // contract), it is open (fstat succeeded) and a socket; nothing else in vfsdaxd uses it.
-    Ok(unsafe { Listener::from_raw_fd(fd) })
+    let listener = unsafe { Listener::from_raw_fd(fd) };
+    Ok(ListenSocket {
+        listener,
+        lock: None,
+    })
 }
 
 #[cfg(test)]
@@ -115,20 +174,24 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     #[test]
-    fn stale_socket_is_replaced_and_live_one_refused() {
+    fn stale_socket_is_replaced_and_locked_one_refused() {
         let dir = std::env::temp_dir().join(format!("vfsdax-sock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s");
         let _ = std::fs::remove_file(&path);
         {
             let _stale = UnixListener::bind(&path).unwrap();
-        } // dropped: the file stays, nobody listens
+        } // dropped: the file stays, nobody holds its lock
         let live = bind(&path).expect("stale socket replaced");
+        assert!(lock_path(&path).exists());
         match bind(&path) {
             Err(SocketError::InUse(p)) => assert_eq!(p, path),
             other => panic!("expected InUse, got {:?}", other.map(|_| ())),
         }
+        assert!(path.exists(), "a refused bind leaves the live socket alone");
         drop(live);
+        assert!(!path.exists(), "the socket goes with its daemon");
+        assert!(!lock_path(&path).exists(), "so does the lock file");
         std::fs::write(&path, b"x").unwrap();
         assert!(matches!(bind(&path), Err(SocketError::NotASocket(_))));
         std::fs::remove_dir_all(&dir).unwrap();
