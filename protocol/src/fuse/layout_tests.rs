@@ -86,7 +86,10 @@ fn file_ops() {
 #[test]
 fn xattrs() {
     layout!(SetxattrIn, 16, { size: 0, flags: 4, setxattr_flags: 8, padding: 12 });
-    assert_eq!(COMPAT_SETXATTR_IN_SIZE, offset_of!(SetxattrIn, setxattr_flags));
+    assert_eq!(
+        COMPAT_SETXATTR_IN_SIZE,
+        offset_of!(SetxattrIn, setxattr_flags)
+    );
     layout!(GetxattrIn, 8, { size: 0, padding: 4 });
     layout!(GetxattrOut, 8, { size: 0, padding: 4 });
 }

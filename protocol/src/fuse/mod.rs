@@ -9,9 +9,9 @@
 //! - this module: the request and reply structures.
 
 pub mod flags;
-pub mod opcode;
 #[cfg(test)]
 mod layout_tests;
+pub mod opcode;
 
 pub use opcode::Opcode;
 
