@@ -8,9 +8,11 @@
 //!   a daemon. Used by the reference VMM, the integration tests and the benchmarks.
 //! - [`fault`]: pure classification of vCPU exits on the DAX window and the policy decisions.
 //! - [`kvm`]: the thin KVM layer: apf error reporting, machine-check injection, the vCPU loop.
+//! - [`refvmm`]: the reference VMM `vfsdax-vmm` (mapping from `vfsdaxd` or a local file, output).
 #![warn(missing_docs)]
 
 pub mod dax;
 pub mod driver;
 pub mod fault;
 pub mod kvm;
+pub mod refvmm;

@@ -1,6 +1,9 @@
-//! `vfsdax-vmm`: the reference VMM. For now it maps a local backing file into the DAX window
-//! itself (a later step gets the mapping from `vfsdaxd`), runs the hand-written test guest on
-//! KVM, changes the file under the mapping as asked, and reports every DAX fault as a JSON line.
+//! `vfsdax-vmm`: the reference VMM. It gets its DAX mapping from `vfsdaxd`
+//! (`--daemon-socket S --path NAME`: vhost-user frontend, the daemon's `SHMEM_MAP` into the
+//! window, the virtio-fs driver's INIT / LOOKUP / OPEN / SETUPMAPPING through virtqueues in guest
+//! memory) or maps a local file itself (`--file`), runs the hand-written test guest on KVM,
+//! changes the file between the guest's two accesses as asked, and reports every DAX fault as a
+//! JSON line. The logic lives in `vfsdax_vmm_glue::refvmm`.
 //!
 //! Exit status: 0 when the guest finished, 2 when the `stop` policy stopped the VM (the
 //! diagnostic is printed), 1 on any other error.
@@ -13,7 +16,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use vfsdax_vmm_glue::fault::FallbackPolicy;
 use vfsdax_vmm_glue::kvm::guest::GuestAccess;
-use vfsdax_vmm_glue::kvm::scenario::{run_scenario, Scenario, Truncation};
+use vfsdax_vmm_glue::kvm::scenario::{Scenario, Truncation};
+use vfsdax_vmm_glue::refvmm::{self, output, DaemonTarget, Source, TruncateVia};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum AccessArg {
@@ -42,10 +46,20 @@ enum TruncArg {
 #[derive(Debug, Parser)]
 #[command(name = "vfsdax-vmm", version)]
 struct Args {
-    /// Backing file to create and map into the DAX window (it is overwritten).
-    #[arg(long)]
-    file: PathBuf,
-    /// What the guest does through the window after the host changed the file.
+    /// vfsdaxd's vhost-user socket: the daemon maps the file (start it with --cache-size).
+    #[arg(long, requires = "path", conflicts_with = "file")]
+    daemon_socket: Option<PathBuf>,
+    /// With --daemon-socket: the file to map, relative to the share (at least 16 KiB).
+    #[arg(long, requires = "daemon_socket")]
+    path: Option<String>,
+    /// With --daemon-socket: change the file as a host process at this path (the share's file)
+    /// instead of through FUSE requests to the daemon.
+    #[arg(long, requires = "daemon_socket")]
+    truncate_host: Option<PathBuf>,
+    /// Without a daemon: backing file to create and map into the DAX window (overwritten).
+    #[arg(long, required_unless_present = "daemon_socket")]
+    file: Option<PathBuf>,
+    /// What the guest does through the window after the file changed.
     #[arg(long, value_enum, default_value = "load")]
     access: AccessArg,
     /// The guest opts in to apf errors.
@@ -78,15 +92,16 @@ struct Args {
     /// Where to write fault reports as JSON lines (default: stdout).
     #[arg(long)]
     reports: Option<PathBuf>,
+    /// Print a readable account of the run on stderr.
+    #[arg(long)]
+    explain: bool,
     /// Bound on the guest run, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
 }
 
-fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
-    let scenario = Scenario {
+fn scenario(args: &Args) -> Scenario {
+    Scenario {
         access: match args.access {
             AccessArg::Load => GuestAccess::Load,
             AccessArg::Store => GuestAccess::Store,
@@ -110,20 +125,58 @@ fn main() -> ExitCode {
             TruncArg::Reextend => Truncation::TruncateThenReextend,
             TruncArg::Unmap => Truncation::UnmapBeforeAccess,
         },
-        file: args.file.clone(),
+        file: args
+            .file
+            .clone()
+            .or_else(|| args.truncate_host.clone())
+            .or_else(|| args.path.clone().map(PathBuf::from))
+            .unwrap_or_default(),
         timeout: Duration::from_millis(args.timeout_ms),
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let s = scenario(&args);
+    let source = match (&args.daemon_socket, &args.path) {
+        (Some(socket), Some(name)) => Source::Daemon(DaemonTarget {
+            socket: socket.clone(),
+            name: name.clone(),
+            truncate: match &args.truncate_host {
+                Some(p) => TruncateVia::Host(p.clone()),
+                None => TruncateVia::Fuse,
+            },
+            timeout: Duration::from_secs(5),
+        }),
+        _ => Source::Local,
     };
-    let result = match run_scenario(&scenario) {
-        Ok(r) => r,
+    let out = match refvmm::run(&s, &source) {
+        Ok(o) => o,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            log::error!("{msg}");
+            log::error!("{}", chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(e) = &out.close_error {
+        log::warn!("closing the daemon connection: {}", chain(e));
+    }
+    let result = &out.result;
+    let lines = match output::report_lines(result) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("cannot render a fault report: {e}");
             return ExitCode::from(1);
         }
     };
@@ -137,52 +190,24 @@ fn main() -> ExitCode {
         },
         None => Box::new(std::io::stdout()),
     };
-    let mut reports: Vec<_> = result.reports.iter().collect();
-    if let Some(d) = &result.stop {
-        reports.push(&d.report);
-    }
-    for r in reports {
-        match serde_json::to_string(r) {
-            Ok(line) => {
-                if writeln!(sink, "{line}").is_err() {
-                    log::error!("cannot write a fault report");
-                    return ExitCode::from(1);
-                }
-            }
-            Err(e) => log::error!("cannot render a fault report: {e}"),
+    for line in lines {
+        if writeln!(sink, "{line}").is_err() {
+            log::error!("cannot write a fault report");
+            return ExitCode::from(1);
         }
     }
-    let g = &result.guest;
-    let c = result.counters;
-    let summary = serde_json::json!({
-        "guest": {
-            "stage": g.stage,
-            "opted_in": g.opted_in,
-            "baseline": g.baseline,
-            "value": g.value,
-            "page_fault": g.page_fault,
-            "ready": g.ready,
-            "machine_check": g.machine_check,
-            "sigbus": g.sigbus,
-            "exception": g.exception,
-            "done": g.done,
-        },
-        "counters": {
-            "apf_errors": c.apf_errors,
-            "machine_checks": c.machine_checks,
-            "zero_fills": c.zero_fills,
-            "stops": c.stops,
-            "unclaimed": c.unclaimed,
-            "retries": c.retries,
-            "msr_traps": c.msr_traps,
-            "deferred_ready": c.deferred_ready,
-            "fenced": c.fenced,
-        },
-        "ioctls": result.ioctls,
-        "runs": result.runs,
-    });
-    log::info!("run summary: {summary}");
-    if let Some(d) = result.stop {
+    if args.explain {
+        let via = match &source {
+            Source::Daemon(t) => Some(&t.truncate),
+            Source::Local => None,
+        };
+        let change = refvmm::describe_truncation(s.truncation, via);
+        for line in output::explain(&s, result, out.mapped.as_ref(), &change) {
+            eprintln!("  {line}");
+        }
+    }
+    log::info!("run summary: {}", output::summary(result));
+    if let Some(d) = &result.stop {
         eprintln!("vfsdax-vmm: VM stopped: {d}");
         return ExitCode::from(2);
     }

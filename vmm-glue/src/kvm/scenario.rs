@@ -4,11 +4,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vfsdax_protocol::report::FaultReport;
+use vm_memory::GuestMemoryMmap;
 
 use crate::dax::DaxWindow;
 use crate::fault::FallbackPolicy;
@@ -98,7 +99,8 @@ pub struct Scenario {
     pub policy: FallbackPolicy,
     /// What happens to the file.
     pub truncation: Truncation,
-    /// The backing file (created by the scenario).
+    /// The backing file: created by [`run_scenario`]; with another [`Backing`]
+    /// ([`run_scenario_with`]) it only names the file.
     pub file: PathBuf,
     /// Bound on the run.
     pub timeout: Duration,
@@ -147,6 +149,9 @@ pub enum ScenarioError {
     /// The VM failed.
     #[error("the reference VM failed")]
     Vm(#[from] VmError),
+    /// The backing could not change or inspect the file.
+    #[error("the backing file could not be changed or inspected")]
+    Backing(#[source] BackingError),
     /// The VM failed while running the guest; carries what the guest had reported by then.
     #[error("the reference VM failed after the guest reported {guest:?}")]
     Run {
@@ -158,33 +163,38 @@ pub enum ScenarioError {
     },
 }
 
-fn write_pattern(path: &PathBuf, word: fn(u64) -> u64) -> io::Result<File> {
+/// The bytes of a [`MAP_LEN`]-byte file holding `word(offset)` at every 8-byte `offset`.
+pub fn pattern_bytes(word: fn(u64) -> u64) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(MAP_LEN as usize);
     for off in (0..MAP_LEN).step_by(8) {
         bytes.extend_from_slice(&word(off).to_le_bytes());
     }
+    bytes
+}
+
+fn write_pattern(path: &Path, word: fn(u64) -> u64) -> io::Result<File> {
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
-    f.write_all(&bytes)?;
+    f.write_all(&pattern_bytes(word))?;
     f.sync_data()?;
     Ok(f)
 }
 
-fn mutate(s: &Scenario, file: &File, window: &DaxWindow) -> io::Result<()> {
-    match s.truncation {
-        Truncation::None => Ok(()),
-        Truncation::UnmapBeforeAccess => window
-            .unmap(MAP_LEN / 2, MAP_LEN / 2)
-            .map_err(|e| io::Error::other(e.to_string())),
+/// Applies `t` to the file `file` (open for writing) at `path` the way a host process would.
+/// [`Truncation::None`] and [`Truncation::UnmapBeforeAccess`] change nothing here (the latter is
+/// a window change, the backing's business).
+pub fn change_on_host(t: Truncation, path: &Path, file: &File) -> io::Result<()> {
+    match t {
+        Truncation::None | Truncation::UnmapBeforeAccess => Ok(()),
         Truncation::ToZero => file.set_len(0),
         Truncation::BelowAccessedPage => file.set_len(BELOW_SIZE),
         Truncation::UnlinkAndRecreate => {
-            fs::remove_file(&s.file)?;
-            write_pattern(&s.file, replacement_word).map(drop)
+            fs::remove_file(path)?;
+            write_pattern(path, replacement_word).map(drop)
         }
         Truncation::TruncateThenReextend => {
             file.set_len(0)?;
@@ -193,7 +203,8 @@ fn mutate(s: &Scenario, file: &File, window: &DaxWindow) -> io::Result<()> {
     }
 }
 
-fn file_after(path: &PathBuf) -> io::Result<FileAfter> {
+/// The state of the file at `path`.
+pub fn file_after(path: &Path) -> io::Result<FileAfter> {
     let f = File::open(path)?;
     let len = f.metadata()?.len();
     let word_at_access = if len >= ACCESS_OFFSET + 8 {
@@ -209,9 +220,83 @@ fn file_after(path: &PathBuf) -> io::Result<FileAfter> {
     })
 }
 
-/// Runs `s` on real KVM.
+/// An error of a [`Backing`] (its own typed error, boxed).
+pub type BackingError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where a scenario's DAX mapping comes from and how its file changes: a local file the VMM
+/// maps itself ([`LocalFile`]), or a file `vfsdaxd` maps through `SHMEM_MAP`
+/// ([`crate::refvmm::DaemonBacking`]).
+pub trait Backing {
+    /// The window to place as the DAX memslot. At least [`MAP_LEN`] bytes of the file are mapped
+    /// writable at window offset 0 from file offset 0.
+    fn window(&self) -> Arc<DaxWindow>;
+
+    /// More guest RAM to register as memslots (for example the virtqueues' memory).
+    fn extra_ram(&self) -> Option<GuestMemoryMmap> {
+        None
+    }
+
+    /// Applies `t`; called on the vCPU thread while the guest is between its two accesses.
+    fn mutate(&mut self, t: Truncation) -> Result<(), BackingError>;
+
+    /// The file at the name after the run.
+    fn file_after(&mut self) -> Result<FileAfter, BackingError>;
+}
+
+/// A local file the scenario writes and maps into a window of [`WINDOW_SIZE`] itself.
+#[derive(Debug)]
+pub struct LocalFile {
+    path: PathBuf,
+    file: File,
+    window: Arc<DaxWindow>,
+}
+
+impl LocalFile {
+    /// Writes the original pattern to `path` and maps it at window offset 0.
+    pub fn create(path: &Path) -> Result<Self, ScenarioError> {
+        let file = write_pattern(path, original_word)?;
+        let window = Arc::new(DaxWindow::new(WINDOW_SIZE).map_err(VmError::from)?);
+        window
+            .map(0, MAP_LEN, &file, 0, true)
+            .map_err(VmError::from)?;
+        Ok(LocalFile {
+            path: path.to_path_buf(),
+            file,
+            window,
+        })
+    }
+}
+
+impl Backing for LocalFile {
+    fn window(&self) -> Arc<DaxWindow> {
+        Arc::clone(&self.window)
+    }
+
+    fn mutate(&mut self, t: Truncation) -> Result<(), BackingError> {
+        if t == Truncation::UnmapBeforeAccess {
+            self.window.unmap(MAP_LEN / 2, MAP_LEN / 2)?;
+            return Ok(());
+        }
+        Ok(change_on_host(t, &self.path, &self.file)?)
+    }
+
+    fn file_after(&mut self) -> Result<FileAfter, BackingError> {
+        Ok(file_after(&self.path)?)
+    }
+}
+
+/// Runs `s` on real KVM with a local backing file at `s.file` ([`LocalFile`]).
 pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
-    let file = write_pattern(&s.file, original_word)?;
+    let mut local = LocalFile::create(&s.file)?;
+    run_scenario_with(s, &mut local)
+}
+
+/// Runs `s` on real KVM with the DAX mapping and file changes of `backing` (`s.file` only names
+/// the file).
+pub fn run_scenario_with(
+    s: &Scenario,
+    backing: &mut dyn Backing,
+) -> Result<ScenarioResult, ScenarioError> {
     let guest_cfg = GuestConfig {
         access: s.access,
         opt_in: s.opt_in,
@@ -232,19 +317,18 @@ pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
         policy: s.policy,
         window_size: WINDOW_SIZE,
     };
-    let mut vm = ReferenceVm::new(&setup, &guest_cfg)?;
-    vm.window
-        .map(0, MAP_LEN, &file, 0, true)
-        .map_err(VmError::from)?;
+    let mut vm = ReferenceVm::with_window(&setup, &guest_cfg, backing.window())?;
+    if let Some(ram) = backing.extra_ram() {
+        vm.add_ram(&ram)?;
+    }
     let mut guest = GuestObservation::default();
     let mut mutate_err = None;
     let mut port_log = Vec::new();
-    let window = Arc::clone(&vm.window);
     let run = vm.run(s.timeout, |p, v| {
         port_log.push((p, v, Instant::now()));
         guest.record(p, v);
         if p == port::STAGE && v == 2 {
-            if let Err(e) = mutate(s, &file, &window) {
+            if let Err(e) = backing.mutate(s.truncation) {
                 mutate_err = Some(e);
                 return false;
             }
@@ -261,7 +345,7 @@ pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
         }
     };
     if let Some(e) = mutate_err {
-        return Err(e.into());
+        return Err(ScenarioError::Backing(e));
     }
     Ok(ScenarioResult {
         guest,
@@ -271,7 +355,7 @@ pub fn run_scenario(s: &Scenario) -> Result<ScenarioResult, ScenarioError> {
         ioctls: vm.vcpu.ioctl_count(),
         runs: outcome.runs,
         access_rip: vm.image.access_rip,
-        file_after: file_after(&s.file)?,
+        file_after: backing.file_after().map_err(ScenarioError::Backing)?,
         port_log,
         report_exit_at: outcome.report_exit_at,
     })

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vfsdax_protocol::report::FaultReport;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::errno;
 
 use crate::dax::{DaxWindow, WindowError};
@@ -102,6 +102,10 @@ pub struct ReferenceVm {
     pub handler: DaxFaultHandler<GuestMemoryMmap>,
     vm: Arc<VmFd>,
     _kvm: Kvm,
+    /// More guest RAM registered with [`ReferenceVm::add_ram`] (kept mapped while the VM lives).
+    extra_ram: Vec<GuestMemoryMmap>,
+    /// Next free memslot number.
+    next_slot: u32,
     /// Guest RAM.
     pub mem: GuestMemoryMmap,
     /// The DAX window.
@@ -111,8 +115,21 @@ pub struct ReferenceVm {
 }
 
 impl ReferenceVm {
-    /// Creates the VM, loads the guest program for `guest`, and makes vCPU 0 ready to run.
+    /// Creates the VM with a fresh DAX window of `setup.window_size`, loads the guest program
+    /// for `guest`, and makes vCPU 0 ready to run.
     pub fn new(setup: &VmSetup, guest: &GuestConfig) -> Result<Self, VmError> {
+        let window = Arc::new(DaxWindow::new(setup.window_size)?);
+        Self::with_window(setup, guest, window)
+    }
+
+    /// Like [`ReferenceVm::new`], but the DAX memslot is `window` (for example the one
+    /// [`crate::dax::connect()`] reserved, which the daemon fills with `SHMEM_MAP`);
+    /// `setup.window_size` is ignored.
+    pub fn with_window(
+        setup: &VmSetup,
+        guest: &GuestConfig,
+        window: Arc<DaxWindow>,
+    ) -> Result<Self, VmError> {
         let kvm_err = |what| move |source| VmError::Kvm { what, source };
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         for (cap, name) in [
@@ -138,7 +155,6 @@ impl ReferenceVm {
         let mem =
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout::RAM_SIZE as usize)])
                 .map_err(|_| VmError::Memory)?;
-        let window = Arc::new(DaxWindow::new(setup.window_size)?);
         let ram_host = mem
             .get_host_address(GuestAddress(0))
             .map_err(|_| VmError::Memory)?;
@@ -202,6 +218,8 @@ impl ReferenceVm {
             handler,
             vm,
             _kvm: kvm,
+            extra_ram: Vec::new(),
+            next_slot: 2,
             mem,
             window,
             image,
@@ -211,6 +229,33 @@ impl ReferenceVm {
     /// The VM fd.
     pub fn vm_fd(&self) -> &Arc<VmFd> {
         &self.vm
+    }
+
+    /// Registers every region of `ram` as another memslot at its guest-physical address (for
+    /// example the virtio-fs driver's memfd memory holding the virtqueues, so they live in guest
+    /// memory the daemon shares). `ram` must not overlap guest RAM, the DAX window or an earlier
+    /// region; the VM keeps a clone, so the mapping stays alive while KVM may use it.
+    pub fn add_ram(&mut self, ram: &GuestMemoryMmap) -> Result<(), VmError> {
+        for r in ram.iter() {
+            let region = kvm_userspace_memory_region {
+                slot: self.next_slot,
+                guest_phys_addr: r.start_addr().raw_value(),
+                memory_size: r.len(),
+                userspace_addr: r.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the host range is a live mapping of `ram`'s region; `ram` shares its
+            // regions through `Arc`s and the clone pushed to `extra_ram` below (a field declared
+            // after `vm` and `vcpu`, so dropped after them) keeps the mapping alive for as long
+            // as KVM can use the memslot. KVM itself refuses overlapping slots.
+            unsafe { self.vm.set_user_memory_region(region) }.map_err(|source| VmError::Kvm {
+                what: "register a memslot",
+                source,
+            })?;
+            self.next_slot += 1;
+        }
+        self.extra_ram.push(ram.clone());
+        Ok(())
     }
 
     /// Runs the guest until `on_port` returns false, the stop policy stops it, or `timeout`

@@ -1,0 +1,106 @@
+//! The reference VMM's logic (the `vfsdax-vmm` binary is only its command line): where the DAX
+//! mapping comes from, running a truncation scenario in the KVM reference VM, and rendering what
+//! happened.
+//!
+//! - [`daemon`]: [`DaemonBacking`], the mapping served by `vfsdaxd` (vhost-user frontend,
+//!   `dax::connect()`, the virtio-fs driver's INIT / LOOKUP / OPEN / SETUPMAPPING, and the file
+//!   changed through FUSE or on the host).
+//! - [`output`]: JSON report lines, the run summary and a readable account of a run.
+
+pub mod daemon;
+pub mod output;
+
+use crate::kvm::scenario::{
+    run_scenario_with, LocalFile, Scenario, ScenarioError, ScenarioResult, Truncation,
+};
+
+pub use daemon::{DaemonBacking, DaemonError, DaemonTarget, MappedFile, TruncateVia};
+
+/// Errors of a reference VMM run.
+#[derive(Debug, thiserror::Error)]
+pub enum RefVmmError {
+    /// Setting up the mapping through the daemon failed.
+    #[error("setting up the DAX mapping through vfsdaxd failed")]
+    Daemon(#[from] DaemonError),
+    /// The scenario failed.
+    #[error("the scenario failed")]
+    Scenario(#[from] ScenarioError),
+}
+
+/// Where the DAX mapping comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// The VMM writes `scenario.file` and maps it itself.
+    Local,
+    /// `vfsdaxd` maps a file of its share.
+    Daemon(DaemonTarget),
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// The scenario's result.
+    pub result: ScenarioResult,
+    /// The daemon's mapping, in daemon mode.
+    pub mapped: Option<MappedFile>,
+    /// A failure closing the daemon connection after a finished run (the run itself is valid).
+    pub close_error: Option<DaemonError>,
+}
+
+/// Runs `scenario` with the mapping from `source`.
+pub fn run(scenario: &Scenario, source: &Source) -> Result<RunOutput, RefVmmError> {
+    match source {
+        Source::Local => {
+            let mut local = LocalFile::create(&scenario.file)?;
+            let result = run_scenario_with(scenario, &mut local)?;
+            Ok(RunOutput {
+                result,
+                mapped: None,
+                close_error: None,
+            })
+        }
+        Source::Daemon(target) => {
+            let mut backing = DaemonBacking::connect(target.clone())?;
+            let mapped = backing.mapped().clone();
+            let result = run_scenario_with(scenario, &mut backing)?;
+            let close_error = backing.close().err();
+            Ok(RunOutput {
+                result,
+                mapped: Some(mapped),
+                close_error,
+            })
+        }
+    }
+}
+
+/// What the host (or the other client) does, in words.
+pub fn describe_truncation(t: Truncation, via: Option<&TruncateVia>) -> String {
+    let what = match t {
+        Truncation::None => return "nothing changes the file (control run)".into(),
+        Truncation::UnmapBeforeAccess => {
+            return "the accessed half of the mapping is removed from the window \
+                    (REMOVEMAPPING): the guest then touches a range it no longer maps"
+                .into()
+        }
+        Truncation::ToZero => "truncates the file to 0 bytes".to_string(),
+        Truncation::BelowAccessedPage => format!(
+            "truncates the file to {:#x} bytes, below the accessed page",
+            crate::kvm::scenario::BELOW_SIZE
+        ),
+        Truncation::UnlinkAndRecreate => {
+            "unlinks the name and creates a new file under it (the mapping keeps the old inode)"
+                .to_string()
+        }
+        Truncation::TruncateThenReextend => {
+            "truncates the file to 0 and extends it again before the access".to_string()
+        }
+    };
+    let who = match via {
+        None => "the host".to_string(),
+        Some(TruncateVia::Fuse) => {
+            "another client of the share (FUSE SETATTR/UNLINK/CREATE through vfsdaxd)".to_string()
+        }
+        Some(TruncateVia::Host(p)) => format!("a host process ({})", p.display()),
+    };
+    format!("{who} {what}")
+}
