@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# The main job, for now: serve a demo share with vfsdaxd to a QEMU guest that lists and reads it.
-# Installs what it needs first (scripts/deps.sh). Extra arguments go to guest-demo
-# (tests/src/bin/guest-demo.rs): --share DIR, --daemon PATH, --help.
+# The main job: a file behind a DAX mapping is truncated, and the guest that touches it gets a
+# clean error instead of the VM dying.
+#
+# vfsdaxd serves a demo share with a DAX window (--cache-size); the reference VMM vfsdax-vmm
+# connects to it as its vhost-user frontend, plays the guest's virtio-fs driver (INIT, LOOKUP,
+# OPEN, SETUPMAPPING through virtqueues in guest memory) and places the window the daemon maps
+# the file into as the guest's DAX memory on KVM. Its small 64-bit guest reads the file through
+# DAX; another client of the share truncates the file (FUSE SETATTR through vfsdaxd); the guest
+# touches the page again. Three runs: a guest that opted in to apf errors (its task gets
+# SIGBUS), one that did not (machine check at the page's address), and `--policy stop` (the
+# VMM stops with a precise diagnostic instead of KVM_RUN's "Bad address").
+#
+# Needs /dev/kvm. Installs what the project needs first (scripts/deps.sh). Extra arguments go to
+# every vfsdax-vmm run (e.g. `--access store`; see `vfsdax-vmm --help`). The QEMU guest demo (a
+# Linux guest mounting the share with virtiofs) is scripts/demo-qemu.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -10,4 +22,85 @@ fi
 
 scripts/deps.sh
 cargo build --workspace --bins
-cargo run --quiet -p vfsdax-tests --bin guest-demo -- "$@"
+bin=${CARGO_TARGET_DIR:-target}/debug
+
+if [ ! -e /dev/kvm ]; then
+    echo "demo: /dev/kvm is missing: the reference VMM needs KVM." >&2
+    echo "demo: scripts/demo-qemu.sh shows vfsdaxd serving a Linux guest under QEMU (TCG) instead." >&2
+    exit 1
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/vfsdax-demo.XXXXXX")
+daemon_pid=""
+cleanup() {
+    if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+        kill "$daemon_pid" 2>/dev/null || true
+        wait "$daemon_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+share=$work/share
+sock=$work/vfsdaxd.sock
+mkdir -p "$share"
+file=notes.txt
+
+# A 64 KiB text file: 1024 lines of 64 bytes.
+make_file() {
+    local i n
+    for ((i = 0; i < 1024; i++)); do
+        printf -v n '%04d' "$i"
+        printf '%-63.63s\n' "[$n]: hello from the host, line $i of notes.txt"
+    done >"$share/$file"
+}
+
+start_daemon() {
+    rm -f "$sock"
+    "$bin/vfsdaxd" --socket-path "$sock" --shared-dir "$share" --cache-size 64M \
+        --sandbox none --seccomp none --log-level info >"$work/vfsdaxd.log" 2>&1 &
+    daemon_pid=$!
+    for _ in $(seq 100); do
+        [ -S "$sock" ] && return 0
+        sleep 0.05
+    done
+    echo "demo: vfsdaxd did not create its socket:" >&2
+    cat "$work/vfsdaxd.log" >&2
+    exit 1
+}
+
+summary=()
+run_case() {
+    local title=$1
+    shift
+    echo
+    echo "=== $title"
+    make_file
+    start_daemon
+    echo "\$ vfsdaxd --socket-path $sock --shared-dir $share --cache-size 64M --sandbox none --seccomp none &"
+    echo "\$ vfsdax-vmm --daemon-socket $sock --path $file $*"
+    local status=0
+    RUST_LOG=warn "$bin/vfsdax-vmm" --daemon-socket "$sock" --path "$file" "$@" \
+        --explain --reports "$work/reports.jsonl" 2>"$work/vmm.err" || status=$?
+    sed -n 's/^  //p' "$work/vmm.err"
+    grep -v '^  ' "$work/vmm.err" | grep -v '^vfsdax-vmm: VM stopped' || true
+    echo "fault report (JSON line):"
+    sed 's/^/  /' "$work/reports.jsonl"
+    local daemon_status=0
+    wait "$daemon_pid" || daemon_status=$?
+    daemon_pid=""
+    echo "vfsdax-vmm exit status: $status; vfsdaxd ended with status $daemon_status when the VMM disconnected"
+    local action
+    action=$(grep -o '"action":"[a-z-]*"' "$work/reports.jsonl" | head -n 1 | cut -d'"' -f4)
+    summary+=("$(printf '%-34s report action %-14s vfsdax-vmm exit %s, vfsdaxd exit %s' \
+        "$title" "${action:-none}" "$status" "$daemon_status")")
+}
+
+run_case "guest opted in to apf errors" --opt-in "$@"
+run_case "guest did not opt in (policy mce)" --policy mce "$@"
+run_case "policy stop" --policy stop "$@"
+
+echo
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+echo "Without vfsdax, KVM_RUN fails with EFAULT (\"Bad address\") on such an access and the VMM dies."

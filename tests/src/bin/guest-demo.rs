@@ -1,6 +1,6 @@
 //! guest-demo: serve a directory with `vfsdaxd` to a QEMU guest (Debian kernel, busybox) that
 //! mounts it with `mount -t virtiofs`, lists and reads it; prints what the guest printed.
-//! Run through `scripts/demo.sh`, which installs and builds what it needs first.
+//! Run through `scripts/demo-qemu.sh`, which installs and builds what it needs first.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

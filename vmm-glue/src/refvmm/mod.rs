@@ -95,12 +95,41 @@ pub fn describe_truncation(t: Truncation, via: Option<&TruncateVia>) -> String {
             "truncates the file to 0 and extends it again before the access".to_string()
         }
     };
-    let who = match via {
-        None => "the host".to_string(),
-        Some(TruncateVia::Fuse) => {
-            "another client of the share (FUSE SETATTR/UNLINK/CREATE through vfsdaxd)".to_string()
-        }
-        Some(TruncateVia::Host(p)) => format!("a host process ({})", p.display()),
+    let fuse_ops = if t == Truncation::UnlinkAndRecreate {
+        "UNLINK, CREATE and WRITE"
+    } else {
+        "SETATTR(size)"
     };
-    format!("{who} {what}")
+    match via {
+        None => format!("the host {what}"),
+        Some(TruncateVia::Fuse) => {
+            format!("another client of the share {what} (FUSE {fuse_ops} through vfsdaxd)")
+        }
+        Some(TruncateVia::Host(p)) => format!("a host process {what} ({})", p.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncations_name_who_and_how() {
+        assert_eq!(
+            describe_truncation(Truncation::ToZero, Some(&TruncateVia::Fuse)),
+            "another client of the share truncates the file to 0 bytes \
+             (FUSE SETATTR(size) through vfsdaxd)"
+        );
+        assert!(
+            describe_truncation(Truncation::UnlinkAndRecreate, Some(&TruncateVia::Fuse))
+                .contains("UNLINK, CREATE and WRITE")
+        );
+        let host = TruncateVia::Host("/srv/share/f".into());
+        assert!(
+            describe_truncation(Truncation::BelowAccessedPage, Some(&host))
+                .starts_with("a host process truncates the file to 0x1800 bytes")
+        );
+        assert!(describe_truncation(Truncation::ToZero, None).starts_with("the host "));
+        assert!(describe_truncation(Truncation::None, None).contains("control"));
+    }
 }

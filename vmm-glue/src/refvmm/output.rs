@@ -234,6 +234,8 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kvm::scenario::FileAfter;
+    use crate::kvm::{FaultCounters, StopDiagnostic};
     use vfsdax_protocol::report::{FaultKind, FileRef, GuestMode};
 
     fn report() -> FaultReport {
@@ -256,6 +258,94 @@ mod tests {
             fallback_reason: None,
             latency_ns: 38_000,
         }
+    }
+
+    fn result(guest: GuestObservation, stop: Option<StopDiagnostic>) -> ScenarioResult {
+        ScenarioResult {
+            guest,
+            reports: vec![report()],
+            stop,
+            counters: FaultCounters::default(),
+            ioctls: 0,
+            runs: 0,
+            access_rip: 0,
+            file_after: FileAfter {
+                len: 0,
+                word_at_access: None,
+            },
+            port_log: Vec::new(),
+            report_exit_at: Vec::new(),
+        }
+    }
+
+    fn scenario() -> Scenario {
+        Scenario {
+            access: GuestAccess::Load,
+            opt_in: true,
+            stock_apf: false,
+            send_always: true,
+            guest_mce: true,
+            user_mode: false,
+            feature_bit: Some(16),
+            policy: crate::fault::FallbackPolicy::Mce,
+            truncation: crate::kvm::scenario::Truncation::ToZero,
+            file: "/srv/share/data.txt".into(),
+            timeout: std::time::Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn an_apf_error_run_tells_the_guest_story_in_order() {
+        let g = GuestObservation {
+            stage: 2,
+            opted_in: Some(0x901b),
+            baseline: Some(u64::from_le_bytes(*b"hello, w")),
+            page_fault: Some((1, 0xfff, 0x10000)),
+            ready: vec![(u32::MAX, 0), (0xfff, 1)],
+            sigbus: Some(1),
+            done: true,
+            ..GuestObservation::default()
+        };
+        let lines = explain(&scenario(), &result(g, None), None, "the host truncates it");
+        let text = lines.join("\n");
+        let order = [
+            "mapped /srv/share/data.txt",
+            "SEND_ERROR",
+            "\"hello, w\"",
+            "then: the host truncates it",
+            "loads from window offset 0x2010 (GPA 0x40002010)",
+            "token 0xfff in CR2",
+            "token 0xfff with PAGE_ERROR",
+            "SIGBUS",
+            "finished",
+            "VMM report: TruncatedPage",
+        ];
+        let mut at = 0;
+        for want in order {
+            let i = text[at..]
+                .find(want)
+                .unwrap_or_else(|| panic!("{want:?} missing or out of order in:\n{text}"));
+            at += i;
+        }
+        assert_eq!(lines.iter().filter(|l| l.contains("PAGE_ERROR")).count(), 1);
+    }
+
+    #[test]
+    fn a_stopped_run_ends_with_the_diagnostic() {
+        let g = GuestObservation {
+            stage: 2,
+            ..GuestObservation::default()
+        };
+        let mut rep = report();
+        rep.action = ActionTaken::Stop;
+        let d = StopDiagnostic {
+            report: rep,
+            reason: "stopping".into(),
+        };
+        let lines = explain(&scenario(), &result(g, Some(d)), None, "x");
+        let last = lines.last().expect("lines");
+        assert!(last.starts_with("VMM: VM stopped: vCPU 0 read guest-physical address 0x40002010"));
+        assert!(!lines.iter().any(|l| l.contains("finished")));
     }
 
     #[test]
