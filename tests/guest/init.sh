@@ -1,6 +1,6 @@
 #!/bin/sh
 # /init of the vfsdax test guest (busybox-static initramfs).
-# Kernel command line: vfsdax.mode=workload|demo  vfsdax.tag=TAG
+# Kernel command line: vfsdax.mode=workload|demo|bench  vfsdax.tag=TAG
 # Prints marker lines on the console that the host parses (tests/src/guest/serial.rs):
 #   VFSDAX BOOTED <uptime>, STEP <name> ok|FAIL <detail>, DATA <key> <value>,
 #   WORKLOAD EXIT <code>.
@@ -44,10 +44,17 @@ else
     finish 3
 fi
 
+# Each mode is a script /<mode>.sh (MODE_SCRIPTS in tests/src/guest/initramfs.rs).
+script=/$MODE.sh
 case "$MODE" in
-    workload) sh /workload.sh /mnt; rc=$? ;;
-    demo) sh /demo.sh /mnt; rc=$? ;;
-    *) echo "unknown vfsdax.mode=$MODE"; rc=4 ;;
+    "" | *[!a-z]*) script= ;;
 esac
+if [ -n "$script" ] && [ -f "$script" ]; then
+    sh "$script" /mnt
+    rc=$?
+else
+    echo "unknown vfsdax.mode=$MODE"
+    rc=4
+fi
 echo "DATA done_at $(cut -d' ' -f1 /proc/uptime)"
 finish "$rc"

@@ -63,16 +63,17 @@ pub enum DaemonError {
 }
 
 /// The command line `vfsdaxd` and `virtiofsd` both understand for serving `shared_dir` on
-/// `socket` with no sandbox. No `--tag`: the tag comes from QEMU's `-device ...,tag=`, and a
+/// `socket` with no sandbox and the `--cache` mode `cache` (`never`, `auto`, `always`,
+/// `metadata`). No `--tag`: the tag comes from QEMU's `-device ...,tag=`, and a
 /// daemon that offers the CONFIG protocol feature crashes QEMU 7.1–8.0.
-pub fn virtiofs_args(socket: &Path, shared_dir: &Path) -> Vec<OsString> {
+pub fn virtiofs_args(socket: &Path, shared_dir: &Path, cache: &str) -> Vec<OsString> {
     vec![
         "--socket-path".into(),
         socket.into(),
         "--shared-dir".into(),
         shared_dir.into(),
         "--cache".into(),
-        "never".into(),
+        cache.into(),
         "--sandbox".into(),
         "none".into(),
         "--seccomp".into(),
@@ -255,7 +256,7 @@ mod tests {
 
     #[test]
     fn daemon_args_are_virtiofsd_compatible() {
-        let args = virtiofs_args(Path::new("/s.sock"), Path::new("/share"));
+        let args = virtiofs_args(Path::new("/s.sock"), Path::new("/share"), "never");
         let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args.join(" "),

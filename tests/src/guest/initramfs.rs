@@ -1,5 +1,5 @@
 //! Building the guest's initramfs: busybox-static, the virtio-fs kernel modules, and the
-//! `/init`, workload and demo scripts from `tests/guest/`.
+//! `/init`, workload, demo and bench scripts from `tests/guest/`.
 
 use std::fs;
 use std::io::BufWriter;
@@ -15,6 +15,15 @@ pub const INIT_SCRIPT: &str = include_str!("../../guest/init.sh");
 pub const WORKLOAD_SCRIPT: &str = include_str!("../../guest/workload.sh");
 /// The demo (tests/guest/demo.sh), run by `/init` in `demo` mode.
 pub const DEMO_SCRIPT: &str = include_str!("../../guest/demo.sh");
+/// The benchmark (tests/guest/bench.sh), run by `/init` in `bench` mode.
+pub const BENCH_SCRIPT: &str = include_str!("../../guest/bench.sh");
+
+/// The script of each mode (see `run::Mode`): `/init` runs `/<mode>.sh` on the mounted share.
+pub const MODE_SCRIPTS: &[(&str, &str)] = &[
+    ("workload", WORKLOAD_SCRIPT),
+    ("demo", DEMO_SCRIPT),
+    ("bench", BENCH_SCRIPT),
+];
 
 /// Errors building the initramfs.
 #[derive(Debug, thiserror::Error)]
@@ -121,10 +130,10 @@ pub fn build_initramfs(
         w.symlink("bin/sh", "busybox").map_err(write_err)?;
         w.file("init", 0o755, INIT_SCRIPT.as_bytes())
             .map_err(write_err)?;
-        w.file("workload.sh", 0o755, WORKLOAD_SCRIPT.as_bytes())
-            .map_err(write_err)?;
-        w.file("demo.sh", 0o755, DEMO_SCRIPT.as_bytes())
-            .map_err(write_err)?;
+        for (mode, script) in MODE_SCRIPTS {
+            w.file(&format!("{mode}.sh"), 0o755, script.as_bytes())
+                .map_err(write_err)?;
+        }
         let mut order = String::new();
         for m in modules {
             w.file(&module_file(m), 0o644, &read(&m.path)?)

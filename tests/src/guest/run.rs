@@ -38,13 +38,21 @@ pub enum Mode {
     Workload,
     /// List and read the share (tests/guest/demo.sh).
     Demo,
+    /// Time a few workloads and print `BENCH` lines (tests/guest/bench.sh).
+    Bench,
 }
 
 impl Mode {
-    fn name(self) -> &'static str {
+    /// Every mode.
+    pub const ALL: [Mode; 3] = [Mode::Workload, Mode::Demo, Mode::Bench];
+
+    /// The name on the kernel command line (`vfsdax.mode=`); `/init` runs `/<name>.sh`
+    /// ([`initramfs::MODE_SCRIPTS`]).
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Workload => "workload",
             Mode::Demo => "demo",
+            Mode::Bench => "bench",
         }
     }
 }
@@ -87,12 +95,14 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// How long to wait for the daemon's socket.
     pub daemon_start_timeout: Duration,
+    /// The daemon's `--cache` mode ([`daemon::virtiofs_args`]).
+    pub cache: String,
     /// Arguments appended to [`daemon::virtiofs_args`] (e.g. `--cache-size 64M`).
     pub daemon_args: Vec<OsString>,
 }
 
 impl RunOptions {
-    /// Defaults for `mode`: tag `vfsdax`, 1 GiB, a timeout of `$VFSDAX_GUEST_TIMEOUT` seconds
+    /// Defaults for `mode`: tag `vfsdax`, 1 GiB, `--cache never`, a timeout of `$VFSDAX_GUEST_TIMEOUT` seconds
     /// or 240 s (TCG on a busy 2-core machine is slow).
     pub fn new(mode: Mode) -> Self {
         let secs = std::env::var("VFSDAX_GUEST_TIMEOUT")
@@ -105,6 +115,7 @@ impl RunOptions {
             mem_mib: 1024,
             timeout: Duration::from_secs(secs),
             daemon_start_timeout: Duration::from_secs(20),
+            cache: "never".into(),
             daemon_args: Vec::new(),
         }
     }
@@ -151,7 +162,7 @@ impl GuestRun {
 }
 
 /// Boots a guest whose virtio-fs device is served by `daemon_program` (started with
-/// [`daemon::virtiofs_args`] on `share` plus `opts.daemon_args`), runs `opts.mode`, and returns what happened.
+/// [`daemon::virtiofs_args`] on `share` with `opts.cache`, plus `opts.daemon_args`), runs `opts.mode`, and returns what happened.
 /// `work` holds the socket, the logs and the initramfs. Steps that fail inside the guest are in
 /// the report, not errors.
 pub fn run_guest(
@@ -164,7 +175,7 @@ pub fn run_guest(
     let initrd = work.join("initramfs.cpio");
     initramfs::build_initramfs(&setup.busybox, &setup.kernel.modules, &initrd)?;
     let socket = work.join("vhost.sock");
-    let mut args = daemon::virtiofs_args(&socket, share);
+    let mut args = daemon::virtiofs_args(&socket, share, &opts.cache);
     args.extend(opts.daemon_args.iter().cloned());
     let daemon = Daemon::start(
         daemon_program,
@@ -203,4 +214,27 @@ pub fn run_guest(
         daemon_log,
         daemon_status,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mode_has_a_script_in_the_initramfs() {
+        for mode in Mode::ALL {
+            assert!(
+                initramfs::MODE_SCRIPTS
+                    .iter()
+                    .any(|(name, _)| *name == mode.name()),
+                "no script for mode {}",
+                mode.name()
+            );
+        }
+        assert_eq!(initramfs::MODE_SCRIPTS.len(), Mode::ALL.len());
+        // init.sh accepts only lower-case letters as a mode name.
+        for (name, _) in initramfs::MODE_SCRIPTS {
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase()), "{name}");
+        }
+    }
 }

@@ -14,9 +14,15 @@ impl ScratchDir {
     /// Creates `$TMPDIR/vfsdax-<label>-<pid>-<n>`. The path is kept short: it holds Unix
     /// sockets, whose paths are limited to 107 bytes.
     pub fn new(label: &str) -> std::io::Result<Self> {
+        Self::new_in(&std::env::temp_dir(), label)
+    }
+
+    /// Creates `<parent>/vfsdax-<label>-<pid>-<n>` (say, under `/dev/shm` for a share on
+    /// tmpfs).
+    pub fn new_in(parent: &Path, label: &str) -> std::io::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("vfsdax-{label}-{}-{n}", std::process::id()));
+        let path = parent.join(format!("vfsdax-{label}-{}-{n}", std::process::id()));
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
         }

@@ -2,7 +2,8 @@
 //!
 //! The guest (tests/guest/init.sh, workload.sh) prints, each on a line of its own:
 //! `STEP <name> ok`, `STEP <name> FAIL <detail>`, `DATA <key> <value>`,
-//! `WORKLOAD EXIT <code>`, and `DEMO BEGIN` … `DEMO END` around the demo's output.
+//! `WORKLOAD EXIT <code>`, `BENCH <name> <seconds>` (tests/guest/bench.sh), and
+//! `DEMO BEGIN` … `DEMO END` around the demo's output.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +26,7 @@ pub struct Step {
 }
 
 /// Everything the markers in a serial log say.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SerialReport {
     /// Steps in the order printed.
     pub steps: Vec<Step>,
@@ -33,6 +34,9 @@ pub struct SerialReport {
     pub data: BTreeMap<String, String>,
     /// The code from `WORKLOAD EXIT`, if printed.
     pub exit_code: Option<i32>,
+    /// `BENCH` times in the order printed: (name, seconds of guest uptime). A line whose
+    /// time is not a number is left out.
+    pub bench: Vec<(String, f64)>,
 }
 
 impl SerialReport {
@@ -42,6 +46,15 @@ impl SerialReport {
             .iter()
             .find(|s| s.name == name)
             .map(|s| &s.result)
+    }
+
+    /// The time of the `BENCH` line called `name` (the last one if printed twice).
+    pub fn bench_time(&self, name: &str) -> Option<f64> {
+        self.bench
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|&(_, t)| t)
     }
 
     /// A one-line account of where the guest's time went, from the `DATA mounted_at`,
@@ -130,6 +143,15 @@ pub fn parse(serial: &str) -> SerialReport {
             report.data.insert(k.to_owned(), v.trim().to_owned());
         } else if let Some(code) = line.strip_prefix("WORKLOAD EXIT ") {
             report.exit_code = code.trim().parse().ok();
+        } else if let Some(rest) = line.strip_prefix("BENCH ") {
+            let mut words = rest.split_whitespace();
+            if let (Some(name), Some(Ok(secs)), None) = (
+                words.next(),
+                words.next().map(str::parse::<f64>),
+                words.next(),
+            ) {
+                report.bench.push((name.to_owned(), secs));
+            }
         }
     }
     report
@@ -198,6 +220,25 @@ mod tests {
              slowest steps: readdir 2.00 s, write 0.50 s, chmod 0.02 s"
         );
         assert_eq!(parse("").timing_summary(), "");
+    }
+
+    #[test]
+    fn parses_bench_times() {
+        let r = parse(
+            "BENCH write 0.72\r\nSTEP write ok\nBENCH read x\nBENCH stat 1 2\nBENCH\n\
+             BENCH create 3.50\nBENCH write 0.80\n",
+        );
+        assert_eq!(
+            r.bench,
+            [
+                ("write".to_owned(), 0.72),
+                ("create".to_owned(), 3.5),
+                ("write".to_owned(), 0.8)
+            ]
+        );
+        assert_eq!(r.bench_time("write"), Some(0.8));
+        assert_eq!(r.bench_time("read"), None);
+        assert_eq!(r.step("write"), Some(&StepResult::Ok));
     }
 
     #[test]
