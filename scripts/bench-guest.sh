@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Benchmark: our vfsdaxd against the reference virtiofsd on a real Linux guest (QEMU TCG), share
+# on tmpfs, alternating the daemons for a few rounds; prints per workload the median seconds
+# of each and the ratio vfsdaxd/virtiofsd (tests/src/bin/guest-bench.rs, tests/guest/bench.sh).
+# Installs what it needs first (scripts/deps.sh; virtiofsd 1.14.0 with `cargo install` if it
+# is missing) and builds vfsdaxd in release mode. Extra arguments go to guest-bench:
+# --rounds N (default 3), --vfsdaxd PATH, --virtiofsd PATH, --share-in DIR, --help.
+# Takes several minutes on a busy 2-core machine.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+say() { echo "bench-guest: $*"; }
+
+scripts/deps.sh
+
+virtiofsd_version=1.14.0
+if command -v virtiofsd >/dev/null || [ -x "$HOME/.cargo/bin/virtiofsd" ]; then
+    say "virtiofsd already installed"
+else
+    say "installing virtiofsd $virtiofsd_version: cargo install virtiofsd --version $virtiofsd_version"
+    say "(needs libseccomp-dev and libcap-ng-dev, which scripts/deps.sh installed)"
+    cargo install --locked virtiofsd --version "$virtiofsd_version"
+fi
+
+target=${CARGO_TARGET_DIR:-target}
+say "building vfsdaxd in release mode"
+cargo build --release -p vfsdax-daemon --bin vfsdaxd
+say "building guest-bench"
+cargo build -p vfsdax-tests --bin guest-bench
+say "running guest-bench $*"
+"$target/debug/guest-bench" --vfsdaxd "$target/release/vfsdaxd" "$@"
