@@ -43,6 +43,14 @@ pub(crate) fn next_dirent(buf: &[u8]) -> Option<(RawDirent<'_>, &[u8])> {
     ))
 }
 
+/// Whether READDIRPLUS leaves out an entry whose lookup failed with `e`: only when the name
+/// is gone (`ENOENT`, removed since `getdents64`). Any other failure (`EMFILE`, `ENFILE`,
+/// `ENOMEM`, `EACCES`...) says nothing about the name, which still exists: dropping it would
+/// hide a file from `ls`, so it is sent without an entry instead.
+pub(super) fn skip_after_lookup_error(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
 /// Callback type of READDIR.
 pub(super) type AddEntry<'a> = dyn FnMut(DirEntry<'_>, Option<Entry>) -> io::Result<usize> + 'a;
 
@@ -90,8 +98,10 @@ impl PassthroughFs {
                 let entry = if plus && !names::is_dot(name) && !names::is_dotdot(name) {
                     match self.lookup_in(&dir, d.name) {
                         Ok(e) => Some(e),
-                        // Removed since getdents (or otherwise unreachable): leave it out.
-                        Err(_) => continue,
+                        Err(e) if skip_after_lookup_error(&e) => continue,
+                        // Sent without attributes (a zeroed entry, node id 0): the guest
+                        // looks the name up itself when it needs it.
+                        Err(_) => None,
                     }
                 } else {
                     None

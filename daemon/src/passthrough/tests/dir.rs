@@ -2,6 +2,7 @@
 //! FSYNCDIR.
 
 use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::PermissionsExt;
 
 use vfsdax_protocol::fuse::{dirent_size, direntplus_size, ROOT_ID};
 
@@ -161,4 +162,60 @@ fn readdir_needs_a_matching_directory_handle() {
     s.fs.readdir(ctx(), d.inode, h, 4096, 0, false, &mut count)
         .expect("readdir");
     assert_eq!(seen, 2); // . and ..
+}
+
+#[test]
+fn readdirplus_drops_only_vanished_entries() {
+    use crate::passthrough::ops_dir::skip_after_lookup_error;
+    let e = std::io::Error::from_raw_os_error;
+    assert!(skip_after_lookup_error(&e(libc::ENOENT)));
+    for errno in [
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::ENOMEM,
+        libc::EACCES,
+        libc::EIO,
+    ] {
+        assert!(!skip_after_lookup_error(&e(errno)), "errno {errno}");
+    }
+    assert!(!skip_after_lookup_error(&std::io::Error::other("no errno")));
+}
+
+#[test]
+fn readdirplus_sends_entries_whose_lookup_fails_without_attributes() {
+    if !crate::passthrough::sys::is_root() {
+        eprintln!("skipped: needs root to make a lookup fail through fsuid");
+        return;
+    }
+    let s = share();
+    std::fs::create_dir(s.dir.join("locked")).expect("mkdir");
+    for name in ["a", "b"] {
+        std::fs::write(s.dir.join("locked").join(name), b"").expect("create");
+    }
+    std::fs::set_permissions(s.dir.join("locked"), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    let d = s.lookup_root("locked").expect("lookup");
+    let (h, _) = s.fs.opendir(ctx(), d.inode, 0).expect("opendir");
+    let h = h.expect("handle");
+    let base = s.fs.inode_count();
+    let got = {
+        // A non-zero fsuid drops CAP_DAC_OVERRIDE: the names can be listed through the open
+        // handle but not looked up (EACCES), which is not "the entry vanished".
+        let _creds = crate::passthrough::sys::FsCredsGuard::new(true, 4321, 4321).expect("creds");
+        readdir_once(&s, d.inode, h, 8192, 0, true)
+    };
+    let mut names: Vec<(String, Option<Inode>)> = got.into_iter().map(|(n, _, e)| (n, e)).collect();
+    names.sort();
+    let expect: Vec<(String, Option<Inode>)> = [".", "..", "a", "b"]
+        .iter()
+        .map(|n| (n.to_string(), None))
+        .collect();
+    assert_eq!(names, expect);
+    assert_eq!(s.fs.inode_count(), base);
+    // As root the same entries come with node ids.
+    let plus = readdir_once(&s, d.inode, h, 8192, 0, true);
+    assert!(plus
+        .iter()
+        .filter(|(n, _, _)| n != "." && n != "..")
+        .all(|(_, _, e)| e.is_some()));
 }
