@@ -15,7 +15,7 @@ use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -111,6 +111,8 @@ pub struct FsBackend<F: FileSystem> {
     /// One exit event per queue thread: the event loops watch them, and
     /// `VringEpollHandler::send_exit_event` ends the threads when the connection is over.
     exit_events: Vec<(EventConsumer, EventNotifier)>,
+    /// Per queue: the driver broke the ring; ignore kicks until the frontend stops it.
+    broken: Vec<AtomicBool>,
 }
 
 impl<F: FileSystem> FsBackend<F> {
@@ -125,6 +127,9 @@ impl<F: FileSystem> FsBackend<F> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(BackendError::ExitEvent)?;
         Ok(FsBackend {
+            broken: (0..=config.num_request_queues)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             exit_events,
             server,
             config,
@@ -142,13 +147,29 @@ impl<F: FileSystem> FsBackend<F> {
 
     /// Pops every available chain of `vring`, hands it to the server and returns it to the
     /// used ring. Returns whether any chain was processed.
+    ///
+    /// A chain the server cannot serve is returned with length 0. A ring the driver broke (an
+    /// available index too far ahead, a head outside the table, rings outside guest memory)
+    /// is an error: the caller marks the queue broken until the frontend stops it.
     fn process_queue(&self, queue: u16, vring: &VringRwLock) -> Result<bool, BackendError> {
         let atomic = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone();
         let atomic = atomic.ok_or(BackendError::NoMemory)?;
         let mem = atomic.memory();
         let mut used_any = false;
         loop {
-            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
+            let chain = {
+                let mut state = vring.get_mut();
+                let q = state.get_queue_mut();
+                if !q.ready() {
+                    break;
+                }
+                // `iter` (unlike `pop_descriptor_chain`) reports an available index that runs
+                // more than a ring's length ahead, instead of looking empty forever.
+                let mut avail = q
+                    .iter(&*mem)
+                    .map_err(|source| BackendError::UsedRing { queue, source })?;
+                avail.next()
+            };
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             let len = match self.server.handle_chain(&*mem, chain, &self.mapper) {
@@ -161,6 +182,11 @@ impl<F: FileSystem> FsBackend<F> {
                     0
                 }
             };
+            // The frontend may have stopped the ring (guest reset) while the request ran: the
+            // completion then belongs to a ring that no longer exists.
+            if !vring.get_ref().get_queue().ready() {
+                break;
+            }
             vring
                 .add_used(head, len)
                 .map_err(|source| BackendError::UsedRing { queue, source })?;
@@ -177,6 +203,46 @@ impl<F: FileSystem> FsBackend<F> {
             }
         }
         Ok(used_any)
+    }
+
+    /// Serves a kick on `queue`. Errors are the driver's (a broken ring): they are logged
+    /// (rate-limited) and the queue is ignored until the frontend stops and restarts it, so
+    /// the queue's thread lives on and never spins on a ring it cannot make progress on.
+    fn serve_kick(&self, queue: u16, vring: &VringRwLock) {
+        let Some(broken) = self.broken.get(usize::from(queue)) else {
+            return;
+        };
+        if broken.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.serve_kick_inner(queue, vring) {
+            broken.store(true, Ordering::Release);
+            guest_log!(
+                log::Level::Error,
+                "queue {queue} ignored until the frontend resets it: {e}"
+            );
+        }
+    }
+
+    fn serve_kick_inner(&self, queue: u16, vring: &VringRwLock) -> Result<(), BackendError> {
+        if !self.event_idx.load(Ordering::Acquire) {
+            self.process_queue(queue, vring)?;
+            return Ok(());
+        }
+        // With EVENT_IDX: keep going until the driver has added nothing new between our last
+        // pop and re-enabling notifications; stop after a pass that made no progress.
+        loop {
+            vring
+                .disable_notification()
+                .map_err(|source| BackendError::UsedRing { queue, source })?;
+            let progressed = self.process_queue(queue, vring)?;
+            let more = vring
+                .enable_notification()
+                .map_err(|source| BackendError::UsedRing { queue, source })?;
+            if !more || !progressed {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -276,24 +342,20 @@ impl<F: FileSystem> VhostUserBackend for FsBackend<F> {
             .get(usize::from(device_event))
             .ok_or(BackendError::UnknownQueue(device_event))?;
         let queue = u16::try_from(thread_id).unwrap_or(u16::MAX);
-        if !self.event_idx.load(Ordering::Acquire) {
-            self.process_queue(queue, vring)?;
-            return Ok(());
+        self.serve_kick(queue, vring);
+        Ok(())
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the frontend (re)starts this ring afresh, so a ring the old driver
+        // broke may be served again.
+        if let Some(broken) = usize::try_from(queue_index)
+            .ok()
+            .and_then(|q| self.broken.get(q))
+        {
+            broken.store(false, Ordering::Release);
         }
-        // With EVENT_IDX: keep going until the driver has added nothing new between our last
-        // pop and re-enabling notifications.
-        loop {
-            vring
-                .disable_notification()
-                .map_err(|source| BackendError::UsedRing { queue, source })?;
-            self.process_queue(queue, vring)?;
-            let more = vring
-                .enable_notification()
-                .map_err(|source| BackendError::UsedRing { queue, source })?;
-            if !more {
-                return Ok(());
-            }
-        }
+        Ok(())
     }
 }
 

@@ -145,7 +145,7 @@ pub struct Options {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,
     /// Number of request queues offered to the frontend.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=63))]
     pub num_request_queues: u16,
     /// Enable extended attributes.
     #[arg(long)]
@@ -302,6 +302,25 @@ mod tests {
         let o = parse(&["--shared-dir=/"]).unwrap();
         assert_eq!(o.validate(), Err(CliError::NoSocket));
         assert!(parse(&["--socket-path=/s", "--fd=3", "--shared-dir=/"]).is_err());
+        // One thread per queue, each named by a bit of a u64 mask, hiprio included.
+        assert!(parse(&[
+            "--socket-path=/s",
+            "--shared-dir=/",
+            "--num-request-queues=63"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "--socket-path=/s",
+            "--shared-dir=/",
+            "--num-request-queues=64"
+        ])
+        .is_err());
+        assert!(parse(&[
+            "--socket-path=/s",
+            "--shared-dir=/",
+            "--num-request-queues=0"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -166,8 +166,8 @@ fn run(opts: Options) -> Result<(), String> {
 /// Drops root's supplementary groups: requests run with the caller's fsuid/fsgid while
 /// creating files, and a leftover supplementary group would grant access the caller lacks.
 fn drop_supplementary_groups() -> Result<(), String> {
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } != 0 {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
     // SAFETY: a zero-length list with a null pointer is the documented way to clear the list.

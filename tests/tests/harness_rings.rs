@@ -5,6 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use vfsdax_protocol::fuse::ROOT_ID;
+use vm_memory::Bytes;
 use vfsdax_tests::harness::{pattern, DaemonOptions, Session};
 use vfsdax_vmm_glue::driver::{BatchRequest, ClientOptions, FeatureWishes};
 
@@ -128,4 +129,61 @@ fn many_requests_in_flight() {
     assert_eq!(attr.attr.size, data.len() as u64);
     s.client.release(e.nodeid, o.fh, 0).unwrap();
     s.assert_serving();
+}
+
+/// CPU time (user + system, in clock ticks) the process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("daemon stat");
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A driver that breaks its request ring (an available index far ahead of the ring, or a head
+/// outside the descriptor table) gets its queue ignored with one log line: the daemon neither
+/// spins on it nor loses the queue's thread, and stays alive for a reset.
+#[test]
+fn a_broken_available_ring_is_ignored_without_spinning() {
+    for case in ["avail index too far ahead", "head outside the table"] {
+        for event_idx in [false, true] {
+            let copts = ClientOptions {
+                wishes: FeatureWishes {
+                    event_idx,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let mut s = Session::start_with(&DaemonOptions::default(), copts);
+            let q = s.client.queue(1).expect("request queue");
+            let layout = q.layout();
+            let idx = q.avail_idx();
+            let mem = s.client.memory().memory();
+            if case == "head outside the table" {
+                mem.write_obj(0xffffu16.to_le(), layout.avail_slot_addr(idx))
+                    .unwrap();
+                mem.write_obj(idx.wrapping_add(1).to_le(), layout.avail_idx_addr())
+                    .unwrap();
+            } else {
+                mem.write_obj(idx.wrapping_add(2000).to_le(), layout.avail_idx_addr())
+                    .unwrap();
+            }
+            q.kick_fd().write(1).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let before = cpu_ticks(s.daemon.pid());
+            q.kick_fd().write(1).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let used = cpu_ticks(s.daemon.pid()) - before;
+            assert!(
+                used < 30,
+                "{case}, event_idx {event_idx}: the daemon used {used} ticks in 1 s"
+            );
+            assert!(s.daemon.is_alive(), "{case}: daemon died");
+            let log = s.daemon.log_text();
+            assert!(
+                log.contains("ignored until the frontend resets it"),
+                "{case}, event_idx {event_idx}: {log}"
+            );
+        }
+    }
 }
