@@ -14,6 +14,10 @@
 //!   file the `O_PATH` descriptor holds and goes no further. Device nodes, FIFOs and sockets
 //!   are never opened on the host (`ENXIO`): a guest kernel serves those itself, and a device
 //!   node made by guest root must not reach the host device.
+//! - **Host privileges** guest root must not gain: MKNOD refuses character and block devices
+//!   (`EPERM`) but the overlayfs whiteout (character device 0/0); SETXATTR refuses
+//!   `security.capability` (`EPERM`), since file capabilities act when a host user runs the
+//!   file.
 //! - **Credentials**: the daemon runs as root. Calls that create a file (CREATE, MKNOD, MKDIR,
 //!   SYMLINK) run with the caller's fsuid/fsgid, switched per thread for the duration of the
 //!   call (`sys::FsCredsGuard`). Chosen over `fchownat` afterwards because the file never

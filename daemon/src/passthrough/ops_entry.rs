@@ -111,6 +111,7 @@ impl PassthroughFs {
     ) -> io::Result<Entry> {
         self.check_writable()?;
         names::check_new_name(name)?;
+        perm::check_mknod(mode, rdev)?;
         let p = self.inode(parent)?;
         let mode = mode & !(umask & 0o7777);
         {

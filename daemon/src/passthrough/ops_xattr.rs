@@ -21,6 +21,14 @@ use crate::filesystem::{Inode, XattrReply};
 /// asking for more gets a buffer of this size.
 const XATTR_MAX: usize = 64 * 1024;
 
+/// Whether SETXATTR of `name` is refused (`EPERM`) whatever the caller. `security.capability`
+/// holds file capabilities, which the host kernel honours when a host process executes the
+/// file: guest root setting it would grant host capabilities (say `CAP_SYS_ADMIN`) to a
+/// program any host user able to run the file could start. Removing it stays allowed.
+pub(super) fn setxattr_refused(name: &CStr) -> bool {
+    name.to_bytes() == b"security.capability"
+}
+
 impl PassthroughFs {
     /// The inode and its `/proc/self/fd` path; the path is valid while the `Arc` lives.
     fn xattr_target(&self, inode: Inode) -> io::Result<(Arc<InodeData>, CString)> {
@@ -71,6 +79,9 @@ impl PassthroughFs {
     ) -> io::Result<()> {
         let (data, path) = self.xattr_target(inode)?;
         self.check_writable()?;
+        if setxattr_refused(name) {
+            return Err(err(libc::EPERM));
+        }
         sys::setxattr(&path, name, value, flags as i32)?;
         if setxattr_flags & SETXATTR_ACL_KILL_SGID != 0
             && name.to_bytes() == b"system.posix_acl_access"

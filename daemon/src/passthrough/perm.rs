@@ -69,6 +69,20 @@ pub(crate) fn umask_fixup(mode: u32, guest_umask: u32, host_umask: u32) -> Optio
     (wanted & host_umask != 0).then_some(wanted)
 }
 
+/// Whether MKNOD may create a file of `mode` with device number `rdev` on the host: no
+/// character or block device, except the overlayfs whiteout (character device 0/0), which
+/// reaches no device. A device node made by guest root would be a host device node: a host
+/// user who can open it (or a container sharing the directory) reaches the host device.
+/// FIFOs, sockets and regular files are harmless and allowed. `EPERM` otherwise, as for a
+/// caller without `CAP_MKNOD`.
+pub(crate) fn check_mknod(mode: u32, rdev: u32) -> io::Result<()> {
+    match mode & libc::S_IFMT {
+        libc::S_IFCHR if rdev == 0 => Ok(()),
+        libc::S_IFCHR | libc::S_IFBLK => Err(err(libc::EPERM)),
+        _ => Ok(()),
+    }
+}
+
 /// The process umask from the text of `/proc/self/status` (`Umask:\t0022`).
 pub(crate) fn parse_umask(status: &str) -> Option<u32> {
     status

@@ -295,3 +295,45 @@ fn submount_flag_on_a_different_mount() {
             .expect("mkdir");
     assert_eq!(d.attr_flags, 0);
 }
+
+#[test]
+fn setxattr_refuses_file_capabilities() {
+    use crate::passthrough::ops_xattr::setxattr_refused;
+    assert!(setxattr_refused(&cs("security.capability")));
+    for ok in [
+        "user.capability",
+        "security.selinux",
+        "security.capability2",
+        "trusted.x",
+    ] {
+        assert!(!setxattr_refused(&cs(ok)), "{ok}");
+    }
+
+    let s = share_with(|c| c.xattr = true);
+    let (e, _) = s.create("f");
+    // struct vfs_cap_data, revision 2: magic, then permitted/inheritable low and high words.
+    // Permitted CAP_SYS_ADMIN (21), effective bit set.
+    let mut cap = Vec::new();
+    for w in [0x0200_0001u32, 1 << 21, 0, 0, 0] {
+        cap.extend_from_slice(&w.to_le_bytes());
+    }
+    let name = cs("security.capability");
+    assert_eq!(
+        errno(s.fs.setxattr(ctx(), e.inode, &name, &cap, 0, 0)),
+        libc::EPERM
+    );
+    let path = CString::new(s.dir.join("f").into_os_string().into_encoded_bytes()).expect("path");
+    assert_eq!(
+        errno(crate::passthrough::sys::getxattr(&path, &name, &mut [])),
+        libc::ENODATA
+    );
+    // Removing one (set on the host) is still allowed.
+    if crate::passthrough::sys::setxattr(&path, &name, &cap, 0).is_ok() {
+        s.fs.removexattr(ctx(), e.inode, &name)
+            .expect("removexattr");
+        assert_eq!(
+            errno(crate::passthrough::sys::getxattr(&path, &name, &mut [])),
+            libc::ENODATA
+        );
+    }
+}

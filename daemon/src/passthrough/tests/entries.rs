@@ -355,3 +355,43 @@ fn link_falls_back_to_the_magic_link_without_dac_read_search() {
     assert_eq!(l.inode, e.inode);
     assert_eq!(l.attr.st_nlink, 2);
 }
+
+#[test]
+fn mknod_refuses_devices_but_whiteouts() {
+    use crate::passthrough::perm::check_mknod;
+    let perm_err = |mode, rdev| check_mknod(mode, rdev).err().and_then(|e| e.raw_os_error());
+    assert_eq!(perm_err(libc::S_IFCHR | 0o666, 0x103), Some(libc::EPERM));
+    assert_eq!(perm_err(libc::S_IFBLK | 0o660, 0x800), Some(libc::EPERM));
+    // A block device 0/0 is no whiteout.
+    assert_eq!(perm_err(libc::S_IFBLK, 0), Some(libc::EPERM));
+    assert_eq!(perm_err(libc::S_IFCHR, 0), None);
+    for t in [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFREG, 0] {
+        assert_eq!(perm_err(t | 0o644, 0x103), None, "type {t:o}");
+    }
+
+    let s = share();
+    let mknod =
+        |name: &str, mode: u32, rdev: u32| s.fs.mknod(ctx(), ROOT_ID, &cs(name), mode, rdev, 0);
+    // /dev/null's and /dev/sda's numbers (new_encode_dev).
+    assert_eq!(
+        errno(mknod("null", libc::S_IFCHR | 0o666, 0x103)),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(mknod("sda", libc::S_IFBLK | 0o660, 0x800)),
+        libc::EPERM
+    );
+    assert!(!s.dir.join("null").exists() && !s.dir.join("sda").exists());
+    mknod("fifo", libc::S_IFIFO | 0o600, 0).expect("fifo");
+    mknod("sock", libc::S_IFSOCK | 0o600, 0).expect("socket");
+    let m = std::fs::symlink_metadata(s.dir.join("sock")).expect("sock");
+    assert_eq!(m.mode() & libc::S_IFMT, libc::S_IFSOCK);
+    if !crate::passthrough::sys::is_root() {
+        eprintln!("skipped: the whiteout part needs root (CAP_MKNOD on older kernels)");
+        return;
+    }
+    let w = mknod("wh", libc::S_IFCHR, 0).expect("whiteout");
+    assert_eq!(w.attr.st_mode & libc::S_IFMT, libc::S_IFCHR);
+    let m = std::fs::symlink_metadata(s.dir.join("wh")).expect("wh");
+    assert_eq!((m.mode() & libc::S_IFMT, m.rdev()), (libc::S_IFCHR, 0));
+}
