@@ -275,19 +275,40 @@ fn device_nodes_and_fifos_are_not_opened() {
         return;
     }
     let s = escape_share();
-    // /dev/null's numbers: a guest creating a host device must not reach it.
-    let dev =
-        s.fs.mknod(
+    // /dev/null's numbers: a guest may not create a host device...
+    let null_dev = libc::makedev(1, 3);
+    assert_eq!(
+        errno(s.fs.mknod(
             ctx(),
             ROOT_ID,
             &cs("null"),
             libc::S_IFCHR | 0o666,
-            libc::makedev(1, 3) as u32,
-            0,
-        )
-        .expect("mknod");
+            null_dev as u32,
+            0
+        )),
+        libc::EPERM
+    );
+    // ...and one already in the share (made on the host) is never opened for it.
+    let path = CString::new(
+        s.outer
+            .join("share/null")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .expect("path");
+    crate::passthrough::sys::mknodat(libc::AT_FDCWD, &path, libc::S_IFCHR | 0o666, null_dev)
+        .expect("host mknod");
+    let dev = s.lookup(ROOT_ID, "null").expect("lookup");
     assert_eq!(
         errno(s.fs.open(ctx(), dev.inode, libc::O_RDWR as u32, false)),
+        libc::ENXIO
+    );
+    // Nor is a whiteout (a character device 0/0), which the guest may create.
+    let wh =
+        s.fs.mknod(ctx(), ROOT_ID, &cs("wh"), libc::S_IFCHR, 0, 0)
+            .expect("whiteout");
+    assert_eq!(
+        errno(s.fs.open(ctx(), wh.inode, libc::O_RDONLY as u32, false)),
         libc::ENXIO
     );
     let fifo =
