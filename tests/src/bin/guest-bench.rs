@@ -238,8 +238,9 @@ fn run() -> Result<(), String> {
         });
     }
     println!(
-        "guest-bench: {} rounds, kernel {}, 1 vCPU TCG, share in {}, --cache {CACHE} --sandbox none --seccomp none",
+        "guest-bench: {} round{}, kernel {}, 1 vCPU TCG, share in {}, --cache {CACHE} --sandbox none --seccomp none",
         args.rounds,
+        if args.rounds == 1 { "" } else { "s" },
         setup.kernel.release,
         args.share_in.display()
     );
