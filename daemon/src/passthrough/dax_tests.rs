@@ -292,3 +292,16 @@ fn attr_dax_flag_follows_the_policy() {
         assert!(!flag("dir"), "{policy:?} dir");
     }
 }
+
+#[test]
+fn a_second_init_forgets_the_old_kernels_mappings() {
+    let s = dax_share(|_| {});
+    let vmm = Vmm::default();
+    let (a, _) = file(&s, "a");
+    assert_eq!(setup(&s, &vmm, a, NO_HANDLE, 0, 0, R), 0);
+    let dax = s.fs.dax_state().expect("dax");
+    assert_eq!(dax.len(), 1);
+    s.fs.init(u64::MAX).expect("second init");
+    assert!(dax.is_empty());
+    assert_eq!(s.fs.inode_count(), 1);
+}

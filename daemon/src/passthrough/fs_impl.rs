@@ -16,15 +16,19 @@ use crate::filesystem::{
 
 impl FileSystem for PassthroughFs {
     fn init(&self, capable: u64) -> io::Result<u64> {
+        if self.initialised.swap(true, Ordering::AcqRel) {
+            // INIT again without DESTROY: a new guest kernel (reboot, kexec) on the same
+            // connection. It holds none of the old kernel's node ids, handles or mappings.
+            self.end_session();
+        }
         let flags = self.cfg.wanted_init_flags() & capable;
         self.negotiated.store(flags, Ordering::Relaxed);
         Ok(flags)
     }
 
     fn destroy(&self) {
-        self.dax_destroy();
-        self.handles.clear();
-        self.inodes.clear();
+        self.end_session();
+        self.initialised.store(false, Ordering::Release);
     }
 
     fn lookup(&self, _ctx: Context, parent: Inode, name: &CStr) -> io::Result<Entry> {

@@ -37,6 +37,9 @@
 //! - **DAX** (`dax.rs`): SETUPMAPPING/REMOVEMAPPING over [`crate::dax::DaxState`] when the
 //!   share has a window; Linux's `fh = -1` maps a descriptor opened for the request; mappings
 //!   belong to the inode and outlive RELEASE; `FUSE_ATTR_DAX` follows [`DaxPolicy`].
+//! - **Sessions**: DESTROY, and a second INIT without one (the guest rebooted or kexec'd on
+//!   the same connection), drop every node id but the root, every handle and every DAX
+//!   mapping: the new kernel knows none of them.
 //! - **Errors** are the host's errno; this module does not log.
 
 mod config;
@@ -58,7 +61,7 @@ mod tests;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +118,8 @@ pub struct PassthroughFs {
     switch_creds: bool,
     /// The INIT flags negotiated with the guest (0 before INIT).
     negotiated: AtomicU64,
+    /// INIT was answered and no DESTROY came since.
+    initialised: AtomicBool,
     /// The DAX window's live mappings (`dax.rs`), when `cfg.dax_window > 0`.
     dax: Option<DaxState>,
 }
@@ -166,6 +171,7 @@ impl PassthroughFs {
             host_umask,
             switch_creds: sys::is_root(),
             negotiated: AtomicU64::new(0),
+            initialised: AtomicBool::new(false),
             dax,
         })
     }
@@ -250,6 +256,14 @@ impl PassthroughFs {
             &sys::fd_name(data.fd()),
             mode,
         )
+    }
+
+    /// Forgets everything a guest kernel held: DAX mappings, handles, node ids but the root
+    /// (DESTROY, or a second INIT without one).
+    fn end_session(&self) {
+        self.dax_destroy();
+        self.handles.clear();
+        self.inodes.clear();
     }
 
     fn negotiated(&self, flag: u64) -> bool {

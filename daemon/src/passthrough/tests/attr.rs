@@ -337,3 +337,30 @@ fn setxattr_refuses_file_capabilities() {
         );
     }
 }
+
+#[test]
+fn a_second_init_starts_a_new_session() {
+    let s = share();
+    let (e, h) = s.create("f");
+    let d =
+        s.fs.mkdir(ctx(), ROOT_ID, &cs("d"), 0o755, 0)
+            .expect("mkdir");
+    let (dh, _) = s.fs.opendir(ctx(), d.inode, 0).expect("opendir");
+    assert!(dh.is_some());
+    s.lookup_root("f").expect("second lookup");
+    assert_eq!(s.fs.inode_count(), 3);
+    assert_eq!(s.fs.handle_count(), 2);
+    // The guest rebooted: INIT again, no DESTROY before it.
+    s.fs.init(u64::MAX).expect("second init");
+    assert_eq!(s.fs.inode_count(), 1);
+    assert_eq!(s.fs.handle_count(), 0);
+    assert_eq!(errno(s.fs.getattr(ctx(), e.inode, None)), libc::EBADF);
+    assert_eq!(errno(s.fs.flush(ctx(), e.inode, h, 0)), libc::EBADF);
+    // The new session works, and its ids are new ones.
+    let f = s.lookup_root("f").expect("lookup");
+    assert!(f.inode > d.inode);
+    // INIT after DESTROY starts from the same clean state.
+    s.fs.destroy();
+    s.fs.init(u64::MAX).expect("init after destroy");
+    assert_eq!(s.fs.inode_count(), 1);
+}

@@ -90,8 +90,10 @@ fn writeback_turns_write_only_into_read_write() {
     // O_APPEND was dropped: the guest sends the offsets.
     s.write(e.inode, h, b"J", 0).expect("write");
     assert_eq!(std::fs::read(s.dir.join("f")).expect("f"), b"Jello");
-    // Not negotiated: a write-only handle stays write-only.
+    // Not negotiated: a write-only handle stays write-only. (A new INIT is a new session:
+    // the old node id is gone.)
     s.fs.init(0).expect("init");
+    let e = s.lookup_root("f").expect("lookup");
     let h = s.open(e.inode, libc::O_WRONLY).expect("open");
     assert_eq!(errno(s.read(e.inode, h, 5, 0)), libc::EBADF);
 }
