@@ -5,9 +5,9 @@
 use std::os::unix::fs::MetadataExt;
 
 use vfsdax_protocol::fuse::ROOT_ID;
-use vm_memory::Bytes;
 use vfsdax_tests::harness::{pattern, DaemonOptions, Session};
 use vfsdax_vmm_glue::driver::{BatchRequest, ClientOptions, FeatureWishes};
+use vm_memory::Bytes;
 
 /// The same small workload with every combination of EVENT_IDX and indirect descriptors, and
 /// buffers split into 4 KiB descriptors (scatter-gather across descriptor boundaries).
