@@ -6,14 +6,8 @@
 # is missing) and builds vfsdaxd in release mode. Extra arguments go to guest-bench:
 # --rounds N (default 3), --vfsdaxd PATH, --virtiofsd PATH, --share-in DIR, --help.
 # Takes several minutes on a busy 2-core machine.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 say() { echo "bench-guest: $*"; }
-
-scripts/deps.sh
 
 virtiofsd_version=1.14.0
 if command -v virtiofsd >/dev/null || [ -x "$HOME/.cargo/bin/virtiofsd" ]; then

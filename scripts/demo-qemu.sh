@@ -3,12 +3,6 @@
 # mounts it with virtiofs, lists and reads it (scripts/demo.sh is the main job: the DAX fault demo).
 # Installs what it needs first (scripts/deps.sh). Extra arguments go to guest-demo
 # (tests/src/bin/guest-demo.rs): --share DIR, --daemon PATH, --help.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
-
-scripts/deps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cargo build --workspace --bins
 cargo run --quiet -p vfsdax-tests --bin guest-demo -- "$@"

@@ -14,13 +14,7 @@
 # Needs /dev/kvm. Installs what the project needs first (scripts/deps.sh). Extra arguments go to
 # every vfsdax-vmm run (e.g. `--access store`; see `vfsdax-vmm --help`). The QEMU guest demo (a
 # Linux guest mounting the share with virtiofs) is scripts/demo-qemu.sh.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
-
-scripts/deps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cargo build --workspace --bins
 bin=${CARGO_TARGET_DIR:-target}/debug
 

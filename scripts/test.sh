@@ -1,13 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, after installing what the tests need if it is missing
 # (scripts/deps.sh: QEMU, busybox-static, the guest kernel). Extra arguments go to `cargo test`.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
-
-scripts/deps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # The real-guest tests start target/debug/vfsdaxd: build the binaries first.
 cargo build --workspace --bins
 cargo test --workspace "$@"
