@@ -9,6 +9,11 @@
 //!   `..` looked up at the root is the root. The daemon never follows a symlink for the guest:
 //!   lookups use `O_NOFOLLOW`, a symlink inode cannot be opened (`ELOOP`), READLINK returns the
 //!   target bytes as they are.
+//! - **Replies describe the file held**: CREATE's entry is built from the descriptor it
+//!   opened (an `O_PATH` reopen through `/proc/self/fd`), LINK's from the inode linked, so a
+//!   racing rename of the name cannot pair a handle or a reply with another file. MKNOD,
+//!   MKDIR and SYMLINK hold no descriptor of what they made and look the name up: the entry
+//!   is then consistent for whatever the name holds (and the umask fix-up checks the owner).
 //! - **I/O** reopens an inode through `/proc/self/fd/<n>` (relative to a held descriptor of
 //!   `/proc/self/fd`), for regular files and directories only; a magic link resolves to the
 //!   file the `O_PATH` descriptor holds and goes no further. Device nodes, FIFOs and sockets
@@ -122,7 +127,14 @@ pub struct PassthroughFs {
     initialised: AtomicBool,
     /// The DAX window's live mappings (`dax.rs`), when `cfg.dax_window > 0`.
     dax: Option<DaxState>,
+    /// Tests: run where a racing guest or host could rename a name just created.
+    #[cfg(test)]
+    race_hook: std::sync::Mutex<Option<RaceHook>>,
 }
+
+/// A test's action at a race window.
+#[cfg(test)]
+type RaceHook = Box<dyn Fn() + Send>;
 
 impl PassthroughFs {
     /// Opens the shared directory `cfg.root_dir`.
@@ -173,6 +185,8 @@ impl PassthroughFs {
             negotiated: AtomicU64::new(0),
             initialised: AtomicBool::new(false),
             dax,
+            #[cfg(test)]
+            race_hook: std::sync::Mutex::new(None),
         })
     }
 
@@ -264,6 +278,19 @@ impl PassthroughFs {
         self.dax_destroy();
         self.handles.clear();
         self.inodes.clear();
+    }
+
+    /// Tests: runs `hook` at every race window from now on.
+    #[cfg(test)]
+    fn set_race_hook(&self, hook: impl Fn() + Send + 'static) {
+        *self.race_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+    }
+
+    #[cfg(test)]
+    fn run_race_hook(&self) {
+        if let Some(h) = &*self.race_hook.lock().unwrap_or_else(|e| e.into_inner()) {
+            h();
+        }
     }
 
     fn negotiated(&self, flag: u64) -> bool {

@@ -56,9 +56,20 @@ impl PassthroughFs {
             return Ok(self.make_entry(target, st.st, None));
         }
         let file = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let parent = (!names::is_dotdot(b)).then_some(parent);
+        self.entry_of_file(file, parent)
+    }
+
+    /// Counts one lookup of `file` (an `O_PATH` descriptor) and builds its entry: node id and
+    /// attributes are those of that very file, whatever name it has now. `parent` as for
+    /// [`Self::make_entry`].
+    pub(super) fn entry_of_file(
+        &self,
+        file: std::fs::File,
+        parent: Option<&InodeData>,
+    ) -> io::Result<Entry> {
         let st = sys::stat_fd(file.as_raw_fd())?;
         let data = self.inodes.lookup_or_insert(file, &st);
-        let parent = (!names::is_dotdot(b)).then_some(parent);
         Ok(self.make_entry(&data, st.st, parent))
     }
 
@@ -182,7 +193,11 @@ impl PassthroughFs {
             )?,
             Err(e) => return Err(e),
         }
-        self.lookup_in(&p, newname)
+        #[cfg(test)]
+        self.run_race_hook();
+        // The entry is the file linked, not whatever `newname` names by now (a racing
+        // rename). A second descriptor of it, in case the guest forgot the id meanwhile.
+        self.entry_of_file(data.file.try_clone()?, Some(&p))
     }
 
     pub(super) fn do_remove(&self, parent: Inode, name: &CStr, dir: bool) -> io::Result<()> {

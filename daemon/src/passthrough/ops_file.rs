@@ -96,7 +96,17 @@ impl PassthroughFs {
                 sys::fchmod(file.as_raw_fd(), (st.st_mode & 0o7000) | wanted)?;
             }
         }
-        let entry = self.lookup_in(&p, name)?;
+        #[cfg(test)]
+        self.run_race_hook();
+        // The entry is the file just opened, not whatever `name` names by now (a racing
+        // rename): an `O_PATH` descriptor of the same file, through its magic link.
+        let opath = sys::openat(
+            self.proc_self_fd.as_raw_fd(),
+            &sys::fd_name(file.as_raw_fd()),
+            libc::O_PATH,
+            0,
+        )?;
+        let entry = self.entry_of_file(opath, Some(&p))?;
         if !created && kill_priv && hflags & libc::O_TRUNC != 0 {
             if let Err(e) = self.inode(entry.inode).and_then(|d| self.kill_privs(&d)) {
                 self.inodes.forget(entry.inode, 1);

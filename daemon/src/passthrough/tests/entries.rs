@@ -395,3 +395,60 @@ fn mknod_refuses_devices_but_whiteouts() {
     let m = std::fs::symlink_metadata(s.dir.join("wh")).expect("wh");
     assert_eq!((m.mode() & libc::S_IFMT, m.rdev()), (libc::S_IFCHR, 0));
 }
+
+/// The host inode number of node id `ino`'s descriptor and of handle `h`'s file.
+fn held_inodes(s: &Share, ino: Inode, h: Handle) -> (u64, u64) {
+    let data = s.fs.inode(ino).expect("node id");
+    let st = crate::passthrough::sys::fstat(data.fd()).expect("fstat");
+    let (file, _) = s.fs.handle_file(h).expect("handle");
+    (st.st_ino, file.metadata().expect("fstat").ino())
+}
+
+/// From now on, every race window of `s` renames `decoy` (if it exists) over `target`.
+fn rename_at_race_window(s: &Share, decoy: &str, target: &str) -> u64 {
+    let (from, to) = (s.dir.join(decoy), s.dir.join(target));
+    std::fs::write(&from, b"decoy").expect("decoy");
+    let ino = std::fs::metadata(&from).expect("decoy").ino();
+    s.fs.set_race_hook(move || {
+        let _ = std::fs::rename(&from, &to);
+    });
+    ino
+}
+
+#[test]
+fn create_replies_with_the_file_it_opened_despite_a_rename() {
+    let s = share();
+    let decoy = rename_at_race_window(&s, "decoy", "f");
+    let (e, h) = s.create("f");
+    let (node_ino, handle_ino) = held_inodes(&s, e.inode, h);
+    assert_eq!(handle_ino, e.attr.st_ino, "the handle is the entry's file");
+    assert_eq!(node_ino, e.attr.st_ino, "the node id is the entry's file");
+    assert_ne!(e.attr.st_ino, decoy);
+    // The name now holds the decoy; its own lookup gets another node id.
+    let d = s.lookup_root("f").expect("lookup");
+    assert_eq!(d.attr.st_ino, decoy);
+    assert_ne!(d.inode, e.inode);
+
+    // CREATE of an existing file (no O_EXCL) too.
+    let s = share();
+    std::fs::write(s.dir.join("g"), b"old").expect("g");
+    let old = std::fs::metadata(s.dir.join("g")).expect("g").ino();
+    rename_at_race_window(&s, "decoy", "g");
+    let (e, h) = s.create("g");
+    assert_eq!(e.attr.st_ino, old);
+    assert_eq!(held_inodes(&s, e.inode, h), (old, old));
+}
+
+#[test]
+fn link_replies_with_the_file_it_linked_despite_a_rename() {
+    let s = share();
+    let (e, _h) = s.create("a");
+    let decoy = rename_at_race_window(&s, "decoy", "b");
+    let l = s.fs.link(ctx(), e.inode, ROOT_ID, &cs("b")).expect("link");
+    assert_eq!(l.inode, e.inode);
+    assert_eq!(l.attr.st_ino, e.attr.st_ino);
+    assert_ne!(l.attr.st_ino, decoy);
+    // One lookup more on the linked id: two FORGETs drop it.
+    s.fs.forget(ctx(), e.inode, 2);
+    assert_eq!(errno(s.fs.getattr(ctx(), e.inode, None)), libc::EBADF);
+}
