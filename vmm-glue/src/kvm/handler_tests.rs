@@ -154,10 +154,7 @@ fn opt_in(f: &mut Fixture, v: &mut FakeVcpu) {
         | KVM_ASYNC_PF_SEND_ERROR
         | KVM_ASYNC_PF_SEND_ALWAYS;
     for (index, data) in [(MSR_KVM_ASYNC_PF_INT, 0xf3), (MSR_KVM_ASYNC_PF_EN, en)] {
-        let h = f
-            .handler
-            .handle(v, &Exit::Wrmsr { index, data }, Instant::now())
-            .expect("msr");
+        let h = wrmsr(f, v, index, data).expect("msr");
         assert!(matches!(h, Handled::Resume(None)));
         assert_eq!(v.msr_error, Some(false));
     }
@@ -175,6 +172,21 @@ fn opt_in(f: &mut Fixture, v: &mut FakeVcpu) {
 
 fn read_u32(mem: &GuestMemoryMmap, gpa: u64) -> u32 {
     mem.read_obj(GuestAddress(gpa)).expect("guest memory")
+}
+
+/// Handles `exit` and returns the report of the fault the handler resumed from; any other outcome
+/// (an error, `NotMine`, a resume without a report) fails the test.
+fn resumed(f: &mut Fixture, v: &mut FakeVcpu, exit: &Exit) -> PendingReport {
+    match f.handler.handle(v, exit, Instant::now()) {
+        Ok(Handled::Resume(Some(r))) => r,
+        other => panic!("expected a fault report, got {other:?}"),
+    }
+}
+
+/// Hands the handler a guest WRMSR exit.
+fn wrmsr(f: &mut Fixture, v: &mut FakeVcpu, index: u32, data: u64) -> Result<Handled, FaultError> {
+    f.handler
+        .handle(v, &Exit::Wrmsr { index, data }, Instant::now())
 }
 
 #[test]
@@ -234,23 +246,15 @@ fn exits_that_are_not_dax_faults_cost_no_ioctl() {
     assert!(v.staged_regs.is_none() && v.staged_events.is_none() && v.mmio_data.is_none());
     // Without the feature advertised, SEND_ERROR is refused but plain apf still reaches KVM.
     let mut g = fixture("passthrough-noadv", FallbackPolicy::Mce, false);
-    let e = Exit::Wrmsr {
-        index: MSR_KVM_ASYNC_PF_EN,
-        data: APF_GPA | 1 | KVM_ASYNC_PF_SEND_ERROR,
-    };
+    let refused = APF_GPA | 1 | KVM_ASYNC_PF_SEND_ERROR;
     assert!(matches!(
-        g.handler.handle(&mut v, &e, Instant::now()),
+        wrmsr(&mut g, &mut v, MSR_KVM_ASYNC_PF_EN, refused),
         Ok(Handled::Resume(None))
     ));
     assert_eq!(v.msr_error, Some(true));
     assert!(v.ioctls.is_empty());
-    let e = Exit::Wrmsr {
-        index: MSR_KVM_ASYNC_PF_EN,
-        data: APF_GPA | 1 | KVM_ASYNC_PF_DELIVERY_AS_INT,
-    };
-    g.handler
-        .handle(&mut v, &e, Instant::now())
-        .expect("forwarded");
+    let plain = APF_GPA | 1 | KVM_ASYNC_PF_DELIVERY_AS_INT;
+    wrmsr(&mut g, &mut v, MSR_KVM_ASYNC_PF_EN, plain).expect("forwarded");
     assert_eq!(v.msr_error, Some(false));
     assert_eq!(v.ioctls, ["set_msr"]);
 }
@@ -265,13 +269,7 @@ fn apf_error_on_a_load_rewinds_injects_pf_with_token_and_signals_page_ready() {
         gpa: WIN_GPA + 0x2010,
         len: 8,
     };
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &exit, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &exit);
     let ActionTaken::ApfError { token } = r.action else {
         panic!("{r:?}")
     };
@@ -321,13 +319,7 @@ fn apf_error_on_a_store_needs_no_rewind() {
         len: 8,
         data: [1; 8],
     };
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &exit, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &exit);
     assert!(matches!(r.action, ActionTaken::ApfError { .. }));
     assert_eq!(v.ioctls, ["signal_msi"]);
     assert!(v.staged_regs.is_none());
@@ -348,13 +340,7 @@ fn page_ready_waits_for_a_free_slot_and_goes_out_on_ack() {
         gpa: WIN_GPA,
         len: 4,
     };
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &exit, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &exit);
     let ActionTaken::ApfError { token } = r.action else {
         panic!()
     };
@@ -370,12 +356,8 @@ fn page_ready_waits_for_a_free_slot_and_goes_out_on_ack() {
         .write_obj(0u32, GuestAddress(APF_GPA + 4))
         .expect("write");
     v.ioctls.clear();
-    let ack = Exit::Wrmsr {
-        index: MSR_KVM_ASYNC_PF_ACK,
-        data: 1,
-    };
     assert!(matches!(
-        f.handler.handle(&mut v, &ack, Instant::now()),
+        wrmsr(&mut f, &mut v, MSR_KVM_ASYNC_PF_ACK, 1),
         Ok(Handled::Resume(None))
     ));
     assert_eq!(
@@ -388,7 +370,7 @@ fn page_ready_waits_for_a_free_slot_and_goes_out_on_ack() {
     assert_eq!(read_u32(&f.mem, APF_GPA + 8), 1);
     // A second ACK with nothing pending sends nothing.
     v.ioctls.clear();
-    f.handler.handle(&mut v, &ack, Instant::now()).expect("ack");
+    wrmsr(&mut f, &mut v, MSR_KVM_ASYNC_PF_ACK, 1).expect("ack");
     assert_eq!(v.ioctls, ["set_msr"]);
 }
 
@@ -400,9 +382,7 @@ fn bad_apf_msr_values_get_gp_without_reaching_kvm() {
         (MSR_KVM_ASYNC_PF_EN, APF_GPA | 1 | (1 << 5)),
         (MSR_KVM_ASYNC_PF_INT, 0x100),
     ] {
-        f.handler
-            .handle(&mut v, &Exit::Wrmsr { index, data }, Instant::now())
-            .expect("handled");
+        wrmsr(&mut f, &mut v, index, data).expect("handled");
         assert_eq!(v.msr_error, Some(true), "{index:#x}={data:#x}");
     }
     assert!(v.ioctls.is_empty());
@@ -415,39 +395,15 @@ fn kernel_access_without_send_always_uses_the_fallback() {
     let mut v = vcpu();
     let en =
         APF_GPA | KVM_ASYNC_PF_ENABLED | KVM_ASYNC_PF_DELIVERY_AS_INT | KVM_ASYNC_PF_SEND_ERROR;
-    f.handler
-        .handle(
-            &mut v,
-            &Exit::Wrmsr {
-                index: MSR_KVM_ASYNC_PF_INT,
-                data: 0xf3,
-            },
-            Instant::now(),
-        )
-        .expect("int");
-    f.handler
-        .handle(
-            &mut v,
-            &Exit::Wrmsr {
-                index: MSR_KVM_ASYNC_PF_EN,
-                data: en,
-            },
-            Instant::now(),
-        )
-        .expect("en");
+    wrmsr(&mut f, &mut v, MSR_KVM_ASYNC_PF_INT, 0xf3).expect("int");
+    wrmsr(&mut f, &mut v, MSR_KVM_ASYNC_PF_EN, en).expect("en");
     v.ioctls.clear();
     f.file.set_len(0).expect("truncate");
     let exit = Exit::MmioRead {
         gpa: WIN_GPA + 8,
         len: 8,
     };
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &exit, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &exit);
     assert_eq!(
         r.action,
         ActionTaken::ZeroFill {
@@ -480,13 +436,7 @@ fn machine_check_on_a_load_and_a_second_one_while_mcip_is_set() {
         gpa: WIN_GPA + 0x1008,
         len: 8,
     };
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &exit, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &exit);
     assert_eq!(r.action, ActionTaken::MachineCheck { bank: 9 });
     assert_eq!(v.ioctls, ["run", "set_mce"]);
     let m = v.mce.expect("mce");
@@ -505,13 +455,7 @@ fn machine_check_on_a_load_and_a_second_one_while_mcip_is_set() {
     // The guest has not cleared MCIP yet: a second #MC would shut it down, so zero-fill.
     v.ioctls.clear();
     v.mcg_status = super::mce::MCG_STATUS_MCIP;
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &exit, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &exit);
     assert!(matches!(r.action, ActionTaken::ZeroFill { .. }), "{r:?}");
     assert_eq!(
         r.fallback_reason.as_deref(),
@@ -531,13 +475,7 @@ fn machine_check_needs_cr4_mce() {
         len: 4,
         data: [7, 0, 0, 0, 0, 0, 0, 0],
     };
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &exit, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &exit);
     assert!(matches!(r.action, ActionTaken::ZeroFill { .. }));
     assert!(v.ioctls.is_empty());
 }
@@ -572,13 +510,7 @@ fn bare_efault_and_memory_fault_exits_are_classified() {
     let mut f = fixture("efault", FallbackPolicy::ZeroFill, false);
     let mut v = vcpu();
     f.file.set_len(0x2000).expect("truncate");
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &Exit::Efault, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &Exit::Efault);
     assert_eq!(r.gpa, None, "a bare EFAULT has no address");
     assert_eq!(
         r.window_offset, 0x2000,
@@ -596,13 +528,7 @@ fn bare_efault_and_memory_fault_exits_are_classified() {
         size: 0x1000,
         flags: 0,
     };
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &exit, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &exit);
     assert_eq!(r.gpa, Some(WIN_GPA + 0x3000));
     assert!(v.ioctls.is_empty());
 }
@@ -615,13 +541,7 @@ fn unmapped_window_access_reads_all_ones() {
         gpa: WIN_GPA + 0x10_0000,
         len: 4,
     };
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &exit, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &exit);
     assert_eq!(
         r.kind,
         vfsdax_protocol::report::FaultKind::UnmappedWindowAccess
@@ -644,13 +564,7 @@ fn bare_efault_in_long_mode_is_located_by_decoding_the_instruction() {
         .write_slice(&[0x48, 0x89, 0x0b], GuestAddress(0x1000))
         .expect("code");
     f.file.set_len(0).expect("truncate");
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &Exit::Efault, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &Exit::Efault);
     assert_eq!(r.gpa, Some(WIN_GPA + 0x2010));
     assert_eq!(r.access, Access::Write);
     assert_eq!(r.action, ActionTaken::MachineCheck { bank: 9 });
@@ -667,13 +581,7 @@ fn bare_efault_in_long_mode_is_located_by_decoding_the_instruction() {
     f.mem
         .write_slice(&[0xc5, 0xf8, 0x11, 0x03], GuestAddress(0x1000))
         .expect("code");
-    let Handled::Resume(Some(r)) = f
-        .handler
-        .handle(&mut v, &Exit::Efault, Instant::now())
-        .expect("handled")
-    else {
-        panic!()
-    };
+    let r = resumed(&mut f, &mut v, &Exit::Efault);
     assert_eq!(r.gpa, None);
     assert_eq!(r.window_offset, 0);
 }
