@@ -210,38 +210,15 @@ impl<B: BitmapSlice> Reader<'_, B> {
 
 impl<B: BitmapSlice> ZeroCopyReader for Reader<'_, B> {
     fn read_to(&mut self, file: &File, count: usize, offset: u64) -> io::Result<usize> {
-        let offset = libc::off64_t::try_from(offset)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let slices = self.slices.front(count);
-        if slices.is_empty() {
-            return Ok(0);
-        }
         let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
-        let iovecs: Vec<libc::iovec> = guards
-            .iter()
-            .map(|g| libc::iovec {
-                iov_base: g.as_ptr() as *mut libc::c_void,
-                iov_len: g.len(),
-            })
-            .collect();
-        // SAFETY: each iovec is a guard's pointer and length, i.e. a range of guest memory that
+        let ranges = guards.iter().map(|g| (g.as_ptr(), g.len()));
+        // SAFETY: each range is a guard's pointer and length, i.e. a range of guest memory that
         // `get_slices` checked to be inside a mapped region; the regions stay mapped while the
         // `'a` borrow of the guest memory behind the slices lives, and `guards` keeps the
-        // pointers valid until after the call. The kernel only reads those ranges (pwritev).
-        // `iovecs.len()` is at most MAX_IOVECS, so it fits in a c_int.
-        let ret = unsafe {
-            libc::pwritev64(
-                file.as_raw_fd(),
-                iovecs.as_ptr(),
-                iovecs.len() as libc::c_int,
-                offset,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // `ret` is non-negative and at most the iovecs' total, which is at most `remaining`.
-        let n = ret as usize;
+        // pointers valid until after the call. `pwritev64` only reads those ranges.
+        let n = unsafe { vectored_file_io(libc::pwritev64, file, ranges, offset) }?;
+        // `n` is at most the ranges' total, which is at most `remaining`.
         self.slices.advance(n.min(self.slices.remaining));
         Ok(n)
     }
@@ -306,38 +283,16 @@ impl<'a, B: BitmapSlice> Writer<'a, B> {
 
 impl<B: BitmapSlice> ZeroCopyWriter for Writer<'_, B> {
     fn write_from(&mut self, file: &File, count: usize, offset: u64) -> io::Result<usize> {
-        let offset = libc::off64_t::try_from(offset)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let slices = self.slices.front(count);
-        if slices.is_empty() {
-            return Ok(0);
-        }
         let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard_mut()).collect();
-        let iovecs: Vec<libc::iovec> = guards
-            .iter()
-            .map(|g| libc::iovec {
-                iov_base: g.as_ptr() as *mut libc::c_void,
-                iov_len: g.len(),
-            })
-            .collect();
-        // SAFETY: each iovec is a mutable guard's pointer and length, i.e. a writable range of
+        let ranges = guards.iter().map(|g| (g.as_ptr().cast_const(), g.len()));
+        // SAFETY: each range is a mutable guard's pointer and length, i.e. a writable range of
         // guest memory that `get_slices` checked to be inside a mapped region; the regions stay
         // mapped while the `'a` borrow of the guest memory behind the slices lives, and `guards`
         // keeps the pointers valid until after the call. Guest memory is shared with the guest,
-        // which only ever sees it through volatile accesses, so the kernel writing into it does
-        // not alias any Rust reference. `iovecs.len()` is at most MAX_IOVECS.
-        let ret = unsafe {
-            libc::preadv64(
-                file.as_raw_fd(),
-                iovecs.as_ptr(),
-                iovecs.len() as libc::c_int,
-                offset,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = ret as usize;
+        // which only ever sees it through volatile accesses, so `preadv64` writing into it does
+        // not alias any Rust reference.
+        let n = unsafe { vectored_file_io(libc::preadv64, file, ranges, offset) }?;
         // Raw-pointer writes bypass the dirty bitmap: record them.
         let mut left = n;
         for s in &slices {
@@ -351,6 +306,52 @@ impl<B: BitmapSlice> ZeroCopyWriter for Writer<'_, B> {
         self.slices.advance(n.min(self.slices.remaining));
         Ok(n)
     }
+}
+
+/// `pwritev64` or `preadv64`: one signature, the bytes moving opposite ways.
+type VectoredFileIo = unsafe extern "C" fn(
+    libc::c_int,
+    *const libc::iovec,
+    libc::c_int,
+    libc::off64_t,
+) -> libc::ssize_t;
+
+/// Runs `call` (`pwritev64` or `preadv64`) on `file` at `offset` over the memory `ranges`
+/// (pointer, length), in order, and returns the bytes it moved. Callers take the ranges from
+/// [`Slices::front`], so there are at most [`MAX_IOVECS`]. No range: `Ok(0)` without a system
+/// call. An offset above `off64_t::MAX`: `EINVAL`.
+///
+/// # Safety
+///
+/// Until this returns, every range must lie in mapped memory that `call` may access: readable
+/// for `pwritev64`; for `preadv64` writable, and aliased by no Rust reference.
+unsafe fn vectored_file_io(
+    call: VectoredFileIo,
+    file: &File,
+    ranges: impl Iterator<Item = (*const u8, usize)>,
+    offset: u64,
+) -> io::Result<usize> {
+    let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+    let offset = libc::off64_t::try_from(offset).map_err(|_| einval())?;
+    let iovecs: Vec<libc::iovec> = ranges
+        .map(|(base, len)| libc::iovec {
+            iov_base: base.cast_mut().cast(),
+            iov_len: len,
+        })
+        .collect();
+    if iovecs.is_empty() {
+        return Ok(0);
+    }
+    let iovcnt = libc::c_int::try_from(iovecs.len()).map_err(|_| einval())?;
+    // SAFETY: `iovecs` holds the caller's ranges, which this function's contract keeps valid for
+    // the access `call` makes until it returns; `iovecs` itself outlives the call, and `iovcnt`
+    // is its length.
+    let ret = unsafe { call(file.as_raw_fd(), iovecs.as_ptr(), iovcnt, offset) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // `ret` is non-negative and at most the ranges' total.
+    Ok(ret as usize)
 }
 
 #[cfg(test)]
