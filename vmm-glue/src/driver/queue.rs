@@ -277,15 +277,8 @@ impl DriverQueue {
     /// chain links, and makes it available. Does not kick. Returns the head id.
     pub fn add_raw_chain(&mut self, mem: &GuestMem, descs: &[RawDesc]) -> Result<u16> {
         let ids = self.take_ids(descs.len())?;
-        let linked = link_chain(descs, &ids);
-        if let Err(e) = self.write_descs(mem, self.layout.desc, &ids, &linked) {
-            self.free.extend(ids.iter().rev());
-            return Err(e);
-        }
-        let head = ids[0];
-        self.in_flight[usize::from(head)] = Some(ids);
-        self.publish(mem, head)?;
-        Ok(head)
+        let written = self.write_descs(mem, self.layout.desc, &ids, &link_chain(descs, &ids));
+        self.finish_add(mem, ids, written)
     }
 
     /// Writes descriptors with caller-chosen flags and links and makes the first available.
@@ -294,15 +287,8 @@ impl DriverQueue {
     /// Does not kick. Returns the head id.
     pub fn add_crafted_chain(&mut self, mem: &GuestMem, descs: &[Descriptor]) -> Result<u16> {
         let ids = self.take_ids(descs.len())?;
-        let crafted = crafted_links(descs, &ids);
-        if let Err(e) = self.write_descs(mem, self.layout.desc, &ids, &crafted) {
-            self.free.extend(ids.iter().rev());
-            return Err(e);
-        }
-        let head = ids[0];
-        self.in_flight[usize::from(head)] = Some(ids);
-        self.publish(mem, head)?;
-        Ok(head)
+        let written = self.write_descs(mem, self.layout.desc, &ids, &crafted_links(descs, &ids));
+        self.finish_add(mem, ids, written)
     }
 
     /// Writes `descs` into the indirect table of one head descriptor (flag
@@ -333,10 +319,18 @@ impl DriverQueue {
         let written = self
             .write_descs(mem, table, &local, &linked)
             .and_then(|()| self.write_descs(mem, self.layout.desc, &ids, &[head_desc]));
+        self.finish_add(mem, ids, written)
+    }
+
+    /// Ends an `add_*`: once the descriptors of the chain `ids` (head first, from
+    /// [`Self::take_ids`], so never empty) are `written`, tracks the chain as in flight and makes
+    /// its head available; if writing them failed, gives the ids back to the free list.
+    fn finish_add(&mut self, mem: &GuestMem, ids: Vec<u16>, written: Result<()>) -> Result<u16> {
         if let Err(e) = written {
-            self.free.push(head);
+            self.free.extend(ids.iter().rev());
             return Err(e);
         }
+        let head = ids[0];
         self.in_flight[usize::from(head)] = Some(ids);
         self.publish(mem, head)?;
         Ok(head)
