@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use thiserror::Error;
 
+use crate::seccomp::SeccompMode;
+
 /// How long the guest may cache names, attributes and data (virtiofsd's `--cache`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
@@ -172,11 +174,17 @@ pub struct Options {
     #[arg(long, exclusive = true)]
     pub print_capabilities: bool,
     /// Process sandbox: only `none` for now.
-    #[arg(long, value_name = "MODE", default_value = "none")]
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "none",
+        overrides_with = "sandbox"
+    )]
     pub sandbox: String,
-    /// Seccomp filter: only `none` for now.
-    #[arg(long, value_name = "MODE", default_value = "none")]
-    pub seccomp: String,
+    /// Seccomp filter: what happens to a system call outside the daemon's allowlist once it
+    /// waits for the frontend (x86_64 only; the last value given wins).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::None, overrides_with = "seccomp")]
+    pub seccomp: SeccompMode,
 }
 
 impl Options {
@@ -187,13 +195,6 @@ impl Options {
                 option: "sandbox",
                 value: self.sandbox.clone(),
                 what: "process sandbox",
-            });
-        }
-        if self.seccomp != "none" {
-            return Err(CliError::Unsupported {
-                option: "seccomp",
-                value: self.seccomp.clone(),
-                what: "seccomp filter",
             });
         }
         if self.socket_path.is_none() && self.fd.is_none() {
@@ -291,8 +292,41 @@ mod tests {
                 .contains("--sandbox namespace is not supported"),
             "{e}"
         );
-        let o = parse(&["--socket-path=/s", "--shared-dir=/", "--seccomp", "kill"]).unwrap();
-        assert!(o.validate().is_err());
+        // A later value replaces an earlier one (wrappers append to a default command line).
+        let o = parse(&[
+            "--socket-path=/s",
+            "--shared-dir=/",
+            "--sandbox=namespace",
+            "--sandbox=none",
+        ])
+        .unwrap();
+        o.validate().unwrap();
+    }
+
+    #[test]
+    fn seccomp_modes_are_virtiofsds() {
+        for (arg, mode) in [
+            ("none", SeccompMode::None),
+            ("log", SeccompMode::Log),
+            ("trap", SeccompMode::Trap),
+            ("kill", SeccompMode::Kill),
+        ] {
+            let o = parse(&["--socket-path=/s", "--shared-dir=/", "--seccomp", arg]).unwrap();
+            o.validate().unwrap();
+            assert_eq!(o.seccomp, mode, "--seccomp {arg}");
+        }
+        let o = parse(&["--socket-path=/s", "--shared-dir=/"]).unwrap();
+        assert_eq!(o.seccomp, SeccompMode::None, "the default");
+        let o = parse(&[
+            "--socket-path=/s",
+            "--shared-dir=/",
+            "--seccomp=none",
+            "--seccomp=kill",
+        ])
+        .unwrap();
+        assert_eq!(o.seccomp, SeccompMode::Kill, "the last value wins");
+        let e = parse(&["--socket-path=/s", "--shared-dir=/", "--seccomp", "allow"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use vfsdax_daemon::backend::{DeviceConfig, FsBackend};
 use vfsdax_daemon::cli::{self, CacheMode, Options};
 use vfsdax_daemon::filesystem::FileSystem;
 use vfsdax_daemon::passthrough::{CachePolicy, PassthroughConfig, PassthroughFs};
+use vfsdax_daemon::seccomp::Filter;
 use vfsdax_daemon::server::{Server, ServerOptions};
 use vfsdax_daemon::{socket, systemd};
 
@@ -124,6 +125,15 @@ fn run(opts: Options) -> Result<(), String> {
 
     let shutdown: Arc<Mutex<Option<ShutdownHandle>>> = Arc::new(Mutex::new(None));
     spawn_signal_thread(shutdown.clone(), opts.socket_path.clone())?;
+
+    // From here on every thread, those running now and those started later, is confined.
+    if let Some(filter) = Filter::new(opts.seccomp).map_err(|e| chain(&e))? {
+        filter.apply().map_err(|e| chain(&e))?;
+        log::info!(
+            "seccomp filter installed (--seccomp {})",
+            format!("{:?}", opts.seccomp).to_lowercase()
+        );
+    }
 
     let mut daemon = VhostUserDaemon::new(
         "vfsdaxd".to_string(),
