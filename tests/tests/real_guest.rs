@@ -3,8 +3,9 @@
 //!
 //! `vfsdax_daemon_serves_the_workload` runs against our `vfsdaxd`, `..._with_a_dax_window_...`
 //! against `vfsdaxd --cache-size 64M` (the guest falls back to its page cache: QEMU 7.2 has no
-//! SHMEM). `peer_virtiofsd_...` runs the same workload against the reference `virtiofsd`
-//! (ignored unless `VFSDAX_PEER=1`), which validates the harness itself.
+//! SHMEM), `..._under_seccomp_kill_...` against `vfsdaxd --seccomp kill`.
+//! `peer_virtiofsd_...` runs the same workload against the reference `virtiofsd` (ignored
+//! unless `VFSDAX_PEER=1`), which validates the harness itself.
 //!
 //! Missing QEMU or kernel: a failure when `CI` is set, otherwise a visible `SKIPPED` line.
 
@@ -110,6 +111,22 @@ fn vfsdax_daemon_with_a_dax_window_serves_the_workload() {
         &program,
         "guest-vfsdaxd-dax",
         &["--cache-size", "64M", "--dax-policy", "always"],
+    );
+}
+
+/// The same workload with the daemon under its seccomp filter (`--seccomp kill`): a system
+/// call outside the allowlist kills the daemon and fails the run.
+#[test]
+fn vfsdax_daemon_under_seccomp_kill_serves_the_workload() {
+    let Some(setup) = setup_or_skip() else {
+        return;
+    };
+    let program = daemon::vfsdaxd_path().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    run_workload(
+        &setup,
+        &program,
+        "guest-vfsdaxd-seccomp",
+        &["--seccomp", "kill"],
     );
 }
 
