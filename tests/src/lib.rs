@@ -1,3 +1,4 @@
 //! Test support.
+pub mod dax;
 pub mod guest;
 pub mod harness;

@@ -16,10 +16,10 @@
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::{Mutex, MutexGuard};
 
 use vfsdax_protocol::fuse::flags::{init, SETUPMAPPING_FLAG_READ, SETUPMAPPING_FLAG_WRITE};
 use vfsdax_protocol::fuse::{RemoveMappingOne, SetupMappingIn, ROOT_ID};
+use vfsdax_tests::dax::{count_dir, fd_count, maps_count, perms_at, serialized};
 use vfsdax_tests::harness::{error_chain, expect_errno, pattern, DaemonOptions, Session};
 use vfsdax_vmm_glue::dax::{connect, ConnectOptions, DaxConnection, FileIdentity};
 use vfsdax_vmm_glue::driver::ClientOptions;
@@ -31,37 +31,6 @@ const R: u64 = SETUPMAPPING_FLAG_READ;
 const W: u64 = SETUPMAPPING_FLAG_WRITE;
 /// The `fh` of a Linux guest's SETUPMAPPING.
 const NO_FH: u64 = u64::MAX;
-
-fn serialized() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn count_dir(path: &str) -> usize {
-    std::fs::read_dir(path)
-        .unwrap_or_else(|e| panic!("list {path}: {e}"))
-        .count()
-}
-
-fn maps_count() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .expect("read /proc/self/maps")
-        .lines()
-        .count()
-}
-
-/// The permissions (`r--s`, `---p`, ...) of this process's mapping containing `addr`.
-fn perms_at(addr: u64) -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
-    maps.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (start, end) = fields.next()?.split_once('-')?;
-        let perms = fields.next()?;
-        let start = u64::from_str_radix(start, 16).ok()?;
-        let end = u64::from_str_radix(end, 16).ok()?;
-        (start <= addr && addr < end).then(|| perms.to_string())
-    })
-}
 
 /// A daemon with a 64 MiB window, an initialised driver and the glue's window connected.
 struct Dax {
@@ -555,13 +524,13 @@ fn setupmapping_cycles_leak_nothing() {
     for i in 0..16 {
         cycle(&mut d, i);
     }
-    let fds_before = count_dir("/proc/self/fd");
+    let fds_before = fd_count();
     let maps_before = maps_count();
     let daemon_fds_before = count_dir(&daemon_fd_dir);
     for i in 0..CYCLES {
         cycle(&mut d, i);
     }
-    let fds_after = count_dir("/proc/self/fd");
+    let fds_after = fd_count();
     let maps_after = maps_count();
     let daemon_fds_after = count_dir(&daemon_fd_dir);
     println!(

@@ -15,10 +15,11 @@ use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use vfsdax_daemon::dax::{BackendMapper, DaxState, Mapper, SetupMapping};
 use vfsdax_protocol::fuse::flags::{SETUPMAPPING_FLAG_READ, SETUPMAPPING_FLAG_WRITE};
+use vfsdax_tests::dax::{fd_count, maps_count, perms_at, serialized};
 use vfsdax_vmm_glue::dax::window::host_page_size;
 use vfsdax_vmm_glue::dax::{DaxRequestHandler, DaxServer, DaxStats, DaxWindow, ServeEnd};
 use vhost::vhost_user::message::VhostUserMMap;
@@ -27,37 +28,6 @@ use vhost::vhost_user::{Backend, FrontendReqHandler, VhostUserFrontendReqHandler
 const CYCLES: u64 = 100_000;
 const R: u64 = SETUPMAPPING_FLAG_READ;
 const W: u64 = SETUPMAPPING_FLAG_WRITE;
-
-fn serialized() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("list /proc/self/fd")
-        .count()
-}
-
-fn maps_count() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .expect("read /proc/self/maps")
-        .lines()
-        .count()
-}
-
-/// The permissions (`r--s`, `---p`, ...) of the host mapping containing `addr`.
-fn perms_at(addr: u64) -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
-    maps.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (start, end) = fields.next()?.split_once('-')?;
-        let perms = fields.next()?;
-        let start = u64::from_str_radix(start, 16).ok()?;
-        let end = u64::from_str_radix(end, 16).ok()?;
-        (start <= addr && addr < end).then(|| perms.to_string())
-    })
-}
 
 fn tmpfile(tag: &str, bytes: &[u8]) -> File {
     let path = std::env::temp_dir().join(format!("vfsdax-dax-{tag}-{}", std::process::id()));
