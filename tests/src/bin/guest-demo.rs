@@ -9,6 +9,7 @@ use vfsdax_tests::guest::daemon;
 use vfsdax_tests::guest::scratch::ScratchDir;
 use vfsdax_tests::guest::serial::demo_output;
 use vfsdax_tests::guest::{run_guest, GuestSetup, Mode, RunOptions};
+use vfsdax_tests::harness::error_chain;
 
 const USAGE: &str = "usage: guest-demo [--share DIR] [--daemon PATH]
   --share DIR    directory to serve (default: a demo share made in a temporary directory)
@@ -39,16 +40,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s = format!("{s}: {inner}");
-        cur = inner.source();
-    }
-    s
 }
 
 fn make_demo_share(dir: &std::path::Path) -> std::io::Result<()> {
