@@ -42,6 +42,21 @@ fn cat<T: ByteValued>(head: T, rest: &[u8]) -> Vec<u8> {
     [head.as_slice(), rest].concat()
 }
 
+/// GETXATTR arguments asking for `user.a` with a `size`-byte buffer.
+fn getxattr_user_a(size: u32) -> Vec<u8> {
+    cat(GetxattrIn { size, padding: 0 }, b"user.a\0")
+}
+
+/// READ / READDIR(PLUS) arguments on handle 1.
+fn read_in(offset: u64, size: u32) -> ReadIn {
+    ReadIn {
+        fh: 1,
+        offset,
+        size,
+        ..Default::default()
+    }
+}
+
 fn obj<T: ByteValued>(bytes: &[u8]) -> T {
     let mut t = T::zeroed();
     t.as_mut_slice().copy_from_slice(&bytes[..size_of::<T>()]);
@@ -322,16 +337,10 @@ fn forget_gets_no_reply() {
 #[test]
 fn read_lands_in_guest_memory_bounded_by_size_and_room() {
     let (s, g) = started(opts());
-    let read = |size, offset| ReadIn {
-        fh: 1,
-        offset,
-        size,
-        ..Default::default()
-    };
     let r = send(
         &s,
         &g,
-        &req(Opcode::Read, 1, 2, read(1000, 300).as_slice()),
+        &req(Opcode::Read, 1, 2, read_in(300, 1000).as_slice()),
         8192,
     )
     .unwrap();
@@ -341,7 +350,7 @@ fn read_lands_in_guest_memory_bounded_by_size_and_room() {
     let r = send(
         &s,
         &g,
-        &req(Opcode::Read, 2, 2, read(1000, 0).as_slice()),
+        &req(Opcode::Read, 2, 2, read_in(0, 1000).as_slice()),
         16 + 100,
     )
     .unwrap();
@@ -350,7 +359,7 @@ fn read_lands_in_guest_memory_bounded_by_size_and_room() {
     let r = send(
         &s,
         &g,
-        &req(Opcode::Read, 3, 2, read(1000, 99_990).as_slice()),
+        &req(Opcode::Read, 3, 2, read_in(99_990, 1000).as_slice()),
         8192,
     )
     .unwrap();
@@ -403,12 +412,7 @@ fn parse_dirents(mut b: &[u8], plus: bool) -> (Vec<String>, Vec<u64>) {
 #[test]
 fn readdir_packs_up_to_the_size() {
     let (s, g) = started(opts());
-    let arg = ReadIn {
-        fh: 1,
-        offset: 0,
-        size: 4096,
-        ..Default::default()
-    };
+    let arg = read_in(0, 4096);
     let r = send(&s, &g, &req(Opcode::Readdir, 1, 1, arg.as_slice()), 8192).unwrap();
     assert_eq!(errno(&r), 0);
     assert!(
@@ -435,12 +439,7 @@ fn readdir_packs_up_to_the_size() {
 #[test]
 fn readdirplus_counts_only_the_entries_sent() {
     let (s, g) = started(opts());
-    let arg = ReadIn {
-        fh: 1,
-        offset: 5,
-        size: 4096,
-        ..Default::default()
-    };
+    let arg = read_in(5, 4096);
     let r = send(
         &s,
         &g,
@@ -458,13 +457,7 @@ fn readdirplus_counts_only_the_entries_sent() {
 #[test]
 fn xattrs_follow_the_option() {
     let (s, g) = started(opts());
-    let getx = cat(
-        GetxattrIn {
-            size: 64,
-            padding: 0,
-        },
-        b"user.a\0",
-    );
+    let getx = getxattr_user_a(64);
     let r = send(&s, &g, &req(Opcode::Getxattr, 1, 1, &getx), 4096).unwrap();
     assert_eq!(errno(&r), libc::ENOSYS);
     assert!(s.fs().calls().iter().all(|c| !c.starts_with("getxattr")));
@@ -475,22 +468,10 @@ fn xattrs_follow_the_option() {
     });
     let r = send(&s, &g, &req(Opcode::Getxattr, 1, 1, &getx), 4096).unwrap();
     assert_eq!((errno(&r), r.body.as_slice()), (0, &b"value"[..]));
-    let size0 = cat(
-        GetxattrIn {
-            size: 0,
-            padding: 0,
-        },
-        b"user.a\0",
-    );
+    let size0 = getxattr_user_a(0);
     let r = send(&s, &g, &req(Opcode::Getxattr, 2, 1, &size0), 4096).unwrap();
     assert_eq!(obj::<GetxattrOut>(&r.body).size, 5);
-    let small = cat(
-        GetxattrIn {
-            size: 4,
-            padding: 0,
-        },
-        b"user.a\0",
-    );
+    let small = getxattr_user_a(4);
     let r = send(&s, &g, &req(Opcode::Getxattr, 3, 1, &small), 4096).unwrap();
     assert_eq!(errno(&r), libc::ERANGE);
     // SETXATTR_EXT was negotiated: the 16-byte struct.
@@ -529,40 +510,35 @@ fn dax_mapping_requests() {
         }
         .as_slice(),
     );
+    // A SETUPMAPPING or REMOVEMAPPING on inode 7 with `m` as the mapper: the reply's errno.
+    let errno_of = |s: &Server<Fake>, g: &Guest, opcode, unique, arg: &[u8]| {
+        errno(&send_with(s, g, &req(opcode, unique, 7, arg), 64, &m).unwrap())
+    };
 
     let (s, g) = started(opts());
-    let r = send_with(
-        &s,
-        &g,
-        &req(Opcode::SetupMapping, 1, 7, setup.as_slice()),
-        64,
-        &m,
-    )
-    .unwrap();
-    assert_eq!(errno(&r), libc::ENOSYS);
-    let r = send_with(&s, &g, &req(Opcode::RemoveMapping, 2, 7, &remove), 64, &m).unwrap();
-    assert_eq!(errno(&r), libc::ENOSYS);
+    assert_eq!(
+        errno_of(&s, &g, Opcode::SetupMapping, 1, setup.as_slice()),
+        libc::ENOSYS
+    );
+    assert_eq!(
+        errno_of(&s, &g, Opcode::RemoveMapping, 2, &remove),
+        libc::ENOSYS
+    );
     assert!(m.calls.lock().unwrap().is_empty());
 
     let (s, g) = started(ServerOptions {
         dax_window_size: 8 << 20,
         ..opts()
     });
-    let r = send_with(
-        &s,
-        &g,
-        &req(Opcode::SetupMapping, 1, 7, setup.as_slice()),
-        64,
-        &m,
-    )
-    .unwrap();
-    assert_eq!(errno(&r), 0);
+    assert_eq!(
+        errno_of(&s, &g, Opcode::SetupMapping, 1, setup.as_slice()),
+        0
+    );
     assert!(s
         .fs()
         .calls()
         .contains(&format!("setupmapping 7 3 0 {} 3 {}", 2 << 20, 4 << 20)));
-    let r = send_with(&s, &g, &req(Opcode::RemoveMapping, 2, 7, &remove), 64, &m).unwrap();
-    assert_eq!(errno(&r), 0);
+    assert_eq!(errno_of(&s, &g, Opcode::RemoveMapping, 2, &remove), 0);
     assert_eq!(*m.calls.lock().unwrap(), vec![(4 << 20, 2 << 20); 2]);
     // Outside the window, or overflowing.
     for (moffset, len) in [(7 << 20, 2 << 20), (u64::MAX - 10, 2 << 20)] {
@@ -571,23 +547,20 @@ fn dax_mapping_requests() {
             len,
             ..setup
         };
-        let r = send_with(
-            &s,
-            &g,
-            &req(Opcode::SetupMapping, 3, 7, bad.as_slice()),
-            64,
-            &m,
-        )
-        .unwrap();
-        assert_eq!(errno(&r), libc::EINVAL);
+        assert_eq!(
+            errno_of(&s, &g, Opcode::SetupMapping, 3, bad.as_slice()),
+            libc::EINVAL
+        );
     }
     // `count` larger than the entries present.
     let lying = cat(
         RemoveMappingIn { count: 2 },
         RemoveMappingOne::default().as_slice(),
     );
-    let r = send_with(&s, &g, &req(Opcode::RemoveMapping, 4, 7, &lying), 64, &m).unwrap();
-    assert_eq!(errno(&r), libc::EINVAL);
+    assert_eq!(
+        errno_of(&s, &g, Opcode::RemoveMapping, 4, &lying),
+        libc::EINVAL
+    );
     assert_eq!(m.calls.lock().unwrap().len(), 2);
 }
 
