@@ -13,7 +13,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod allowlist;
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
 
 use std::io;
