@@ -7,7 +7,8 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 use thiserror::Error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig};
@@ -113,7 +114,17 @@ pub struct FsBackend<F: FileSystem> {
     exit_events: Vec<(EventConsumer, EventNotifier)>,
     /// Per queue: the driver broke the ring; ignore kicks until the frontend stops it.
     broken: Vec<AtomicBool>,
+    /// Per queue: whether its thread is serving a kick right now, so that stopping the ring
+    /// can let the requests in flight finish first.
+    serving: Vec<(Mutex<bool>, Condvar)>,
+    /// Per queue: incremented when the frontend stops the ring; a completion is written only
+    /// into the generation of the ring it was popped from.
+    generations: Vec<Mutex<u64>>,
 }
+
+/// How long stopping a ring waits for its requests in flight. Bounded: a request may itself
+/// wait on the frontend (SHMEM_MAP), which is busy waiting for the ring to stop.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 impl<F: FileSystem> FsBackend<F> {
     /// A backend serving `server`.
@@ -129,6 +140,12 @@ impl<F: FileSystem> FsBackend<F> {
         Ok(FsBackend {
             broken: (0..=config.num_request_queues)
                 .map(|_| AtomicBool::new(false))
+                .collect(),
+            serving: (0..=config.num_request_queues)
+                .map(|_| (Mutex::new(false), Condvar::new()))
+                .collect(),
+            generations: (0..=config.num_request_queues)
+                .map(|_| Mutex::new(0))
                 .collect(),
             exit_events,
             server,
@@ -157,6 +174,7 @@ impl<F: FileSystem> FsBackend<F> {
         let mem = atomic.memory();
         let mut used_any = false;
         loop {
+            let generation = self.generation(queue);
             let chain = {
                 let mut state = vring.get_mut();
                 let q = state.get_queue_mut();
@@ -182,14 +200,19 @@ impl<F: FileSystem> FsBackend<F> {
                     0
                 }
             };
-            // The frontend may have stopped the ring (guest reset) while the request ran: the
-            // completion then belongs to a ring that no longer exists.
-            if !vring.get_ref().get_queue().ready() {
-                break;
+            // The frontend may have stopped the ring (guest reset, VM stop) while the request
+            // ran and `stop_vring` gave up waiting: the completion then belongs to a ring that
+            // is gone. Checked and written under the generation lock `stop_vring` bumps.
+            {
+                let current = self.generations.get(usize::from(queue)).map(|g| g.lock());
+                let current = current.map(|g| g.unwrap_or_else(|e| e.into_inner()));
+                if current.as_deref().copied() != generation {
+                    break;
+                }
+                vring
+                    .add_used(head, len)
+                    .map_err(|source| BackendError::UsedRing { queue, source })?;
             }
-            vring
-                .add_used(head, len)
-                .map_err(|source| BackendError::UsedRing { queue, source })?;
             used_any = true;
         }
         if used_any {
@@ -205,6 +228,12 @@ impl<F: FileSystem> FsBackend<F> {
         Ok(used_any)
     }
 
+    /// The current generation of `queue`'s ring (bumped each time the frontend stops it).
+    fn generation(&self, queue: u16) -> Option<u64> {
+        let g = self.generations.get(usize::from(queue))?;
+        Some(*g.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Serves a kick on `queue`. Errors are the driver's (a broken ring): they are logged
     /// (rate-limited) and the queue is ignored until the frontend stops and restarts it, so
     /// the queue's thread lives on and never spins on a ring it cannot make progress on.
@@ -215,7 +244,16 @@ impl<F: FileSystem> FsBackend<F> {
         if broken.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = self.serve_kick_inner(queue, vring) {
+        let serving = self.serving.get(usize::from(queue));
+        if let Some((busy, _)) = serving {
+            *busy.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        }
+        let result = self.serve_kick_inner(queue, vring);
+        if let Some((busy, idle)) = serving {
+            *busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+            idle.notify_all();
+        }
+        if let Err(e) = result {
             broken.store(true, Ordering::Release);
             guest_log!(
                 log::Level::Error,
@@ -347,6 +385,27 @@ impl<F: FileSystem> VhostUserBackend for FsBackend<F> {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: let the requests in flight on this ring complete (bounded) so their
+        // replies reach the guest before the frontend reads the ring's state; anything later
+        // is dropped by the ready check in `process_queue`.
+        if let Some((busy, idle)) = usize::try_from(queue_index)
+            .ok()
+            .and_then(|q| self.serving.get(q))
+        {
+            let guard = busy.lock().unwrap_or_else(|e| e.into_inner());
+            let (_guard, timeout) = idle
+                .wait_timeout_while(guard, STOP_WAIT, |busy| *busy)
+                .unwrap_or_else(|e| e.into_inner());
+            if timeout.timed_out() {
+                log::warn!("queue {queue_index} stopped with a request still in flight");
+            }
+        }
+        if let Some(g) = usize::try_from(queue_index)
+            .ok()
+            .and_then(|q| self.generations.get(q))
+        {
+            *g.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        }
         // GET_VRING_BASE: the frontend (re)starts this ring afresh, so a ring the old driver
         // broke may be served again.
         if let Some(broken) = usize::try_from(queue_index)

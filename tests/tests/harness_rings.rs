@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use vfsdax_protocol::fuse::ROOT_ID;
 use vfsdax_tests::harness::{pattern, DaemonOptions, Session};
 use vfsdax_vmm_glue::driver::{BatchRequest, ClientOptions, FeatureWishes};
+use vhost::VhostBackend;
 use vm_memory::Bytes;
 
 /// The same small workload with every combination of EVENT_IDX and indirect descriptors, and
@@ -186,4 +187,35 @@ fn a_broken_available_ring_is_ignored_without_spinning() {
             );
         }
     }
+}
+
+/// GET_VRING_BASE stops a ring: the daemon answers with the index it consumed up to (after
+/// letting requests in flight finish), serves nothing more on it, and stays alive.
+#[test]
+fn a_stopped_ring_reports_its_base_and_is_served_no_more() {
+    let copts = ClientOptions {
+        timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let mut s = Session::start_with(&DaemonOptions::default(), copts);
+    for _ in 0..3 {
+        s.client.getattr(ROOT_ID, None).expect("GETATTR");
+    }
+    let consumed = s.client.queue(1).expect("request queue").avail_idx();
+    let base = s
+        .client
+        .frontend_mut()
+        .frontend_mut()
+        .get_vring_base(1)
+        .expect("GET_VRING_BASE answers (no deadlock with an idle queue)");
+    assert_eq!(
+        base,
+        u32::from(consumed),
+        "base = the requests the daemon consumed"
+    );
+    assert!(
+        s.client.getattr(ROOT_ID, None).is_err(),
+        "a stopped ring must not be served"
+    );
+    assert!(s.daemon.is_alive(), "daemon died: {}", s.daemon.log_text());
 }
