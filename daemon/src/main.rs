@@ -58,13 +58,6 @@ fn run(opts: Options) -> Result<(), String> {
     opts.validate().map_err(|e| e.to_string())?;
     raise_nofile(opts.rlimit_nofile);
     drop_supplementary_groups()?;
-    if opts.thread_pool_size > 0 {
-        log::warn!(
-            "--thread-pool-size {}: requests are served on their queue's thread; \
-             use --num-request-queues for parallelism",
-            opts.thread_pool_size
-        );
-    }
     let shared_dir = opts.shared_dir.clone().ok_or("--shared-dir is needed")?;
     let fs_cfg = PassthroughConfig {
         cache: match opts.cache {
@@ -102,6 +95,7 @@ fn run(opts: Options) -> Result<(), String> {
             num_request_queues: opts.num_request_queues,
             queue_size: QUEUE_SIZE,
             cache_size: opts.cache_size,
+            thread_pool_size: opts.thread_pool_size,
         },
     )
     .map_err(|e| chain(&e))?;

@@ -88,9 +88,38 @@ fn tiny_descriptors_cut_through_headers_and_structures() {
 /// replies must match their requests.
 #[test]
 fn many_requests_in_flight() {
+    // Served on the queue's thread, then on a worker pool (with and without EVENT_IDX).
+    many_requests_in_flight_with(&[], true);
+    many_requests_in_flight_with(&["--thread-pool-size", "4"], true);
+    many_requests_in_flight_with(&["--thread-pool-size", "4"], false);
+}
+
+/// Names of the daemon's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn many_requests_in_flight_with(daemon_args: &[&str], event_idx: bool) {
     use vfsdax_protocol::fuse::{GetattrIn, Opcode, ReadIn};
     use vm_memory::ByteValued;
-    let mut s = Session::start();
+    let dopts = DaemonOptions {
+        extra_args: daemon_args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    let copts = ClientOptions {
+        wishes: FeatureWishes {
+            event_idx,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut s = Session::start_with(&dopts, copts);
     let data = pattern(64 * 1024, 5);
     std::fs::write(s.host("par"), &data).unwrap();
     let e = s.client.lookup(ROOT_ID, b"par").unwrap();
@@ -130,6 +159,12 @@ fn many_requests_in_flight() {
     assert_eq!(attr.attr.size, data.len() as u64);
     s.client.release(e.nodeid, o.fh, 0).unwrap();
     s.assert_serving();
+    let workers = thread_names(s.daemon.pid())
+        .iter()
+        .filter(|n| n.starts_with("fuse-worker"))
+        .count();
+    let want = if daemon_args.is_empty() { 0 } else { 4 };
+    assert_eq!(workers, want, "worker threads with {daemon_args:?}");
 }
 
 /// CPU time (user + system, in clock ticks) the process `pid` has used.

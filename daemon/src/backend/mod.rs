@@ -7,7 +7,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -27,6 +27,15 @@ use crate::dax::{BackendMapper, MapperSlot};
 use crate::filesystem::FileSystem;
 use crate::guest_log;
 use crate::server::Server;
+
+mod pool;
+mod queue;
+
+use pool::WorkerPool;
+use queue::QueueState;
+
+/// The high-priority queue (FORGET, INTERRUPT): always served inline.
+const HIPRIO_QUEUE: u16 = 0;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`, a vhost-user feature bit in the virtio feature word.
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
@@ -88,6 +97,8 @@ pub struct DeviceConfig {
     pub queue_size: u16,
     /// Size of the DAX window; 0 disables DAX (no SHMEM features offered).
     pub cache_size: u64,
+    /// Worker threads serving the request queues; 0 serves each on its queue's thread.
+    pub thread_pool_size: usize,
 }
 
 /// Builds `struct virtio_fs_config` (tag, then `num_request_queues` little-endian).
@@ -108,25 +119,23 @@ pub struct FsBackend<F: FileSystem> {
     config_space: Option<[u8; TAG_LEN + 4]>,
     event_idx: AtomicBool,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap<()>>>>,
-    mapper: MapperSlot,
+    mapper: Arc<MapperSlot>,
     /// One exit event per queue thread: the event loops watch them, and
     /// `VringEpollHandler::send_exit_event` ends the threads when the connection is over.
     exit_events: Vec<(EventConsumer, EventNotifier)>,
-    /// Per queue: the driver broke the ring; ignore kicks until the frontend stops it.
-    broken: Vec<AtomicBool>,
-    /// Per queue: whether its thread is serving a kick right now, so that stopping the ring
-    /// can let the requests in flight finish first.
-    serving: Vec<(Mutex<bool>, Condvar)>,
-    /// Per queue: incremented when the frontend stops the ring; a completion is written only
-    /// into the generation of the ring it was popped from.
-    generations: Vec<Mutex<u64>>,
+    /// Per queue: broken, requests in flight, generation.
+    queues: Vec<Arc<QueueState>>,
+    /// `--thread-pool-size`: serve request queues on this many worker threads (0: inline).
+    pool_size: usize,
+    /// The worker pool, started at the first kick (after the signal mask is set up).
+    pool: OnceLock<Option<WorkerPool>>,
 }
 
 /// How long stopping a ring waits for its requests in flight. Bounded: a request may itself
 /// wait on the frontend (SHMEM_MAP), which is busy waiting for the ring to stop.
 const STOP_WAIT: Duration = Duration::from_secs(1);
 
-impl<F: FileSystem> FsBackend<F> {
+impl<F: FileSystem + 'static> FsBackend<F> {
     /// A backend serving `server`.
     pub fn new(server: Arc<Server<F>>, config: DeviceConfig) -> Result<Self, BackendError> {
         let config_space = match &config.tag {
@@ -138,22 +147,18 @@ impl<F: FileSystem> FsBackend<F> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(BackendError::ExitEvent)?;
         Ok(FsBackend {
-            broken: (0..=config.num_request_queues)
-                .map(|_| AtomicBool::new(false))
+            queues: (0..=config.num_request_queues)
+                .map(|_| Arc::new(QueueState::default()))
                 .collect(),
-            serving: (0..=config.num_request_queues)
-                .map(|_| (Mutex::new(false), Condvar::new()))
-                .collect(),
-            generations: (0..=config.num_request_queues)
-                .map(|_| Mutex::new(0))
-                .collect(),
+            pool_size: config.thread_pool_size,
+            pool: OnceLock::new(),
             exit_events,
             server,
             config,
             config_space,
             event_idx: AtomicBool::new(false),
             mem: RwLock::new(None),
-            mapper: MapperSlot::new(),
+            mapper: Arc::new(MapperSlot::new()),
         })
     }
 
@@ -162,99 +167,107 @@ impl<F: FileSystem> FsBackend<F> {
         &self.server
     }
 
-    /// Pops every available chain of `vring`, hands it to the server and returns it to the
-    /// used ring. Returns whether any chain was processed.
+    /// The worker pool for request queues, if `--thread-pool-size` asked for one.
+    fn pool(&self, queue: u16) -> Option<&WorkerPool> {
+        if queue == HIPRIO_QUEUE || self.pool_size == 0 {
+            return None;
+        }
+        self.pool
+            .get_or_init(|| match WorkerPool::new(self.pool_size) {
+                Ok(pool) => Some(pool),
+                Err(e) => {
+                    log::error!("cannot start the worker pool, serving inline: {e}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Pops every available chain of `vring` and serves it, inline or on the worker pool;
+    /// each served chain goes back to the used ring. Returns whether any chain was popped.
     ///
     /// A chain the server cannot serve is returned with length 0. A ring the driver broke (an
     /// available index too far ahead, a head outside the table, rings outside guest memory)
     /// is an error: the caller marks the queue broken until the frontend stops it.
     fn process_queue(&self, queue: u16, vring: &VringRwLock) -> Result<bool, BackendError> {
+        let state = self
+            .queues
+            .get(usize::from(queue))
+            .ok_or(BackendError::UnknownQueue(queue))?;
         let atomic = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone();
         let atomic = atomic.ok_or(BackendError::NoMemory)?;
         let mem = atomic.memory();
+        let pool = self.pool(queue);
+        let mut popped = false;
         let mut used_any = false;
         loop {
-            let generation = self.generation(queue);
+            let generation = state.generation();
             let chain = {
-                let mut state = vring.get_mut();
-                let q = state.get_queue_mut();
+                let mut vs = vring.get_mut();
+                let q = vs.get_queue_mut();
                 if !q.ready() {
                     break;
                 }
                 // `iter` (unlike `pop_descriptor_chain`) reports an available index that runs
                 // more than a ring's length ahead, instead of looking empty forever.
                 let mut avail = q
-                    .iter(&*mem)
+                    .iter(mem.clone())
                     .map_err(|source| BackendError::UsedRing { queue, source })?;
                 avail.next()
             };
             let Some(chain) = chain else { break };
+            popped = true;
             let head = chain.head_index();
-            let len = match self.server.handle_chain(&*mem, chain, &self.mapper) {
-                Ok(len) => len,
-                Err(e) => {
-                    guest_log!(
-                        log::Level::Warn,
-                        "queue {queue}: dropped a request chain: {e}"
-                    );
-                    0
-                }
-            };
-            // The frontend may have stopped the ring (guest reset, VM stop) while the request
-            // ran and `stop_vring` gave up waiting: the completion then belongs to a ring that
-            // is gone. Checked and written under the generation lock `stop_vring` bumps.
-            {
-                let current = self.generations.get(usize::from(queue)).map(|g| g.lock());
-                let current = current.map(|g| g.unwrap_or_else(|e| e.into_inner()));
-                if current.as_deref().copied() != generation {
-                    break;
-                }
-                vring
-                    .add_used(head, len)
-                    .map_err(|source| BackendError::UsedRing { queue, source })?;
+            state.begin();
+            if let Some(pool) = pool {
+                let (server, mapper) = (self.server.clone(), self.mapper.clone());
+                let (state, vring, mem) = (state.clone(), vring.clone(), mem.clone());
+                pool.execute(Box::new(move || {
+                    let len = serve_chain(&server, &*mem, chain, &*mapper, queue);
+                    let done = state.complete(&vring, generation, head, len);
+                    let signalled = match done {
+                        Ok(true) => signal_if_needed(&vring, queue),
+                        Ok(false) => Ok(()),
+                        Err(source) => Err(BackendError::UsedRing { queue, source }),
+                    };
+                    if let Err(e) = signalled {
+                        state.mark_broken();
+                        guest_log!(
+                            log::Level::Error,
+                            "queue {queue} ignored until the frontend resets it: {e}"
+                        );
+                    }
+                    state.end();
+                }));
+                continue;
+            }
+            let len = serve_chain(&self.server, &*mem, chain, &*self.mapper, queue);
+            let done = state.complete(vring, generation, head, len);
+            state.end();
+            // A completion for a ring the frontend stopped meanwhile is dropped: stop here.
+            if !done.map_err(|source| BackendError::UsedRing { queue, source })? {
+                break;
             }
             used_any = true;
         }
         if used_any {
-            let notify = vring
-                .needs_notification()
-                .map_err(|source| BackendError::UsedRing { queue, source })?;
-            if notify {
-                vring
-                    .signal_used_queue()
-                    .map_err(|source| BackendError::Signal { queue, source })?;
-            }
+            signal_if_needed(vring, queue)?;
         }
-        Ok(used_any)
-    }
-
-    /// The current generation of `queue`'s ring (bumped each time the frontend stops it).
-    fn generation(&self, queue: u16) -> Option<u64> {
-        let g = self.generations.get(usize::from(queue))?;
-        Some(*g.lock().unwrap_or_else(|e| e.into_inner()))
+        Ok(popped)
     }
 
     /// Serves a kick on `queue`. Errors are the driver's (a broken ring): they are logged
     /// (rate-limited) and the queue is ignored until the frontend stops and restarts it, so
     /// the queue's thread lives on and never spins on a ring it cannot make progress on.
     fn serve_kick(&self, queue: u16, vring: &VringRwLock) {
-        let Some(broken) = self.broken.get(usize::from(queue)) else {
+        let Some(state) = self.queues.get(usize::from(queue)) else {
             return;
         };
-        if broken.load(Ordering::Acquire) {
+        if state.is_broken() {
             return;
         }
-        let serving = self.serving.get(usize::from(queue));
-        if let Some((busy, _)) = serving {
-            *busy.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        }
-        let result = self.serve_kick_inner(queue, vring);
-        if let Some((busy, idle)) = serving {
-            *busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
-            idle.notify_all();
-        }
-        if let Err(e) = result {
-            broken.store(true, Ordering::Release);
+        if let Err(e) = self.serve_kick_inner(queue, vring) {
+            state.mark_broken();
             guest_log!(
                 log::Level::Error,
                 "queue {queue} ignored until the frontend resets it: {e}"
@@ -284,7 +297,7 @@ impl<F: FileSystem> FsBackend<F> {
     }
 }
 
-impl<F: FileSystem> VhostUserBackend for FsBackend<F> {
+impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
     type Bitmap = ();
     type Vring = VringRwLock;
 
@@ -386,36 +399,59 @@ impl<F: FileSystem> VhostUserBackend for FsBackend<F> {
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // GET_VRING_BASE: let the requests in flight on this ring complete (bounded) so their
-        // replies reach the guest before the frontend reads the ring's state; anything later
-        // is dropped by the ready check in `process_queue`.
-        if let Some((busy, idle)) = usize::try_from(queue_index)
+        // replies reach the guest before the frontend reads the ring's state; a completion
+        // after that is dropped (`QueueState::complete`). A ring the old driver broke may be
+        // served again once the frontend restarts it.
+        if let Some(state) = usize::try_from(queue_index)
             .ok()
-            .and_then(|q| self.serving.get(q))
+            .and_then(|q| self.queues.get(q))
         {
-            let guard = busy.lock().unwrap_or_else(|e| e.into_inner());
-            let (_guard, timeout) = idle
-                .wait_timeout_while(guard, STOP_WAIT, |busy| *busy)
-                .unwrap_or_else(|e| e.into_inner());
-            if timeout.timed_out() {
+            if state.stopped(STOP_WAIT) {
                 log::warn!("queue {queue_index} stopped with a request still in flight");
             }
         }
-        if let Some(g) = usize::try_from(queue_index)
-            .ok()
-            .and_then(|q| self.generations.get(q))
-        {
-            *g.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        }
-        // GET_VRING_BASE: the frontend (re)starts this ring afresh, so a ring the old driver
-        // broke may be served again.
-        if let Some(broken) = usize::try_from(queue_index)
-            .ok()
-            .and_then(|q| self.broken.get(q))
-        {
-            broken.store(false, Ordering::Release);
-        }
         Ok(())
     }
+}
+
+/// Serves one chain; a chain the server cannot serve is returned with length 0 and a
+/// rate-limited log line.
+fn serve_chain<F, M, T>(
+    server: &Server<F>,
+    mem: &M,
+    chain: virtio_queue::DescriptorChain<T>,
+    mapper: &dyn crate::dax::Mapper,
+    queue: u16,
+) -> u32
+where
+    F: FileSystem,
+    M: vm_memory::GuestMemory + ?Sized,
+    T: std::ops::Deref,
+    T::Target: vm_memory::GuestMemory,
+{
+    match server.handle_chain(mem, chain, mapper) {
+        Ok(len) => len,
+        Err(e) => {
+            guest_log!(
+                log::Level::Warn,
+                "queue {queue}: dropped a request chain: {e}"
+            );
+            0
+        }
+    }
+}
+
+/// Signals the driver that `vring` has new used entries, unless EVENT_IDX says it need not.
+fn signal_if_needed(vring: &VringRwLock, queue: u16) -> Result<(), BackendError> {
+    let notify = vring
+        .needs_notification()
+        .map_err(|source| BackendError::UsedRing { queue, source })?;
+    if notify {
+        vring
+            .signal_used_queue()
+            .map_err(|source| BackendError::Signal { queue, source })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
