@@ -143,7 +143,7 @@ pub struct Options {
     /// Which files use DAX in a guest mounted with dax=inode: always, never, xattr or size:N.
     #[arg(long, value_name = "POLICY", value_parser = parse_dax_policy, default_value = "always")]
     pub dax_policy: DaxPolicy,
-    /// Worker threads per request queue; 0 serves requests on the queue's own thread.
+    /// Worker threads serving the request queues; 0 serves each request on its queue's thread.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,
     /// Number of request queues offered to the frontend.
