@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use thiserror::Error;
 
+use crate::sandbox::SandboxMode;
 use crate::seccomp::SeccompMode;
 
 /// How long the guest may cache names, attributes and data (virtiofsd's `--cache`).
@@ -43,19 +44,6 @@ pub enum CliError {
     /// A DAX policy could not be parsed.
     #[error("invalid DAX policy {0:?}: expected always, never, xattr or size:N")]
     DaxPolicy(String),
-    /// A confinement mode that is not built yet was asked for.
-    #[error(
-        "--{option} {value} is not supported yet: vfsdaxd has no {what} so far; \
-         pass --{option} none to run without it"
-    )]
-    Unsupported {
-        /// The option.
-        option: &'static str,
-        /// The value given.
-        value: String,
-        /// What is missing.
-        what: &'static str,
-    },
     /// Neither a socket path nor a file descriptor was given.
     #[error("either --socket-path or --fd is needed")]
     NoSocket,
@@ -173,14 +161,11 @@ pub struct Options {
     /// Print the vhost-user backend capabilities as JSON and exit.
     #[arg(long, exclusive = true)]
     pub print_capabilities: bool,
-    /// Process sandbox: only `none` for now.
-    #[arg(
-        long,
-        value_name = "MODE",
-        default_value = "none",
-        overrides_with = "sandbox"
-    )]
-    pub sandbox: String,
+    /// Process sandbox before serving: `namespace` (new mount, network and IPC namespaces with
+    /// the share as the root; needs CAP_SYS_ADMIN), `chroot` (chroot into the share) or `none`
+    /// (the last value given wins).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxMode::None, overrides_with = "sandbox")]
+    pub sandbox: SandboxMode,
     /// Seccomp filter: what happens to a system call outside the daemon's allowlist once it
     /// waits for the frontend (x86_64 only; the last value given wins).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::None, overrides_with = "seccomp")]
@@ -190,13 +175,6 @@ pub struct Options {
 impl Options {
     /// Checks combinations clap cannot express.
     pub fn validate(&self) -> Result<(), CliError> {
-        if self.sandbox != "none" {
-            return Err(CliError::Unsupported {
-                option: "sandbox",
-                value: self.sandbox.clone(),
-                what: "process sandbox",
-            });
-        }
         if self.socket_path.is_none() && self.fd.is_none() {
             return Err(CliError::NoSocket);
         }
@@ -278,29 +256,29 @@ mod tests {
     }
 
     #[test]
-    fn confinement_other_than_none_is_refused() {
-        let o = parse(&[
-            "--socket-path=/s",
-            "--shared-dir=/",
-            "--sandbox",
-            "namespace",
-        ])
-        .unwrap();
-        let e = o.validate().unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("--sandbox namespace is not supported"),
-            "{e}"
-        );
+    fn sandbox_modes_are_virtiofsds() {
+        for (arg, mode) in [
+            ("none", SandboxMode::None),
+            ("namespace", SandboxMode::Namespace),
+            ("chroot", SandboxMode::Chroot),
+        ] {
+            let o = parse(&["--socket-path=/s", "--shared-dir=/", "--sandbox", arg]).unwrap();
+            o.validate().unwrap();
+            assert_eq!(o.sandbox, mode, "--sandbox {arg}");
+        }
+        let o = parse(&["--socket-path=/s", "--shared-dir=/"]).unwrap();
+        assert_eq!(o.sandbox, SandboxMode::None, "the default");
         // A later value replaces an earlier one (wrappers append to a default command line).
         let o = parse(&[
             "--socket-path=/s",
             "--shared-dir=/",
-            "--sandbox=namespace",
             "--sandbox=none",
+            "--sandbox=namespace",
         ])
         .unwrap();
-        o.validate().unwrap();
+        assert_eq!(o.sandbox, SandboxMode::Namespace, "the last value wins");
+        let e = parse(&["--socket-path=/s", "--shared-dir=/", "--sandbox", "jail"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod dax;
 pub mod filesystem;
 pub mod passthrough;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod seccomp;
 pub mod server;
 pub mod socket;

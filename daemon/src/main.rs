@@ -1,6 +1,8 @@
-//! `vfsdaxd`: parses options, sets up the share and the socket, serves one frontend connection
-//! and exits when the frontend goes away or on SIGTERM/SIGINT.
+//! `vfsdaxd`: parses options, binds the socket, enters the sandbox, opens the share, installs
+//! the seccomp filter, serves one frontend connection and exits when the frontend goes away or
+//! on SIGTERM/SIGINT.
 
+use std::mem::ManuallyDrop;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
@@ -13,9 +15,11 @@ use vfsdax_daemon::backend::{DeviceConfig, FsBackend};
 use vfsdax_daemon::cli::{self, CacheMode, Options};
 use vfsdax_daemon::filesystem::FileSystem;
 use vfsdax_daemon::passthrough::{CachePolicy, PassthroughConfig, PassthroughFs};
+use vfsdax_daemon::sandbox::{self, SandboxMode, SocketFiles};
 use vfsdax_daemon::seccomp::Filter;
 use vfsdax_daemon::server::{Server, ServerOptions};
-use vfsdax_daemon::{socket, systemd};
+use vfsdax_daemon::socket::{self, ListenSocket};
+use vfsdax_daemon::systemd;
 
 /// Largest virtqueue the device accepts.
 const QUEUE_SIZE: u16 = 1024;
@@ -59,6 +63,24 @@ fn run(opts: Options) -> Result<(), String> {
     raise_nofile(opts.rlimit_nofile);
     drop_supplementary_groups()?;
     let shared_dir = opts.shared_dir.clone().ok_or("--shared-dir is needed")?;
+
+    // The socket and its lock live outside the share: made before the sandbox, they last
+    // until the daemon exits.
+    let mut listening = listen(&opts)?;
+    let sandboxed = opts.sandbox != SandboxMode::None;
+    if sandboxed {
+        // systemd's notify socket is a path (or an abstract name) outside the sandbox.
+        notify_ready();
+    }
+    // Before any thread starts: a thread keeps the namespaces and root it started with.
+    let sandbox = sandbox::enter(opts.sandbox, &shared_dir).map_err(|e| chain(&e))?;
+    if sandboxed {
+        log::info!(
+            "sandbox entered (--sandbox {}): {} is the root",
+            format!("{:?}", opts.sandbox).to_lowercase(),
+            shared_dir.display()
+        );
+    }
     let fs_cfg = PassthroughConfig {
         cache: match opts.cache {
             CacheMode::Auto => CachePolicy::Auto,
@@ -73,10 +95,14 @@ fn run(opts: Options) -> Result<(), String> {
         allow_direct_io: opts.allow_direct_io,
         dax_window: opts.cache_size,
         dax_policy: opts.dax_policy,
-        ..PassthroughConfig::new(shared_dir.clone())
+        ..PassthroughConfig::new(sandbox.share)
     };
-    let fs = PassthroughFs::new(fs_cfg)
-        .map_err(|e| format!("cannot share {}: {}", shared_dir.display(), chain(&e)))?;
+    // Opened inside the sandbox, as its root: every inode descriptor lies under the root.
+    let fs = match sandbox.proc_self_fd {
+        Some(proc_self_fd) => PassthroughFs::with_proc_self_fd(fs_cfg, proc_self_fd),
+        None => PassthroughFs::new(fs_cfg),
+    }
+    .map_err(|e| format!("cannot share {}: {}", shared_dir.display(), chain(&e)))?;
     let server = Arc::new(Server::new(
         fs,
         ServerOptions {
@@ -100,25 +126,12 @@ fn run(opts: Options) -> Result<(), String> {
     )
     .map_err(|e| chain(&e))?;
 
-    // The socket (and the lock on its path) lives until the daemon exits.
-    let mut socket = match (&opts.socket_path, opts.fd) {
-        (Some(path), _) => {
-            let s = socket::bind(path).map_err(|e| chain(&e))?;
-            if let Some(group) = &opts.socket_group {
-                socket::set_group(path, group).map_err(|e| chain(&e))?;
-            }
-            s
-        }
-        (None, Some(fd)) => socket::from_fd(fd).map_err(|e| chain(&e))?,
-        (None, None) => return Err("either --socket-path or --fd is needed".into()),
-    };
-
-    if let Err(e) = systemd::notify("READY=1") {
-        log::warn!("cannot notify systemd: {e}");
+    if !sandboxed {
+        notify_ready();
     }
 
     let shutdown: Arc<Mutex<Option<ShutdownHandle>>> = Arc::new(Mutex::new(None));
-    spawn_signal_thread(shutdown.clone(), opts.socket_path.clone())?;
+    spawn_signal_thread(shutdown.clone(), listening.files.clone())?;
 
     // From here on every thread, those running now and those started later, is confined.
     if let Some(filter) = Filter::new(opts.seccomp).map_err(|e| chain(&e))? {
@@ -143,7 +156,7 @@ fn run(opts: Options) -> Result<(), String> {
             .map_or_else(|| format!("fd {:?}", opts.fd), |p| p.display().to_string())
     );
     daemon
-        .start(&mut socket.listener)
+        .start(&mut listening.socket.listener)
         .map_err(|e| format!("cannot accept the frontend: {e}"))?;
     *shutdown.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
     log::info!("frontend connected");
@@ -153,7 +166,7 @@ fn run(opts: Options) -> Result<(), String> {
         handler.send_exit_event();
     }
     server.fs().destroy();
-    drop(socket);
+    drop(listening);
     match result {
         // A frontend that goes away (the VM shut down) ends the session normally.
         Ok(())
@@ -164,6 +177,55 @@ fn run(opts: Options) -> Result<(), String> {
             Ok(())
         }
         Err(e) => Err(format!("vhost-user connection failed: {e}")),
+    }
+}
+
+/// The listening socket. Its files are removed through a descriptor of their directory, never
+/// by path: inside the sandbox the path names something else (under `chroot`, a file of the
+/// share), so the [`ListenSocket`] is never dropped (its descriptors close at exit).
+struct Listening {
+    socket: ManuallyDrop<ListenSocket>,
+    files: Option<Arc<SocketFiles>>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        // The lock is still held: a daemon starting now saw it locked or finds it gone.
+        if let Some(files) = &self.files {
+            files.remove();
+        }
+    }
+}
+
+/// Binds `--socket-path` (giving it to `--socket-group`) or takes over `--fd`.
+fn listen(opts: &Options) -> Result<Listening, String> {
+    match (&opts.socket_path, opts.fd) {
+        (Some(path), _) => {
+            let socket = socket::bind(path).map_err(|e| chain(&e))?;
+            // Still outside the sandbox: on this error the socket may go by path.
+            let files = SocketFiles::new(path, &socket::lock_path(path))
+                .map_err(|e| format!("cannot open the directory of {}: {e}", path.display()))?;
+            let listening = Listening {
+                socket: ManuallyDrop::new(socket),
+                files: Some(Arc::new(files)),
+            };
+            if let Some(group) = &opts.socket_group {
+                socket::set_group(path, group).map_err(|e| chain(&e))?;
+            }
+            Ok(listening)
+        }
+        (None, Some(fd)) => Ok(Listening {
+            socket: ManuallyDrop::new(socket::from_fd(fd).map_err(|e| chain(&e))?),
+            files: None,
+        }),
+        (None, None) => Err("either --socket-path or --fd is needed".into()),
+    }
+}
+
+/// Tells systemd the daemon is ready (`Type=notify`), if it was started that way.
+fn notify_ready() {
+    if let Err(e) = systemd::notify("READY=1") {
+        log::warn!("cannot notify systemd: {e}");
     }
 }
 
@@ -216,7 +278,7 @@ fn raise_nofile(want: Option<u64>) {
 /// file and exits.
 fn spawn_signal_thread(
     shutdown: Arc<Mutex<Option<ShutdownHandle>>>,
-    socket_path: Option<std::path::PathBuf>,
+    socket_files: Option<Arc<SocketFiles>>,
 ) -> Result<(), String> {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set it is given; sigaddset adds valid signal numbers
@@ -241,9 +303,8 @@ fn spawn_signal_thread(
             match shutdown.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 Some(handle) => handle.shutdown(),
                 None => {
-                    if let Some(p) = &socket_path {
-                        let _ = std::fs::remove_file(p);
-                        let _ = std::fs::remove_file(socket::lock_path(p));
+                    if let Some(files) = &socket_files {
+                        files.remove();
                     }
                     std::process::exit(0);
                 }

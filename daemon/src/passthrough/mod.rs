@@ -139,6 +139,23 @@ type RaceHook = Box<dyn Fn() + Send>;
 impl PassthroughFs {
     /// Opens the shared directory `cfg.root_dir`.
     pub fn new(cfg: PassthroughConfig) -> Result<PassthroughFs, PassthroughError> {
+        let proc_self_fd = sys::openat(
+            libc::AT_FDCWD,
+            c"/proc/self/fd",
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(PassthroughError::ProcSelfFd)?;
+        Self::with_proc_self_fd(cfg, proc_self_fd)
+    }
+
+    /// Opens the shared directory `cfg.root_dir`, reopening files through `proc_self_fd`, a
+    /// descriptor of `/proc/self/fd` opened earlier (inside a sandbox `/proc` is not under the
+    /// root).
+    pub fn with_proc_self_fd(
+        cfg: PassthroughConfig,
+        proc_self_fd: File,
+    ) -> Result<PassthroughFs, PassthroughError> {
         let path = cfg.root_dir.clone();
         match std::fs::metadata(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -162,18 +179,17 @@ impl PassthroughFs {
         let root = sys::openat(libc::AT_FDCWD, &cpath, libc::O_PATH | libc::O_DIRECTORY, 0)
             .map_err(open_err)?;
         let root_stat = sys::stat_fd(std::os::fd::AsRawFd::as_raw_fd(&root)).map_err(open_err)?;
-        let proc_self_fd = sys::openat(
-            libc::AT_FDCWD,
-            c"/proc/self/fd",
-            libc::O_PATH | libc::O_DIRECTORY,
+        // Unknown umask: assume the strictest, so every create gets its mode checked.
+        let host_umask = sys::openat(
+            std::os::fd::AsRawFd::as_raw_fd(&proc_self_fd),
+            c"../status",
+            libc::O_RDONLY,
             0,
         )
-        .map_err(PassthroughError::ProcSelfFd)?;
-        // Unknown umask: assume the strictest, so every create gets its mode checked.
-        let host_umask = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| perm::parse_umask(&s))
-            .unwrap_or(0o777);
+        .and_then(std::io::read_to_string)
+        .ok()
+        .and_then(|s| perm::parse_umask(&s))
+        .unwrap_or(0o777);
         let dax = (cfg.dax_window > 0).then(|| DaxState::with_page_alignment(cfg.dax_window));
         Ok(PassthroughFs {
             cfg,

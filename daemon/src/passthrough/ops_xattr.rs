@@ -2,9 +2,11 @@
 //! [`PassthroughConfig::xattr`](super::PassthroughConfig::xattr); `ENOSYS` otherwise, which
 //! the guest remembers.
 //!
-//! There are no `*at` xattr calls for an `O_PATH` descriptor, so the path functions get
-//! `/proc/self/fd/<n>`: the magic link resolves to exactly the file held (a symlink is the
-//! symlink itself), never further.
+//! There are no `*at` xattr calls for an `O_PATH` descriptor, so the path functions get the
+//! name `<n>` with the working directory at the held descriptor of `/proc/self/fd`
+//! ([`sys::in_dir`]): the magic link resolves to exactly the file held (a symlink is the
+//! symlink itself), never further. No absolute path is used, so this works inside
+//! `--sandbox namespace|chroot`, where `/proc` is not under the root.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -30,14 +32,19 @@ pub(super) fn setxattr_refused(name: &CStr) -> bool {
 }
 
 impl PassthroughFs {
-    /// The inode and its `/proc/self/fd` path; the path is valid while the `Arc` lives.
+    /// The inode and its name in `/proc/self/fd`; the name is valid while the `Arc` lives.
     fn xattr_target(&self, inode: Inode) -> io::Result<(Arc<InodeData>, CString)> {
         if !self.cfg.xattr {
             return Err(err(libc::ENOSYS));
         }
         let data = self.inode(inode)?;
-        let path = sys::fd_path(data.fd());
-        Ok((data, path))
+        let name = sys::fd_name(data.fd());
+        Ok((data, name))
+    }
+
+    /// Runs the path call `f` on `/proc/self/fd/<name>` (relative to the held descriptor).
+    fn at_proc_fd<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        sys::in_dir(std::os::fd::AsRawFd::as_raw_fd(&self.proc_self_fd), f)
     }
 
     pub(super) fn do_getxattr(
@@ -48,11 +55,11 @@ impl PassthroughFs {
     ) -> io::Result<XattrReply> {
         let (_data, path) = self.xattr_target(inode)?;
         if size == 0 {
-            let n = sys::getxattr(&path, name, &mut [])?;
+            let n = self.at_proc_fd(|| sys::getxattr(&path, name, &mut []))?;
             return Ok(XattrReply::Count(n as u32));
         }
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::getxattr(&path, name, &mut buf)?;
+        let n = self.at_proc_fd(|| sys::getxattr(&path, name, &mut buf))?;
         buf.truncate(n);
         Ok(XattrReply::Value(buf))
     }
@@ -60,11 +67,11 @@ impl PassthroughFs {
     pub(super) fn do_listxattr(&self, inode: Inode, size: u32) -> io::Result<XattrReply> {
         let (_data, path) = self.xattr_target(inode)?;
         if size == 0 {
-            let n = sys::listxattr(&path, &mut [])?;
+            let n = self.at_proc_fd(|| sys::listxattr(&path, &mut []))?;
             return Ok(XattrReply::Count(n as u32));
         }
         let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
-        let n = sys::listxattr(&path, &mut buf)?;
+        let n = self.at_proc_fd(|| sys::listxattr(&path, &mut buf))?;
         buf.truncate(n);
         Ok(XattrReply::Value(buf))
     }
@@ -82,7 +89,7 @@ impl PassthroughFs {
         if setxattr_refused(name) {
             return Err(err(libc::EPERM));
         }
-        sys::setxattr(&path, name, value, flags as i32)?;
+        self.at_proc_fd(|| sys::setxattr(&path, name, value, flags as i32))?;
         if setxattr_flags & SETXATTR_ACL_KILL_SGID != 0
             && name.to_bytes() == b"system.posix_acl_access"
         {
@@ -98,6 +105,6 @@ impl PassthroughFs {
     pub(super) fn do_removexattr(&self, inode: Inode, name: &CStr) -> io::Result<()> {
         let (_data, path) = self.xattr_target(inode)?;
         self.check_writable()?;
-        sys::removexattr(&path, name)
+        self.at_proc_fd(|| sys::removexattr(&path, name))
     }
 }

@@ -40,10 +40,34 @@ pub(crate) fn fd_name(fd: RawFd) -> CString {
     CString::new(fd.to_string()).unwrap_or_default()
 }
 
-/// The absolute `/proc/self/fd/<fd>` path, for calls that have no `*at` form (xattrs).
-pub(crate) fn fd_path(fd: RawFd) -> CString {
-    // A fixed prefix and a decimal number never contain NUL.
-    CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default()
+/// The working directory [`in_dir`] returns to, opened on first use. The lock also serialises
+/// every [`in_dir`] call: the working directory belongs to the whole process.
+static SAVED_CWD: std::sync::Mutex<Option<File>> = std::sync::Mutex::new(None);
+
+/// Runs `f` with the process's working directory at `dir`, then goes back to the working
+/// directory the process had before its first such call. For path-only calls (xattrs) on a
+/// name relative to a held descriptor: `/proc/self/fd` need not be reachable by an absolute
+/// path (it is not, inside `--sandbox namespace|chroot`). Nothing else in the daemon resolves
+/// a relative path once it serves, so no other thread sees the change.
+pub(crate) fn in_dir<T>(dir: RawFd, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let mut saved = SAVED_CWD.lock().unwrap_or_else(|e| e.into_inner());
+    let back = match saved.as_ref() {
+        Some(cwd) => cwd.as_raw_fd(),
+        None => saved
+            .insert(openat(
+                libc::AT_FDCWD,
+                c".",
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )?)
+            .as_raw_fd(),
+    };
+    // SAFETY: fchdir takes a descriptor number and changes no memory.
+    cvt(unsafe { libc::fchdir(dir) })?;
+    let r = f();
+    // SAFETY: as above; `back` is the open directory descriptor `saved` holds.
+    cvt(unsafe { libc::fchdir(back) })?;
+    r
 }
 
 /// `openat(dir, name, flags | O_CLOEXEC, mode)`.
@@ -490,7 +514,6 @@ mod tests {
     #[test]
     fn fd_names() {
         assert_eq!(fd_name(17).as_bytes(), b"17");
-        assert_eq!(fd_path(5).as_bytes(), b"/proc/self/fd/5");
     }
 
     #[test]

@@ -63,7 +63,9 @@ pub(super) const ALLOWED: &[(&str, c_long)] = syscalls![
     // Requests run with the caller's fsuid/fsgid (per thread).
     SYS_setfsuid,
     SYS_setfsgid,
-    // Extended attributes (through /proc/self/fd/N paths, or on descriptors).
+    // Extended attributes (by the name N with the working directory at /proc/self/fd, which
+    // fchdir enters and leaves, or on descriptors).
+    SYS_fchdir,
     SYS_getxattr,
     SYS_setxattr,
     SYS_listxattr,
@@ -105,9 +107,9 @@ pub(super) const ALLOWED: &[(&str, c_long)] = syscalls![
     SYS_rt_sigprocmask,
     SYS_rt_sigtimedwait,
     SYS_rt_sigreturn,
-    // Time (when the vDSO falls back), randomness (hash maps), the socket file removed on exit.
+    // Time (when the vDSO falls back), randomness (hash maps). (The socket files are removed on
+    // exit with unlinkat, relative to their directory's descriptor.)
     SYS_clock_gettime,
     SYS_gettimeofday,
     SYS_getrandom,
-    SYS_unlink,
 ];

@@ -1,0 +1,407 @@
+//! Process sandbox (`--sandbox namespace|chroot|none`, virtiofsd's values; the default here
+//! is `none`).
+//!
+//! - `namespace`: new mount, network and IPC namespaces (`unshare`), every mount made a slave
+//!   so nothing done here reaches the host (host mounts still propagate in), the share
+//!   bind-mounted onto itself and made the root with `pivot_root(".", ".")`, the old root
+//!   detached (`umount2(".", MNT_DETACH)`). Nothing is mounted or created inside the share: the
+//!   guest sees exactly what it saw before. No PID namespace (see the README).
+//! - `chroot`: `chroot(share)` only, for hosts where namespaces or mounts are not allowed.
+//! - `none`: nothing.
+//!
+//! Both sandboxes open `/proc/self/fd` before the root changes ([`Sandbox::proc_self_fd`]):
+//! the passthrough filesystem reopens inodes and reaches xattrs only through it. The share is
+//! opened afterwards, as `/`, so every inode descriptor lies under the process root and the
+//! kernel keeps even a `..` at the root inside the share. The vhost-user socket and its lock
+//! file are outside the share and created before: [`SocketFiles`] removes them at exit
+//! through a descriptor of their directory, since their paths mean something else (or, under
+//! `chroot`, a file of the share) afterwards.
+//!
+//! Namespaces belong to each thread: [`enter`] refuses to run once the process has a second
+//! thread, which would stay outside.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// How the daemon confines itself before it serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    /// No sandbox.
+    #[default]
+    None,
+    /// New mount, network and IPC namespaces with the share as the root (needs
+    /// `CAP_SYS_ADMIN`).
+    Namespace,
+    /// `chroot` into the share (needs `CAP_SYS_CHROOT`).
+    Chroot,
+}
+
+/// One step of entering a sandbox, in the order [`steps`] lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Refuse if another thread runs (it would keep the old namespaces and root).
+    CheckSingleThreaded,
+    /// `unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)`.
+    Unshare,
+    /// `mount(NULL, "/", NULL, MS_REC | MS_SLAVE)`: nothing mounted here propagates out.
+    MountsSlave,
+    /// Bind-mount the share onto itself (`pivot_root` needs a mount point).
+    BindShare,
+    /// Open `/proc/self/fd` while it is still reachable.
+    OpenProcSelfFd,
+    /// `chdir(share)`, `pivot_root(".", ".")`: the share is the root, the old root on top.
+    PivotRoot,
+    /// `umount2(".", MNT_DETACH)`: the old root is gone from the namespace.
+    DetachOldRoot,
+    /// `chroot(share)`.
+    Chroot,
+    /// `chdir("/")`: no working directory outside the root.
+    ChdirRoot,
+}
+
+/// The steps `mode` takes, in order (none for [`SandboxMode::None`]).
+pub fn steps(mode: SandboxMode) -> &'static [Step] {
+    use Step::*;
+    match mode {
+        SandboxMode::None => &[],
+        SandboxMode::Namespace => &[
+            CheckSingleThreaded,
+            Unshare,
+            MountsSlave,
+            BindShare,
+            OpenProcSelfFd,
+            PivotRoot,
+            DetachOldRoot,
+            ChdirRoot,
+        ],
+        SandboxMode::Chroot => &[CheckSingleThreaded, OpenProcSelfFd, Chroot, ChdirRoot],
+    }
+}
+
+/// Errors entering the sandbox.
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    /// The shared directory could not be resolved to an absolute path.
+    #[error("cannot resolve the shared directory {}", .0.display())]
+    Share(PathBuf, #[source] io::Error),
+    /// The process already runs more than one thread.
+    #[error("the sandbox must be entered before any thread starts, and {0} threads run")]
+    Threads(usize),
+    /// `/proc/self/fd` could not be opened.
+    #[error("cannot open /proc/self/fd (is /proc mounted?)")]
+    ProcSelfFd(#[source] io::Error),
+    /// A step failed.
+    #[error("--sandbox {mode}: cannot {what}{hint}")]
+    Step {
+        /// The mode's name.
+        mode: &'static str,
+        /// What was being done.
+        what: String,
+        /// What to try instead.
+        hint: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the rest of the daemon needs from the sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// `/proc/self/fd` (`O_PATH`), opened before the root changed; `None` without a sandbox.
+    pub proc_self_fd: Option<File>,
+    /// The share's path from now on: `/` inside a sandbox, else the path given.
+    pub share: PathBuf,
+}
+
+/// Enters the sandbox `mode` with `shared_dir` as the new root. Must run before any thread
+/// is started.
+pub fn enter(mode: SandboxMode, shared_dir: &Path) -> Result<Sandbox, SandboxError> {
+    if mode == SandboxMode::None {
+        return Ok(Sandbox {
+            proc_self_fd: None,
+            share: shared_dir.to_path_buf(),
+        });
+    }
+    let mode_name = match mode {
+        SandboxMode::Namespace => "namespace",
+        _ => "chroot",
+    };
+    let hint = match mode {
+        SandboxMode::Namespace => {
+            " (it needs CAP_SYS_ADMIN; --sandbox chroot or none run without namespaces)"
+        }
+        _ => " (it needs CAP_SYS_CHROOT; --sandbox none runs without it)",
+    };
+    let share = std::fs::canonicalize(shared_dir)
+        .map_err(|e| SandboxError::Share(shared_dir.to_path_buf(), e))?;
+    let cshare = CString::new(share.as_os_str().as_encoded_bytes()).map_err(|_| {
+        SandboxError::Share(
+            shared_dir.to_path_buf(),
+            io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })?;
+    let step_err = |what: String| {
+        move |source| SandboxError::Step {
+            mode: mode_name,
+            what,
+            hint,
+            source,
+        }
+    };
+    let mut proc_self_fd = None;
+    for step in steps(mode) {
+        match step {
+            Step::CheckSingleThreaded => {
+                let n = thread_count().map_err(SandboxError::ProcSelfFd)?;
+                if n != 1 {
+                    return Err(SandboxError::Threads(n));
+                }
+            }
+            Step::Unshare => {
+                unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC)
+                    .map_err(step_err("create mount, network and IPC namespaces".into()))?
+            }
+            Step::MountsSlave => mount(None, c"/", None, libc::MS_REC | libc::MS_SLAVE)
+                .map_err(step_err("make the mounts slaves".into()))?,
+            Step::BindShare => {
+                mount(Some(&cshare), &cshare, None, libc::MS_BIND | libc::MS_REC).map_err(
+                    step_err(format!("bind-mount {} onto itself", share.display())),
+                )?
+            }
+            Step::OpenProcSelfFd => {
+                proc_self_fd = Some(open_dir(c"/proc/self/fd").map_err(SandboxError::ProcSelfFd)?)
+            }
+            Step::PivotRoot => {
+                chdir(&cshare).map_err(step_err(format!("enter {}", share.display())))?;
+                pivot_root(c".", c".")
+                    .map_err(step_err(format!("make {} the root", share.display())))?;
+            }
+            Step::DetachOldRoot => {
+                umount_detach(c".").map_err(step_err("detach the old root".into()))?
+            }
+            Step::Chroot => {
+                chroot(&cshare).map_err(step_err(format!("chroot to {}", share.display())))?
+            }
+            Step::ChdirRoot => chdir(c"/").map_err(step_err("change to the new root".into()))?,
+        }
+    }
+    Ok(Sandbox {
+        proc_self_fd,
+        share: PathBuf::from("/"),
+    })
+}
+
+/// How many threads the process runs (entries of `/proc/self/task`).
+pub fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// The vhost-user socket file and its lock file, removed through a descriptor of their
+/// directory: it stays valid whatever the process root becomes.
+#[derive(Debug)]
+pub struct SocketFiles {
+    dir: File,
+    names: Vec<CString>,
+}
+
+impl SocketFiles {
+    /// Remembers `socket` and `lock` (same directory); fails if the directory cannot be opened.
+    pub fn new(socket: &Path, lock: &Path) -> io::Result<SocketFiles> {
+        let dir_of = |p: &Path| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir = dir_of(socket);
+        if dir_of(lock) != dir {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        let cdir = CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let names = [socket, lock]
+            .iter()
+            .map(|p| {
+                let name = p.file_name().ok_or(io::ErrorKind::InvalidInput)?;
+                CString::new(name.as_encoded_bytes())
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(SocketFiles {
+            dir: open_dir(&cdir)?,
+            names,
+        })
+    }
+
+    /// Removes both files (errors ignored: they may be gone already).
+    pub fn remove(&self) {
+        for name in &self.names {
+            // SAFETY: `name` is NUL-terminated and not kept; `dir` is an open descriptor.
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
+        }
+    }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `open(path, O_PATH | O_DIRECTORY | O_CLOEXEC)`.
+fn open_dir(path: &CStr) -> io::Result<File> {
+    // SAFETY: `path` is NUL-terminated and not kept.
+    let fd: RawFd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    cvt(fd)?;
+    // SAFETY: `fd` was just returned by open: it is open and owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes flags only and changes no memory of this process.
+    cvt(unsafe { libc::unshare(flags) })
+}
+
+fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: every string is NUL-terminated or null (allowed for these flags); the kernel
+    // copies them and keeps no pointer; the data argument is null.
+    cvt(unsafe {
+        libc::mount(
+            ptr(source),
+            target.as_ptr(),
+            ptr(fstype),
+            flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: both paths are NUL-terminated and not kept; pivot_root has no libc wrapper.
+    let r = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    cvt(r as libc::c_int)
+}
+
+fn umount_detach(target: &CStr) -> io::Result<()> {
+    // SAFETY: `target` is NUL-terminated and not kept.
+    cvt(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) })
+}
+
+fn chroot(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and not kept.
+    cvt(unsafe { libc::chroot(path.as_ptr()) })
+}
+
+fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and not kept.
+    cvt(unsafe { libc::chdir(path.as_ptr()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(mode: SandboxMode, step: Step) -> usize {
+        steps(mode)
+            .iter()
+            .position(|&s| s == step)
+            .unwrap_or_else(|| panic!("{mode:?} lacks {step:?}"))
+    }
+
+    #[test]
+    fn none_does_nothing() {
+        assert!(steps(SandboxMode::None).is_empty());
+        let s = enter(SandboxMode::None, Path::new("relative/share")).expect("none");
+        assert!(s.proc_self_fd.is_none());
+        assert_eq!(s.share, Path::new("relative/share"));
+    }
+
+    #[test]
+    fn namespace_steps_are_ordered() {
+        use Step::*;
+        let m = SandboxMode::Namespace;
+        assert_eq!(steps(m)[0], CheckSingleThreaded, "threads checked first");
+        assert!(position(m, Unshare) < position(m, MountsSlave));
+        assert!(
+            position(m, MountsSlave) < position(m, BindShare),
+            "no mount before propagation to the host is cut"
+        );
+        assert!(position(m, BindShare) < position(m, PivotRoot));
+        assert!(
+            position(m, OpenProcSelfFd) < position(m, PivotRoot),
+            "/proc is unreachable after the pivot"
+        );
+        assert!(position(m, PivotRoot) < position(m, DetachOldRoot));
+        assert_eq!(*steps(m).last().expect("steps"), ChdirRoot);
+        assert!(!steps(m).contains(&Chroot));
+    }
+
+    #[test]
+    fn chroot_steps_are_ordered() {
+        use Step::*;
+        let m = SandboxMode::Chroot;
+        assert_eq!(steps(m)[0], CheckSingleThreaded);
+        assert!(position(m, OpenProcSelfFd) < position(m, Chroot));
+        assert_eq!(*steps(m).last().expect("steps"), ChdirRoot);
+        for s in [Unshare, MountsSlave, BindShare, PivotRoot, DetachOldRoot] {
+            assert!(!steps(m).contains(&s), "chroot takes no {s:?}");
+        }
+    }
+
+    #[test]
+    fn a_threaded_process_is_refused() {
+        // A second thread for the length of the test (the harness may run tests on the main
+        // thread), so nothing here can really change this process's root.
+        let (stop, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || wait.recv());
+        assert!(thread_count().expect("count") > 1);
+        let dir = std::env::temp_dir();
+        for mode in [SandboxMode::Namespace, SandboxMode::Chroot] {
+            match enter(mode, &dir) {
+                Err(SandboxError::Threads(n)) => assert!(n > 1),
+                other => panic!("{mode:?}: expected Threads, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            enter(SandboxMode::Chroot, Path::new("/no/such/vfsdax/share")),
+            Err(SandboxError::Share(..))
+        ));
+        stop.send(()).expect("stop");
+        other.join().expect("join").expect("recv");
+    }
+
+    #[test]
+    fn socket_files_are_removed_through_their_directory() {
+        let dir = std::env::temp_dir().join(format!("vfsdax-sandbox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (sock, lock) = (dir.join("s"), dir.join("s.lock"));
+        std::fs::write(&sock, b"").expect("socket stand-in");
+        std::fs::write(&lock, b"").expect("lock");
+        let files = SocketFiles::new(&sock, &lock).expect("open dir");
+        // The directory is found again by descriptor even once its path changed.
+        let moved = dir.with_extension("moved");
+        std::fs::rename(&dir, &moved).expect("rename");
+        files.remove();
+        assert!(!moved.join("s").exists() && !moved.join("s.lock").exists());
+        files.remove(); // already gone: no error, no panic
+        std::fs::remove_dir(&moved).expect("rmdir");
+        assert!(SocketFiles::new(&sock, Path::new("/elsewhere/s.lock")).is_err());
+    }
+}
