@@ -3,7 +3,8 @@
 //!
 //! `vfsdax_daemon_serves_the_workload` runs against our `vfsdaxd`, `..._with_a_dax_window_...`
 //! against `vfsdaxd --cache-size 64M` (the guest falls back to its page cache: QEMU 7.2 has no
-//! SHMEM), `..._under_seccomp_kill_...` against `vfsdaxd --seccomp kill`.
+//! SHMEM), `..._under_seccomp_kill_...` against `vfsdaxd --seccomp kill`,
+//! `..._in_a_namespace_sandbox_...` against `vfsdaxd --sandbox namespace --seccomp kill`.
 //! `peer_virtiofsd_...` runs the same workload against the reference `virtiofsd` (ignored
 //! unless `VFSDAX_PEER=1`), which validates the harness itself.
 //!
@@ -127,6 +128,22 @@ fn vfsdax_daemon_under_seccomp_kill_serves_the_workload() {
         &program,
         "guest-vfsdaxd-seccomp",
         &["--seccomp", "kill"],
+    );
+}
+
+/// The same workload with the daemon in its namespace sandbox (the share is its root) and under
+/// its seccomp filter: `--sandbox namespace --seccomp kill`.
+#[test]
+fn vfsdax_daemon_in_a_namespace_sandbox_serves_the_workload() {
+    let Some(setup) = setup_or_skip() else {
+        return;
+    };
+    let program = daemon::vfsdaxd_path().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    run_workload(
+        &setup,
+        &program,
+        "guest-vfsdaxd-sandbox",
+        &["--sandbox", "namespace", "--seccomp", "kill"],
     );
 }
 

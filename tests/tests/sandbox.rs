@@ -1,0 +1,460 @@
+//! `vfsdaxd --sandbox namespace|chroot`: the sandbox is real (the daemon's root and working
+//! directory are the share; under `namespace` its mount, network and IPC namespaces are not
+//! this process's), nothing appears inside the share, every kind of request still works (xattrs
+//! included, which reach files through the descriptor of `/proc/self/fd` held from before the
+//! root changed), the escapes still fail, and the socket files go away on exit and on SIGTERM.
+//! `namespace` is also run under `--seccomp kill`.
+
+use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use vfsdax_protocol::fuse::flags::RENAME_NOREPLACE;
+use vfsdax_protocol::fuse::{SetattrIn, ROOT_ID};
+use vfsdax_tests::harness::{
+    error_chain, expect_errno, pattern, peer_is_virtiofsd, Daemon, DaemonOptions, Session,
+};
+use vfsdax_vmm_glue::driver::{ClientOptions, XattrReply};
+
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// The peer virtiofsd has its own sandbox, with another command line: these tests are ours.
+fn skip_for_peer() -> bool {
+    if peer_is_virtiofsd() {
+        eprintln!("SKIPPED: sandbox tests are vfsdaxd's");
+        return true;
+    }
+    false
+}
+
+fn options(sandbox: &str, extra: &[&str]) -> DaemonOptions {
+    let mut extra_args = vec!["--sandbox".to_string(), sandbox.to_string()];
+    extra_args.extend(extra.iter().map(|a| a.to_string()));
+    DaemonOptions {
+        xattr: true,
+        extra_args,
+    }
+}
+
+/// `readlink /proc/<pid>/ns/<ns>` (`pid` 0: this process).
+fn namespace(pid: u32, ns: &str) -> String {
+    let path = if pid == 0 {
+        format!("/proc/self/ns/{ns}")
+    } else {
+        format!("/proc/{pid}/ns/{ns}")
+    };
+    let link = std::fs::read_link(&path).unwrap_or_else(|e| panic!("readlink {path}: {e}"));
+    link.to_string_lossy().into_owned()
+}
+
+fn dev_ino(p: &Path) -> (u64, u64) {
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+    (m.dev(), m.ino())
+}
+
+/// Checks that the serving daemon runs in the sandbox `mode`.
+fn assert_sandboxed(d: &Daemon, mode: &str) {
+    let pid = d.pid();
+    let share = dev_ino(d.share());
+    let proc_dir = Path::new("/proc").join(pid.to_string());
+    assert_eq!(
+        dev_ino(&proc_dir.join("root")),
+        share,
+        "--sandbox {mode}: the daemon's root is the share"
+    );
+    assert_eq!(
+        dev_ino(&proc_dir.join("cwd")),
+        share,
+        "--sandbox {mode}: the daemon's working directory is the share's root"
+    );
+    for ns in ["mnt", "net", "ipc"] {
+        let (own, its) = (namespace(0, ns), namespace(pid, ns));
+        if mode == "namespace" {
+            assert_ne!(own, its, "--sandbox namespace: a {ns} namespace of its own");
+        } else {
+            assert_eq!(own, its, "--sandbox {mode}: no new {ns} namespace");
+        }
+    }
+    // Every thread is inside, not only the main one.
+    let tasks = std::fs::read_dir(proc_dir.join("task")).expect("tasks");
+    for t in tasks {
+        let t = t.expect("task").path();
+        assert_eq!(dev_ino(&t.join("root")), share, "{}", t.display());
+        if mode == "namespace" {
+            let ns = std::fs::read_link(t.join("ns/mnt")).expect("ns");
+            assert_eq!(ns.to_string_lossy(), namespace(pid, "mnt"));
+        }
+    }
+    let line = format!("sandbox entered (--sandbox {mode})");
+    assert!(d.log_text().contains(&line), "{}", d.log_text());
+    // Nothing was mounted or made inside the share (no proc, no old root).
+    let names: Vec<_> = std::fs::read_dir(d.share())
+        .expect("list share")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(names.is_empty(), "the share gained {names:?}");
+}
+
+fn lgetxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let cp = CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+    let cn = CString::new(name).expect("name");
+    let mut buf = [0u8; 256];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
+    let n = unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), 256) };
+    usize::try_from(n).ok().map(|n| buf[..n].to_vec())
+}
+
+/// A value of a request, or a panic naming the step with the daemon's status and log.
+#[track_caller]
+fn ok<T, E: std::error::Error>(d: &mut Daemon, what: &str, r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            let state = match d.wait_exit(Duration::from_millis(200)) {
+                Some(st) => format!("the daemon exited: {st} (signal 31 = SIGSYS: see dmesg)"),
+                None => "the daemon is still running".to_string(),
+            };
+            panic!(
+                "{what}: {}\n{state}\ndaemon log:\n{}",
+                error_chain(&e),
+                d.log_text()
+            )
+        }
+    }
+}
+
+/// Requests of every kind through the sandboxed daemon, checked on the host.
+fn workload(s: &mut Session) {
+    let d = &mut s.daemon;
+    let c = &mut s.client;
+    let share = d.share().to_path_buf();
+    let outside = d.outside();
+    let rw = libc::O_RDWR as u32;
+
+    // A file the host made; create, write, read back.
+    std::fs::write(share.join("host.txt"), b"from the host").unwrap();
+    let h = ok(d, "LOOKUP", c.lookup(ROOT_ID, b"host.txt"));
+    let ho = ok(d, "OPEN", c.open(h.nodeid, libc::O_RDONLY as u32));
+    assert_eq!(
+        ok(d, "READ", c.read(h.nodeid, ho.fh, 0, 4096)),
+        b"from the host"
+    );
+    ok(d, "RELEASE", c.release(h.nodeid, ho.fh, 0));
+    let data = pattern(150_000, 3);
+    let (n, no) = ok(d, "CREATE", c.create(ROOT_ID, b"new", rw, 0o644, 0));
+    assert_eq!(
+        ok(d, "WRITE", c.write(n.nodeid, no.fh, 0, &data)).size as usize,
+        data.len()
+    );
+    assert_eq!(
+        ok(d, "READ back", c.read(n.nodeid, no.fh, 0, 1 << 20)),
+        data
+    );
+    ok(d, "FSYNC", c.fsync(n.nodeid, no.fh, false));
+    ok(d, "RELEASE new", c.release(n.nodeid, no.fh, rw));
+    assert_eq!(std::fs::read(share.join("new")).unwrap(), data);
+    let set = SetattrIn {
+        valid: vfsdax_protocol::fuse::flags::fattr::MODE,
+        mode: 0o600,
+        ..Default::default()
+    };
+    ok(d, "SETATTR", c.setattr(n.nodeid, &set));
+    assert_eq!(
+        std::fs::metadata(share.join("new")).unwrap().mode() & 0o7777,
+        0o600
+    );
+
+    // Directories, links, renames, listing, unlink.
+    let sub = ok(d, "MKDIR", c.mkdir(ROOT_ID, b"sub", 0o755, 0));
+    ok(d, "LINK", c.link(n.nodeid, sub.nodeid, b"hard"));
+    assert_eq!(std::fs::metadata(share.join("new")).unwrap().nlink(), 2);
+    ok(
+        d,
+        "RENAME",
+        c.rename(sub.nodeid, b"hard", ROOT_ID, b"moved"),
+    );
+    assert!(share.join("moved").exists() && !share.join("sub/hard").exists());
+    let r = c.rename2(ROOT_ID, b"moved", ROOT_ID, b"new", RENAME_NOREPLACE);
+    assert_eq!(expect_errno(r), libc::EEXIST);
+    let dh = ok(d, "OPENDIR", c.opendir(ROOT_ID, 0));
+    let mut names: Vec<Vec<u8>> = ok(d, "READDIR", c.readdir(ROOT_ID, dh.fh, 0, 8192))
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [&b"host.txt"[..], b"moved", b"new", b"sub"],
+        "READDIR lists the share's root"
+    );
+    ok(d, "RELEASEDIR", c.releasedir(ROOT_ID, dh.fh));
+    ok(d, "UNLINK", c.unlink(ROOT_ID, b"moved"));
+    assert!(!share.join("moved").exists());
+    assert!(ok(d, "STATFS", c.statfs(ROOT_ID)).st.blocks > 0);
+
+    // Extended attributes on a file, a directory and a symlink (the link itself).
+    ok(d, "SETXATTR", c.setxattr(n.nodeid, b"user.k", b"v1", 0));
+    assert_eq!(
+        ok(d, "GETXATTR", c.getxattr(n.nodeid, b"user.k", 64)),
+        XattrReply::Data(b"v1".to_vec())
+    );
+    assert_eq!(
+        lgetxattr(&share.join("new"), "user.k").as_deref(),
+        Some(&b"v1"[..])
+    );
+    match ok(d, "LISTXATTR", c.listxattr(n.nodeid, 4096)) {
+        XattrReply::Data(list) => assert!(list.windows(7).any(|w| w == b"user.k\0")),
+        other => panic!("LISTXATTR: {other:?}"),
+    }
+    ok(d, "REMOVEXATTR", c.removexattr(n.nodeid, b"user.k"));
+    assert_eq!(lgetxattr(&share.join("new"), "user.k"), None);
+    ok(
+        d,
+        "SETXATTR dir",
+        c.setxattr(sub.nodeid, b"user.d", b"dv", 0),
+    );
+    assert_eq!(
+        lgetxattr(&share.join("sub"), "user.d").as_deref(),
+        Some(&b"dv"[..])
+    );
+    let l = ok(d, "SYMLINK", c.symlink(sub.nodeid, b"l", b"../new"));
+    ok(
+        d,
+        "SETXATTR symlink",
+        c.setxattr(l.nodeid, b"trusted.t", b"lv", 0),
+    );
+    assert_eq!(
+        lgetxattr(&share.join("sub/l"), "trusted.t").as_deref(),
+        Some(&b"lv"[..]),
+        "on the link"
+    );
+    assert_eq!(
+        lgetxattr(&share.join("new"), "trusted.t"),
+        None,
+        "not on its target"
+    );
+    assert_eq!(
+        expect_errno(c.setxattr(l.nodeid, b"user.k", b"v", 0)),
+        libc::EPERM,
+        "user xattrs are not allowed on the link itself"
+    );
+
+    // Escapes: names with '/', '..' at the root, symlinks pointing outside.
+    std::fs::write(outside.join("secret"), b"top secret").unwrap();
+    std::os::unix::fs::symlink(&outside, share.join("escdir")).unwrap();
+    std::os::unix::fs::symlink("../outside/secret", share.join("rel")).unwrap();
+    let root_ino = std::fs::metadata(&share).unwrap().ino();
+    let up = ok(d, "LOOKUP ..", c.lookup(ROOT_ID, b".."));
+    assert_eq!(up.attr.ino, root_ino, ".. of the root is the root");
+    assert_eq!(expect_errno(c.lookup(up.nodeid, b"outside")), libc::ENOENT);
+    assert_eq!(expect_errno(c.lookup(ROOT_ID, b"../outside")), libc::EINVAL);
+    assert_eq!(
+        expect_errno(c.create(ROOT_ID, b"../outside/x", rw, 0o644, 0)),
+        libc::EINVAL
+    );
+    let esc = ok(d, "LOOKUP escdir", c.lookup(ROOT_ID, b"escdir"));
+    assert_eq!(esc.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_ne!(expect_errno(c.lookup(esc.nodeid, b"secret")), 0);
+    assert_ne!(
+        expect_errno(c.create(esc.nodeid, b"planted", rw, 0o644, 0)),
+        0
+    );
+    assert_ne!(expect_errno(c.opendir(esc.nodeid, 0)), 0);
+    let rel = ok(d, "LOOKUP rel", c.lookup(ROOT_ID, b"rel"));
+    assert_eq!(
+        expect_errno(c.open(rel.nodeid, libc::O_RDONLY as u32)),
+        libc::ELOOP
+    );
+    assert_eq!(
+        ok(d, "READLINK", c.readlink(rel.nodeid)),
+        b"../outside/secret"
+    );
+    assert_eq!(
+        expect_errno(c.getxattr(esc.nodeid, b"user.k", 64)),
+        libc::ENODATA,
+        "the link's xattrs, not its target's"
+    );
+    assert_eq!(
+        std::fs::read(outside.join("secret")).unwrap(),
+        b"top secret"
+    );
+    let out: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(out, ["secret"], "nothing was made outside the share");
+}
+
+/// Drops the driver; the daemon exits 0 and removes its socket and lock file.
+fn disconnect_and_expect_clean_exit(s: Session) {
+    let Session { client, mut daemon } = s;
+    drop(client);
+    let status = daemon
+        .wait_exit(EXIT_WAIT)
+        .unwrap_or_else(|| panic!("daemon still running; log:\n{}", daemon.log_text()));
+    assert!(status.success(), "{status}\n{}", daemon.log_text());
+    assert_socket_files_gone(&daemon);
+}
+
+fn assert_socket_files_gone(d: &Daemon) {
+    let mut lock = d.socket().as_os_str().to_owned();
+    lock.push(".lock");
+    assert!(!d.socket().exists(), "socket left behind\n{}", d.log_text());
+    assert!(
+        !Path::new(&lock).exists(),
+        "lock file left behind\n{}",
+        d.log_text()
+    );
+}
+
+fn sandboxed_session(mode: &str, extra: &[&str]) -> Session {
+    let s = Session::start_with(&options(mode, extra), ClientOptions::default());
+    assert_sandboxed(&s.daemon, mode);
+    s
+}
+
+#[test]
+fn namespace_sandbox_serves_every_kind_of_request() {
+    if skip_for_peer() {
+        return;
+    }
+    let mut s = sandboxed_session("namespace", &[]);
+    workload(&mut s);
+    s.assert_serving();
+    disconnect_and_expect_clean_exit(s);
+}
+
+#[test]
+fn chroot_sandbox_serves_every_kind_of_request() {
+    if skip_for_peer() {
+        return;
+    }
+    let mut s = sandboxed_session("chroot", &[]);
+    workload(&mut s);
+    s.assert_serving();
+    disconnect_and_expect_clean_exit(s);
+}
+
+#[test]
+fn namespace_sandbox_under_seccomp_kill() {
+    if skip_for_peer() {
+        return;
+    }
+    let mut s = sandboxed_session("namespace", &["--seccomp", "kill"]);
+    workload(&mut s);
+    s.assert_serving();
+    disconnect_and_expect_clean_exit(s);
+
+    // SIGTERM while a frontend is connected ends the session cleanly too.
+    let s = sandboxed_session("namespace", &["--seccomp", "kill"]);
+    let pid = i32::try_from(s.daemon.pid()).expect("pid");
+    // SAFETY: kill only sends a signal to the daemon process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let Session {
+        client: _client,
+        mut daemon,
+    } = s;
+    let status = daemon
+        .wait_exit(EXIT_WAIT)
+        .unwrap_or_else(|| panic!("daemon still running; log:\n{}", daemon.log_text()));
+    assert!(status.success(), "{status}\n{}", daemon.log_text());
+    assert_socket_files_gone(&daemon);
+}
+
+#[test]
+fn sigterm_before_a_frontend_connects_removes_the_socket_files() {
+    if skip_for_peer() {
+        return;
+    }
+    let cases: [(&str, &[&str]); 4] = [
+        ("namespace", &[]),
+        ("chroot", &[]),
+        ("namespace", &["--seccomp", "kill"]),
+        ("none", &["--seccomp", "kill"]),
+    ];
+    for (mode, extra) in cases {
+        let mut d = Daemon::start(&options(mode, extra)).expect("daemon starts");
+        // The socket exists before the sandbox is entered: wait for the log line.
+        let deadline = std::time::Instant::now() + EXIT_WAIT;
+        while !d.log_text().contains("waiting for the frontend") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no start-up line\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if mode != "none" {
+            assert_eq!(
+                dev_ino(Path::new(&format!("/proc/{}/root", d.pid()))),
+                dev_ino(d.share())
+            );
+        }
+        let pid = i32::try_from(d.pid()).expect("pid");
+        // SAFETY: kill only sends a signal to the daemon process this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = d
+            .wait_exit(EXIT_WAIT)
+            .unwrap_or_else(|| panic!("{mode} {extra:?}: daemon still running\n{}", d.log_text()));
+        assert!(
+            status.success(),
+            "{mode} {extra:?}: {status} (signal 31 = SIGSYS)\n{}",
+            d.log_text()
+        );
+        assert_socket_files_gone(&d);
+    }
+}
+
+#[test]
+fn a_file_at_the_socket_path_inside_the_share_is_left_alone() {
+    // Under chroot the socket's absolute path, looked up inside the sandbox, names a file of
+    // the share: the daemon must not remove that one on exit.
+    if skip_for_peer() {
+        return;
+    }
+    let mut d = Daemon::start(&options("chroot", &[])).expect("daemon starts");
+    let inside = d
+        .share()
+        .join(d.socket().strip_prefix("/").expect("absolute"));
+    let mut lock = inside.as_os_str().to_owned();
+    lock.push(".lock");
+    std::fs::create_dir_all(inside.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&inside, b"guest file").expect("write");
+    std::fs::write(&lock, b"guest lock").expect("write");
+    let client = d.connect(ClientOptions::default()).expect("connect");
+    drop(client);
+    let status = d.wait_exit(EXIT_WAIT).expect("exits");
+    assert!(status.success(), "{status}\n{}", d.log_text());
+    assert_socket_files_gone(&d);
+    assert_eq!(std::fs::read(&inside).expect("kept"), b"guest file");
+    assert_eq!(std::fs::read(&lock).expect("kept"), b"guest lock");
+}
+
+#[test]
+fn a_missing_share_is_a_clear_error_in_every_mode() {
+    if skip_for_peer() {
+        return;
+    }
+    for mode in ["namespace", "chroot"] {
+        let tmp = vfsdax_tests::harness::TempDir::new("vfsdax-sandbox").expect("tmp");
+        let sock = tmp.path().join("s");
+        let program = vfsdax_tests::harness::daemon_program().expect("vfsdaxd built");
+        let o = std::process::Command::new(program)
+            .arg("--socket-path")
+            .arg(&sock)
+            .arg("--shared-dir")
+            .arg(tmp.path().join("nope"))
+            .args(["--sandbox", mode])
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{mode}: {err}");
+        assert!(err.contains("nope"), "{mode}: {err}");
+        assert!(
+            !sock.exists(),
+            "{mode}: no socket for a daemon that cannot serve"
+        );
+    }
+}
