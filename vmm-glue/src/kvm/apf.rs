@@ -3,6 +3,8 @@
 //! 'page ready' queue).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_enable_cap, CpuId, KVM_CAP_EXCEPTION_PAYLOAD, KVM_CAP_X86_USER_SPACE_MSR,
@@ -113,6 +115,27 @@ pub struct MsrWrite {
     pub forwarded: bool,
 }
 
+/// The sequence of vfsdax tokens of one VM. A guest may wake a sleeper by its token from any
+/// vCPU (Linux keeps one sleeper table for all of them), so every vCPU of a VM must draw its
+/// tokens from the same sequence.
+#[derive(Debug, Default)]
+pub struct TokenSequence(AtomicU32);
+
+impl TokenSequence {
+    /// The next token of the vfsdax token space.
+    pub fn next_token(&self) -> u32 {
+        let step = |s: u32| Some((s + 1) % apf::VFSDAX_TOKEN_SEQUENCES);
+        // The closure never returns None, so both arms carry the previous value.
+        let seq = match self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step)
+        {
+            Ok(s) | Err(s) => s,
+        };
+        apf::vfsdax_token(seq)
+    }
+}
+
 /// Per-vCPU apf state.
 #[derive(Debug, Default)]
 pub struct ApfVcpu {
@@ -120,7 +143,8 @@ pub struct ApfVcpu {
     pub registration: ApfRegistration,
     /// Tokens whose 'page ready' (with `PAGE_ERROR`) waits for a free slot.
     pub pending_ready: VecDeque<u32>,
-    next_seq: u32,
+    /// Where this vCPU's tokens come from (shared by the vCPUs of a VM).
+    pub tokens: Arc<TokenSequence>,
 }
 
 impl ApfVcpu {
@@ -133,10 +157,8 @@ impl ApfVcpu {
     }
 
     /// The next token of the vfsdax token space.
-    pub fn next_token(&mut self) -> u32 {
-        let t = apf::vfsdax_token(self.next_seq);
-        self.next_seq = self.next_seq.wrapping_add(1) % apf::VFSDAX_TOKEN_SEQUENCES;
-        t
+    pub fn next_token(&self) -> u32 {
+        self.tokens.next_token()
     }
 
     /// Handles a trapped write of `data` to `index`: validates it as KVM would (plus the
@@ -214,10 +236,31 @@ mod tests {
 
     #[test]
     fn tokens_are_distinct_and_in_the_vfsdax_space() {
-        let mut a = ApfVcpu::default();
+        let a = ApfVcpu::default();
         let t1 = a.next_token();
         let t2 = a.next_token();
         assert_ne!(t1, t2);
         assert!(apf::is_vfsdax_token(t1) && apf::is_vfsdax_token(t2));
+    }
+
+    #[test]
+    fn vcpus_sharing_a_sequence_never_draw_the_same_token() {
+        let a = ApfVcpu::default();
+        let b = ApfVcpu {
+            tokens: Arc::clone(&a.tokens),
+            ..Default::default()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            assert!(seen.insert(a.next_token()));
+            assert!(seen.insert(b.next_token()));
+        }
+        // The sequence wraps inside the token space.
+        let s = TokenSequence(AtomicU32::new(apf::VFSDAX_TOKEN_SEQUENCES - 1));
+        assert_eq!(
+            s.next_token(),
+            apf::vfsdax_token(apf::VFSDAX_TOKEN_SEQUENCES - 1)
+        );
+        assert_eq!(s.next_token(), apf::vfsdax_token(0));
     }
 }

@@ -3,7 +3,7 @@
 //! ioctl or syscall.
 
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use kvm_bindings::KVM_VCPUEVENT_VALID_PAYLOAD;
@@ -22,7 +22,7 @@ use crate::fault::{
     Verdict, WindowGeometry, PAGE_SIZE,
 };
 
-use super::apf::ApfVcpu;
+use super::apf::{ApfVcpu, TokenSequence};
 use super::fence::Fences;
 use super::mce;
 use super::report::{PendingReport, StopDiagnostic};
@@ -107,6 +107,16 @@ pub enum Handled {
     Resume(Option<PendingReport>),
 }
 
+/// Fault-handling state the handlers of all vCPUs of one VM share: the vfsdax token sequence (a
+/// guest wakes sleepers by token from any vCPU, so tokens must be unique VM-wide) and the fenced
+/// window ranges (a range fenced on one vCPU is unfenced by whichever vCPU finds its file grown
+/// back).
+#[derive(Debug, Default)]
+pub struct VmFaultState {
+    tokens: Arc<TokenSequence>,
+    fences: Mutex<Fences>,
+}
+
 /// The DAX fault handler of one vCPU.
 pub struct DaxFaultHandler<M> {
     vcpu_id: u32,
@@ -117,7 +127,7 @@ pub struct DaxFaultHandler<M> {
     apf: ApfVcpu,
     mce_outstanding: bool,
     counters: FaultCounters,
-    fences: Fences,
+    shared: Arc<VmFaultState>,
     last_fence_scan: Option<Instant>,
 }
 
@@ -140,15 +150,19 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             host_base: window.host_addr(),
             size: window.size(),
         };
+        let shared = Arc::<VmFaultState>::default();
         Ok(DaxFaultHandler {
             vcpu_id,
             geometry,
             window,
             mem,
             config,
-            apf: ApfVcpu::default(),
+            apf: ApfVcpu {
+                tokens: Arc::clone(&shared.tokens),
+                ..ApfVcpu::default()
+            },
             mce_outstanding: false,
-            fences: Fences::default(),
+            shared,
             last_fence_scan: None,
             counters: FaultCounters::default(),
         })
@@ -157,6 +171,26 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
     /// The counters so far.
     pub fn counters(&self) -> FaultCounters {
         self.counters
+    }
+
+    /// The state this handler shares with the handlers of the other vCPUs of its VM.
+    pub fn shared(&self) -> &Arc<VmFaultState> {
+        &self.shared
+    }
+
+    /// Makes this handler share `state` (tokens, fenced ranges) with the other vCPUs of its VM,
+    /// typically `vcpu0_handler.shared()`. Call it before the vCPU first runs.
+    pub fn share(&mut self, state: &Arc<VmFaultState>) {
+        self.apf.tokens = Arc::clone(&state.tokens);
+        self.shared = Arc::clone(state);
+    }
+
+    fn fences(&self) -> MutexGuard<'_, Fences> {
+        // A panic elsewhere cannot leave the list half-updated: every change is one push/remove.
+        self.shared
+            .fences
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The window geometry.
@@ -207,7 +241,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 {
                     self.last_fence_scan = Some(Instant::now());
                     let n = self
-                        .fences
+                        .fences()
                         .fence_truncated(self.geometry.host_base, self.window.table())
                         .map_err(FaultError::Fence)?;
                     self.counters.fenced += n as u64;
@@ -259,7 +293,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             Decision::Retry => {
                 if let Classification::Backed { gpa, .. } = &class {
                     let off = gpa - self.geometry.gpa_base;
-                    self.fences
+                    self.fences()
                         .unfence(self.geometry.host_base, off)
                         .map_err(FaultError::Fence)?;
                 }
@@ -506,7 +540,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             // The guest consumed a 'page ready': if it was KVM's own for a truncated page, the
             // retry would start KVM's async fault all over again. Fence lost ranges first.
             let n = self
-                .fences
+                .fences()
                 .fence_truncated(self.geometry.host_base, self.window.table())
                 .map_err(FaultError::Fence)?;
             self.counters.fenced += n as u64;
@@ -579,7 +613,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         self.window
             .map_zero(start, lost_len)
             .map_err(|e| format!("zero-filling the lost range failed: {e}"))?;
-        self.fences.forget(start, lost_len);
+        self.fences().forget(start, lost_len);
         match *exit {
             Exit::MmioRead { len, .. } => ops.complete_mmio_read(&[0; 8][..len.min(8) as usize]),
             Exit::MmioWrite { gpa, len, data } => {

@@ -605,3 +605,47 @@ fn vcpu_ids_that_would_collide_with_vfsdax_tokens_are_refused() {
     let bad = DaxFaultHandler::new(0xfff, window, WIN_GPA, mem, config);
     assert!(matches!(bad, Err(FaultError::VcpuId(0xfff))));
 }
+
+#[test]
+fn vcpus_sharing_state_draw_distinct_tokens_and_fences_and_signal_their_own_apic() {
+    let mut f = fixture("two-vcpus", FallbackPolicy::Mce, true);
+    let mut v0 = vcpu();
+    opt_in(&mut f, &mut v0);
+    let mut other = DaxFaultHandler::new(
+        1,
+        Arc::clone(&f.handler.window),
+        WIN_GPA,
+        f.mem.clone(),
+        f.handler.config,
+    )
+    .expect("handler of vCPU 1");
+    other.share(f.handler.shared());
+    f.file.set_len(0).expect("truncate");
+    let exit = Exit::MmioRead {
+        gpa: WIN_GPA + 0x2010,
+        len: 8,
+    };
+    let ActionTaken::ApfError { token: t0 } = resumed(&mut f, &mut v0, &exit).action else {
+        panic!("apf error on vCPU 0")
+    };
+    // A kick on vCPU 0 fences the lost range for every vCPU.
+    assert!(matches!(
+        f.handler
+            .handle(&mut v0, &Exit::Interrupted, Instant::now()),
+        Ok(Handled::NotMine)
+    ));
+    assert!(other.fences().is_fenced(0x2000));
+    // vCPU 1 (the guest freed the slot meanwhile).
+    f.mem
+        .write_obj(0u32, GuestAddress(APF_GPA + 4))
+        .expect("free the slot");
+    std::mem::swap(&mut f.handler, &mut other);
+    let mut v1 = vcpu();
+    opt_in(&mut f, &mut v1);
+    let ActionTaken::ApfError { token: t1 } = resumed(&mut f, &mut v1, &exit).action else {
+        panic!("apf error on vCPU 1")
+    };
+    assert_ne!(t0, t1, "tokens are unique across the VM");
+    assert_eq!(v0.msi, vec![(0xfee0_0000, 0xf3)], "to APIC id 0");
+    assert_eq!(v1.msi, vec![(0xfee0_1000, 0xf3)], "to APIC id 1");
+}

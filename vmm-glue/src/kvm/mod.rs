@@ -20,6 +20,6 @@ pub mod scenario;
 pub mod vcpu;
 pub mod vm;
 
-pub use handler::{DaxFaultHandler, FaultConfig, FaultCounters, FaultError, Handled};
+pub use handler::{DaxFaultHandler, FaultConfig, FaultCounters, FaultError, Handled, VmFaultState};
 pub use report::{PendingReport, StopDiagnostic};
 pub use vcpu::{CpuSnapshot, Exit, KvmVcpu, VcpuOps};

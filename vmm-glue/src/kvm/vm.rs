@@ -1,12 +1,15 @@
-//! A minimal reference VM on real KVM: guest RAM, a DAX window memslot, one vCPU with the DAX fault
-//! handler, an in-kernel irqchip (so KVM's own async PF and MSI delivery work), and a bounded run
-//! loop. Used by the reference VMM binary, the KVM tests and the benchmark.
+//! A minimal reference VM on real KVM: guest RAM, a DAX window memslot, one or more vCPUs, each with
+//! its DAX fault handler (sharing one [`super::VmFaultState`]), an in-kernel irqchip (so KVM's own
+//! async PF and MSI delivery work), and a bounded run loop per vCPU thread. Used by the reference
+//! VMM binary, the KVM tests and the benchmark.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_mp_state, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vfsdax_protocol::report::FaultReport;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -68,6 +71,9 @@ pub enum VmError {
     /// An exit the reference VM does not handle.
     #[error("unexpected vCPU exit {0}")]
     UnexpectedExit(String),
+    /// No guest program, or more vCPUs than the guest layout has room for.
+    #[error("cannot create {0} vCPUs (1 to {max} supported)", max = layout::MAX_VCPUS)]
+    VcpuCount(usize),
 }
 
 /// Set-up of the reference VM.
@@ -94,12 +100,20 @@ pub struct RunOutcome {
     pub report_exit_at: Vec<Instant>,
 }
 
-/// The reference VM. Field order matters: the vCPU and VM are dropped before the memory they map.
-pub struct ReferenceVm {
+/// One vCPU of the reference VM: the vCPU, its fault handler and the guest program it runs.
+pub struct VmVcpu {
     /// The vCPU (with its ioctl counter).
     pub vcpu: KvmVcpu,
-    /// The fault handler of vCPU 0.
+    /// Its fault handler.
     pub handler: DaxFaultHandler<GuestMemoryMmap>,
+    /// The guest program it runs (out of its private area of guest RAM).
+    pub image: GuestImage,
+}
+
+/// The reference VM. Field order matters: the vCPUs and VM are dropped before the memory they map.
+pub struct ReferenceVm {
+    /// The vCPUs; vCPU `n` has id and APIC id `n`.
+    pub vcpus: Vec<VmVcpu>,
     vm: Arc<VmFd>,
     _kvm: Kvm,
     /// More guest RAM registered with [`ReferenceVm::add_ram`] (kept mapped while the VM lives).
@@ -110,13 +124,11 @@ pub struct ReferenceVm {
     pub mem: GuestMemoryMmap,
     /// The DAX window.
     pub window: Arc<DaxWindow>,
-    /// The guest program.
-    pub image: GuestImage,
 }
 
 impl ReferenceVm {
     /// Creates the VM with a fresh DAX window of `setup.window_size`, loads the guest program
-    /// for `guest`, and makes vCPU 0 ready to run.
+    /// for `guest`, and makes one vCPU (vCPU 0) ready to run.
     pub fn new(setup: &VmSetup, guest: &GuestConfig) -> Result<Self, VmError> {
         let window = Arc::new(DaxWindow::new(setup.window_size)?);
         Self::with_window(setup, guest, window)
@@ -130,6 +142,20 @@ impl ReferenceVm {
         guest: &GuestConfig,
         window: Arc<DaxWindow>,
     ) -> Result<Self, VmError> {
+        Self::with_guests(setup, std::slice::from_ref(guest), window)
+    }
+
+    /// Like [`ReferenceVm::with_window`], with one vCPU per entry of `guests`: vCPU `n` runs the
+    /// program for `guests[n]` out of its own private area of guest RAM (stack, apf data, tables:
+    /// [`layout::private`]). vCPUs other than 0 start runnable, as if already brought up.
+    pub fn with_guests(
+        setup: &VmSetup,
+        guests: &[GuestConfig],
+        window: Arc<DaxWindow>,
+    ) -> Result<Self, VmError> {
+        if guests.is_empty() || guests.len() > layout::MAX_VCPUS as usize {
+            return Err(VmError::VcpuCount(guests.len()));
+        }
         let kvm_err = |what| move |source| VmError::Kvm { what, source };
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         for (cap, name) in [
@@ -182,47 +208,64 @@ impl ReferenceVm {
             unsafe { vm.set_user_memory_region(*r) }.map_err(kvm_err("register a memslot"))?;
         }
 
-        let image = program::build(guest)?;
-        program::load(&mem, &image)?;
-
-        let fd = vm.create_vcpu(0).map_err(kvm_err("create vCPU 0"))?;
         let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("read supported CPUID"))?;
         if let Some(bit) = setup.feature_bit {
             apf::advertise_feature(&mut cpuid, bit)?;
         }
-        fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
-        mce::setup_mce(&fd).map_err(kvm_err("set up machine checks"))?;
-        let sregs = fd.get_sregs().map_err(kvm_err("read sregs"))?;
-        fd.set_sregs(&program::long_mode_sregs(sregs))
-            .map_err(kvm_err("set sregs"))?;
-        fd.set_regs(&program::initial_regs(&image))
-            .map_err(kvm_err("set regs"))?;
-        let vcpu = KvmVcpu::new(fd, Arc::clone(&vm));
-
         let config = FaultConfig {
             policy: setup.policy,
             apf_advertised: setup.feature_bit.is_some(),
         };
-        let handler = DaxFaultHandler::new(
-            0,
-            Arc::clone(&window),
-            layout::WINDOW_GPA,
-            mem.clone(),
-            config,
-        )
-        .map_err(VmError::Fault)?;
+        let mut vcpus: Vec<VmVcpu> = Vec::with_capacity(guests.len());
+        for (id, guest) in (0u32..).zip(guests) {
+            let image = program::build(guest, id)?;
+            program::load(&mem, &image)?;
+            set_apic_id(&mut cpuid, id);
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("create a vCPU"))?;
+            fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+            mce::setup_mce(&fd).map_err(kvm_err("set up machine checks"))?;
+            let sregs = fd.get_sregs().map_err(kvm_err("read sregs"))?;
+            fd.set_sregs(&program::long_mode_sregs(sregs, &image))
+                .map_err(kvm_err("set sregs"))?;
+            fd.set_regs(&program::initial_regs(&image))
+                .map_err(kvm_err("set regs"))?;
+            if id > 0 {
+                // With an in-kernel irqchip an AP waits for INIT/SIPI; start it directly instead.
+                let runnable = kvm_mp_state {
+                    mp_state: KVM_MP_STATE_RUNNABLE,
+                };
+                fd.set_mp_state(runnable)
+                    .map_err(kvm_err("make an AP runnable"))?;
+            }
+            let mut handler = DaxFaultHandler::new(
+                id,
+                Arc::clone(&window),
+                layout::WINDOW_GPA,
+                mem.clone(),
+                config,
+            )
+            .map_err(VmError::Fault)?;
+            if let Some(first) = vcpus.first() {
+                handler.share(first.handler.shared());
+            }
+            vcpus.push(VmVcpu {
+                vcpu: KvmVcpu::new(fd, Arc::clone(&vm)),
+                handler,
+                image,
+            });
+        }
         Ok(ReferenceVm {
-            vcpu,
-            handler,
+            vcpus,
             vm,
             _kvm: kvm,
             extra_ram: Vec::new(),
             next_slot: 2,
             mem,
             window,
-            image,
         })
     }
 
@@ -258,7 +301,51 @@ impl ReferenceVm {
         Ok(())
     }
 
-    /// Runs the guest until `on_port` returns false, the stop policy stops it, or `timeout`
+    /// Runs vCPU 0 on this thread until `on_port` returns false, the stop policy stops it, or
+    /// `timeout` passes (other vCPUs do not run: see [`ReferenceVm::run_all`]). Every `out` the
+    /// glue does not claim goes to `on_port(port, value)`.
+    pub fn run<F>(&mut self, timeout: Duration, on_port: F) -> Result<RunOutcome, VmError>
+    where
+        F: FnMut(u16, u32) -> bool,
+    {
+        // `with_guests` never creates a VM without vCPU 0.
+        self.vcpus[0].run(timeout, on_port)
+    }
+
+    /// Runs every vCPU on its own thread, each as [`VmVcpu::run`] does, with
+    /// `on_port(vcpu, port, value)` (called on that vCPU's thread; a `false` ends only that
+    /// vCPU's run). Returns each vCPU's outcome, by vCPU id.
+    pub fn run_all<F>(&mut self, timeout: Duration, on_port: F) -> Vec<Result<RunOutcome, VmError>>
+    where
+        F: Fn(u32, u16, u32) -> bool + Sync,
+    {
+        let on_port = &on_port;
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0u32..)
+                .zip(self.vcpus.iter_mut())
+                .map(|(id, v)| s.spawn(move || v.run(timeout, |p, d| on_port(id, p, d))))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    }
+}
+
+/// Sets the initial APIC id `id` in CPUID leaves 1 (EBX 31:24), 0xB and 0x1F (EDX).
+pub fn set_apic_id(cpuid: &mut CpuId, id: u32) {
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => e.ebx = (e.ebx & 0x00ff_ffff) | (id << 24),
+            0xb | 0x1f => e.edx = id,
+            _ => {}
+        }
+    }
+}
+
+impl VmVcpu {
+    /// Runs this vCPU on the calling thread until `on_port` returns false, the stop policy stops it, or `timeout`
     /// passes. Every `out` the glue does not claim goes to `on_port(port, value)`.
     pub fn run<F>(&mut self, timeout: Duration, mut on_port: F) -> Result<RunOutcome, VmError>
     where
@@ -386,5 +473,27 @@ fn watchdog(thread: libc::pthread_t, deadline: Instant, finished: &AtomicBool) {
                     KICK_INTERVAL
                 };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn apic_id_lands_in_the_topology_leaves() {
+        let entry = |function, ebx| kvm_cpuid_entry2 {
+            function,
+            ebx,
+            ..Default::default()
+        };
+        let mut cpuid = CpuId::from_entries(&[entry(1, 0x0008_0800), entry(0xb, 1), entry(7, 9)])
+            .expect("cpuid");
+        set_apic_id(&mut cpuid, 3);
+        let e = cpuid.as_slice();
+        assert_eq!(e[0].ebx, 0x0308_0800, "leaf 1 EBX 31:24");
+        assert_eq!((e[1].ebx, e[1].edx), (1, 3), "leaf 0xB EDX");
+        assert_eq!((e[2].ebx, e[2].edx), (9, 0), "other leaves untouched");
     }
 }

@@ -57,6 +57,17 @@ pub mod layout {
     pub const APF_VECTOR: u8 = 0xf3;
     /// The LAPIC spurious vector.
     pub const SPURIOUS_VECTOR: u8 = 0xff;
+    /// Distance between the private areas of consecutive vCPUs: vCPU `n` has its GDT, IDT, TSS,
+    /// apf data, guest variables, code and stacks at vCPU 0's addresses (the constants above) plus
+    /// `n * PER_VCPU_STRIDE`. All vCPUs share the page tables.
+    pub const PER_VCPU_STRIDE: u64 = 0x2_0000;
+    /// Most vCPUs guest RAM has room for.
+    pub const MAX_VCPUS: u32 = (RAM_SIZE / PER_VCPU_STRIDE) as u32;
+
+    /// Where vCPU `vcpu` has its own copy of the private item vCPU 0 has at `addr`.
+    pub const fn private(vcpu: u32, addr: u64) -> u64 {
+        addr + vcpu as u64 * PER_VCPU_STRIDE
+    }
 }
 
 /// The I/O ports the guest reports on (32-bit `out`).

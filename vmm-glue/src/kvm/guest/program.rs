@@ -38,6 +38,8 @@ pub struct GuestImage {
     pub access_rip: u64,
     /// IDT entries: (vector, handler address).
     pub gates: Vec<(u8, u64)>,
+    /// The vCPU whose private area ([`layout::private`]) the program and its tables use.
+    pub vcpu: u32,
 }
 
 /// Limit of the TSS: 104 bytes, the 8 KiB I/O bitmap and its terminating byte.
@@ -45,9 +47,11 @@ const TSS_LIMIT: u64 = 104 + 8192;
 const LAPIC_SVR: u64 = layout::LAPIC + 0xf0;
 const LAPIC_EOI: u64 = layout::LAPIC + 0xb0;
 
-/// The value the guest writes to `MSR_KVM_ASYNC_PF_EN` when it registers for apf.
-pub fn apf_en_value(cfg: &GuestConfig) -> u64 {
-    let mut v = layout::APF_DATA | KVM_ASYNC_PF_ENABLED | KVM_ASYNC_PF_DELIVERY_AS_INT;
+/// The value the guest on vCPU `vcpu` writes to `MSR_KVM_ASYNC_PF_EN` when it registers for apf.
+pub fn apf_en_value(cfg: &GuestConfig, vcpu: u32) -> u64 {
+    let mut v = layout::private(vcpu, layout::APF_DATA)
+        | KVM_ASYNC_PF_ENABLED
+        | KVM_ASYNC_PF_DELIVERY_AS_INT;
     if cfg.opt_in {
         v |= KVM_ASYNC_PF_SEND_ERROR;
     }
@@ -61,9 +65,14 @@ fn report_rax(a: &mut Asm, lo: u16, hi: u16) {
     a.out_eax(lo as u8).shr_rax_32().out_eax(hi as u8);
 }
 
-/// Assembles the program for `cfg`.
-pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
-    let mut a = Asm::new(layout::CODE);
+/// Assembles the program for `cfg`, to run on vCPU `vcpu` (at most [`layout::MAX_VCPUS`] - 1)
+/// out of that vCPU's private area.
+pub fn build(cfg: &GuestConfig, vcpu: u32) -> Result<GuestImage, GuestError> {
+    if vcpu >= layout::MAX_VCPUS {
+        return Err(GuestError::Memory);
+    }
+    let at = |addr| layout::private(vcpu, addr);
+    let mut a = Asm::new(at(layout::CODE));
     let finish = a.label();
     let entry = a.here();
 
@@ -73,8 +82,8 @@ pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
     a.report(port::STAGE as u8, 1);
     // Touch the GDT and IDT pages once, as a guest that has been running a while would have:
     // on a shadow-MMU host the first exception delivery otherwise pays for mapping them.
-    a.load_eax_abs(layout::GDT + 8)
-        .load_eax_abs(layout::IDT + 16 * 14);
+    a.load_eax_abs(at(layout::GDT) + 8)
+        .load_eax_abs(at(layout::IDT) + 16 * 14);
     if cfg.enable_mce {
         a.mov_rax_cr4().or_rax_imm(1 << 6).mov_cr4_rax();
     }
@@ -89,8 +98,8 @@ pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
         }
         a.write_msr(MSR_KVM_ASYNC_PF_INT, u64::from(layout::APF_VECTOR));
         a.mov_r32_imm(Reg::Rax, 1)
-            .store_eax_abs(layout::APF_DATA + APF_ENABLED_OFFSET);
-        let en = apf_en_value(cfg);
+            .store_eax_abs(at(layout::APF_DATA) + APF_ENABLED_OFFSET);
+        let en = apf_en_value(cfg, vcpu);
         a.write_msr(MSR_KVM_ASYNC_PF_EN, en);
         a.report(port::OPTED_IN as u8, en as u32);
         a.bind(no_apf);
@@ -104,7 +113,7 @@ pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
         let rflags = 0x3002 | if cfg.interrupts { 0x200 } else { 0 };
         a.mov_r32_imm(Reg::Rax, u32::from(layout::USER_DS))
             .push(Reg::Rax);
-        a.mov_r32_imm(Reg::Rax, layout::USER_STACK_TOP as u32)
+        a.mov_r32_imm(Reg::Rax, at(layout::USER_STACK_TOP) as u32)
             .push(Reg::Rax);
         a.mov_r32_imm(Reg::Rax, rflags).push(Reg::Rax);
         a.mov_r32_imm(Reg::Rax, u32::from(layout::USER_CS))
@@ -149,23 +158,23 @@ pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
         let wait = a.label();
         let resume = a.label();
         a.push(Reg::Rax).push(Reg::Rcx).push(Reg::Rdx);
-        a.load_eax_abs(layout::APF_DATA)
+        a.load_eax_abs(at(layout::APF_DATA))
             .out_eax(port::PF_FLAGS as u8);
         a.mov_rax_cr2().out_eax(port::PF_CR2 as u8);
         a.load_rax_from_rsp(32).out_eax(port::PF_RIP as u8);
-        a.load_eax_abs(layout::APF_DATA)
+        a.load_eax_abs(at(layout::APF_DATA))
             .cmp_eax_imm(KVM_PV_REASON_PAGE_NOT_PRESENT)
             .jcc(Cond::NotZero, unexpected);
-        a.zero(Reg::Rax).store_eax_abs(layout::APF_DATA);
-        a.mov_rax_cr2().store_eax_abs(layout::SLEEP_TOKEN);
+        a.zero(Reg::Rax).store_eax_abs(at(layout::APF_DATA));
+        a.mov_rax_cr2().store_eax_abs(at(layout::SLEEP_TOKEN));
         a.bind(wait);
         a.sti().hlt().cli();
-        a.load_eax_abs(layout::WOKEN_TOKEN)
+        a.load_eax_abs(at(layout::WOKEN_TOKEN))
             .mov_ecx_eax()
-            .load_eax_abs(layout::SLEEP_TOKEN)
+            .load_eax_abs(at(layout::SLEEP_TOKEN))
             .cmp_eax_ecx();
         a.jcc(Cond::NotZero, wait);
-        a.load_eax_abs(layout::WOKEN_FLAGS)
+        a.load_eax_abs(at(layout::WOKEN_FLAGS))
             .test_eax_imm(KVM_PV_REASON_PAGE_ERROR)
             .jcc(Cond::Zero, resume);
         a.report(port::SIGBUS as u8, 1).jmp(finish);
@@ -182,15 +191,15 @@ pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
     // 'page ready': record, free the slot, ACK, EOI.
     gates.push((layout::APF_VECTOR, a.here()));
     a.push(Reg::Rax).push(Reg::Rcx).push(Reg::Rdx);
-    a.load_eax_abs(layout::APF_DATA + APF_TOKEN_OFFSET)
+    a.load_eax_abs(at(layout::APF_DATA) + APF_TOKEN_OFFSET)
         .out_eax(port::READY_TOKEN as u8);
-    a.store_eax_abs(layout::WOKEN_TOKEN);
-    a.load_eax_abs(layout::APF_DATA + APF_READY_FLAGS_OFFSET)
+    a.store_eax_abs(at(layout::WOKEN_TOKEN));
+    a.load_eax_abs(at(layout::APF_DATA) + APF_READY_FLAGS_OFFSET)
         .out_eax(port::READY_FLAGS as u8);
-    a.store_eax_abs(layout::WOKEN_FLAGS);
+    a.store_eax_abs(at(layout::WOKEN_FLAGS));
     a.zero(Reg::Rax)
-        .store_eax_abs(layout::APF_DATA + APF_READY_FLAGS_OFFSET)
-        .store_eax_abs(layout::APF_DATA + APF_TOKEN_OFFSET);
+        .store_eax_abs(at(layout::APF_DATA) + APF_READY_FLAGS_OFFSET)
+        .store_eax_abs(at(layout::APF_DATA) + APF_TOKEN_OFFSET);
     a.write_msr(MSR_KVM_ASYNC_PF_ACK, 1);
     a.zero(Reg::Rax).store_eax_abs(LAPIC_EOI);
     a.pop(Reg::Rdx).pop(Reg::Rcx).pop(Reg::Rax).iretq();
@@ -238,21 +247,23 @@ pub fn build(cfg: &GuestConfig) -> Result<GuestImage, GuestError> {
         entry,
         access_rip,
         gates,
+        vcpu,
     })
 }
 
-/// Writes the GDT, IDT, page tables and code of `image` into guest memory.
+/// Writes the GDT, IDT, TSS and code of `image` into its vCPU's private area of guest memory, and
+/// the page tables all vCPUs share.
 pub fn load<M: Bytes<GuestAddress>>(mem: &M, image: &GuestImage) -> Result<(), GuestError> {
+    let at = |addr| layout::private(image.vcpu, addr);
+    let tss = at(layout::TSS);
     let w = |v: u64, at: u64| {
         mem.write_obj(v, GuestAddress(at))
             .map_err(|_| GuestError::Memory)
     };
     // GDT: null, kernel code (0x08), kernel data (0x10), user code (0x18), user data (0x20), and
     // the 16-byte TSS descriptor (0x28).
-    let tss_lo = TSS_LIMIT
-        | ((layout::TSS & 0xff_ffff) << 16)
-        | (0x89 << 40)
-        | (((layout::TSS >> 24) & 0xff) << 56);
+    let tss_lo =
+        TSS_LIMIT | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((tss >> 24) & 0xff) << 56);
     let gdt = [
         0u64,
         0x00af_9a00_0000_ffff,
@@ -260,26 +271,26 @@ pub fn load<M: Bytes<GuestAddress>>(mem: &M, image: &GuestImage) -> Result<(), G
         0x00af_fa00_0000_ffff,
         0x00cf_f200_0000_ffff,
         tss_lo,
-        layout::TSS >> 32,
+        tss >> 32,
     ];
     for (i, d) in gdt.into_iter().enumerate() {
-        w(d, layout::GDT + 8 * i as u64)?;
+        w(d, at(layout::GDT) + 8 * i as u64)?;
     }
     // TSS: RSP0 (offset 4) = the kernel stack; an all-zero I/O permission bitmap right after
     // the 104-byte TSS lets user mode use the report ports even where IOPL is not honoured.
-    w(layout::STACK_TOP, layout::TSS + 4)?;
-    mem.write_obj(104u16, GuestAddress(layout::TSS + 102))
+    w(at(layout::STACK_TOP), tss + 4)?;
+    mem.write_obj(104u16, GuestAddress(tss + 102))
         .map_err(|_| GuestError::Memory)?;
-    mem.write_slice(&[0u8; 8192], GuestAddress(layout::TSS + 104))
+    mem.write_slice(&[0u8; 8192], GuestAddress(tss + 104))
         .map_err(|_| GuestError::Memory)?;
-    mem.write_obj(0xffu8, GuestAddress(layout::TSS + 104 + 8192))
+    mem.write_obj(0xffu8, GuestAddress(tss + 104 + 8192))
         .map_err(|_| GuestError::Memory)?;
     // IDT: 64-bit interrupt gates, selector 0x08, present, DPL 0.
     for &(vector, handler) in &image.gates {
         let lo =
             (handler & 0xffff) | (0x08 << 16) | (0x8e << 40) | (((handler >> 16) & 0xffff) << 48);
-        w(lo, layout::IDT + 16 * u64::from(vector))?;
-        w(handler >> 32, layout::IDT + 16 * u64::from(vector) + 8)?;
+        w(lo, at(layout::IDT) + 16 * u64::from(vector))?;
+        w(handler >> 32, at(layout::IDT) + 16 * u64::from(vector) + 8)?;
     }
     // Identity map 0-4 GiB with 2 MiB user-accessible pages; the local APIC page uncached.
     w(layout::PDPT | 7, layout::PML4)?;
@@ -295,12 +306,13 @@ pub fn load<M: Bytes<GuestAddress>>(mem: &M, image: &GuestImage) -> Result<(), G
         };
         w(base | flags, layout::PD + 8 * j)?;
     }
-    mem.write_slice(&image.code, GuestAddress(layout::CODE))
+    mem.write_slice(&image.code, GuestAddress(at(layout::CODE)))
         .map_err(|_| GuestError::Memory)
 }
 
-/// Long-mode special registers for the guest, on top of `sregs` as KVM created them.
-pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+/// Long-mode special registers for `image`'s vCPU, on top of `sregs` as KVM created them.
+pub fn long_mode_sregs(mut sregs: kvm_sregs, image: &GuestImage) -> kvm_sregs {
+    let at = |addr| layout::private(image.vcpu, addr);
     let code = kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -334,16 +346,16 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs.gs = data;
     sregs.ss = data;
     sregs.tr = kvm_segment {
-        base: layout::TSS,
+        base: at(layout::TSS),
         limit: TSS_LIMIT as u32,
         selector: layout::TSS_SEL,
         type_: 11, // busy 64-bit TSS
         present: 1,
         ..Default::default()
     };
-    sregs.gdt.base = layout::GDT;
+    sregs.gdt.base = at(layout::GDT);
     sregs.gdt.limit = 7 * 8 - 1;
-    sregs.idt.base = layout::IDT;
+    sregs.idt.base = at(layout::IDT);
     sregs.idt.limit = 4095;
     sregs.cr0 = 0x8005_0033; // PG, AM, WP, NE, ET, MP, PE
     sregs.cr3 = layout::PML4;
@@ -356,7 +368,7 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
 pub fn initial_regs(image: &GuestImage) -> kvm_regs {
     kvm_regs {
         rip: image.entry,
-        rsp: layout::STACK_TOP,
+        rsp: layout::private(image.vcpu, layout::STACK_TOP),
         rflags: 0x2,
         ..Default::default()
     }
@@ -387,7 +399,7 @@ mod tests {
     #[test]
     fn program_builds_and_loads_with_all_gates() {
         for access in [GuestAccess::Load, GuestAccess::Store] {
-            let img = build(&cfg(access)).expect("builds");
+            let img = build(&cfg(access), 0).expect("builds");
             let vectors: Vec<u8> = img.gates.iter().map(|g| g.0).collect();
             for v in [
                 14u8,
@@ -431,16 +443,50 @@ mod tests {
     }
 
     #[test]
+    fn each_vcpu_runs_out_of_its_own_private_area() {
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout::RAM_SIZE as usize)])
+                .expect("mem");
+        let img = build(&cfg(GuestAccess::Load), 1).expect("builds");
+        load(&mem, &img).expect("loads");
+        let p = |a| layout::private(1, a);
+        assert_eq!(img.entry, p(layout::CODE));
+        assert_eq!(initial_regs(&img).rsp, p(layout::STACK_TOP));
+        let sregs = long_mode_sregs(kvm_sregs::default(), &img);
+        assert_eq!(
+            (sregs.gdt.base, sregs.idt.base, sregs.tr.base, sregs.cr3),
+            (p(layout::GDT), p(layout::IDT), p(layout::TSS), layout::PML4),
+            "own tables, shared page tables"
+        );
+        let rsp0: u64 = mem.read_obj(GuestAddress(p(layout::TSS) + 4)).expect("tss");
+        assert_eq!(rsp0, p(layout::STACK_TOP));
+        let gate: u64 = mem
+            .read_obj(GuestAddress(p(layout::IDT) + 16 * 14))
+            .expect("idt");
+        assert_ne!(gate, 0);
+        let untouched: u64 = mem
+            .read_obj(GuestAddress(layout::IDT + 16 * 14))
+            .expect("idt");
+        assert_eq!(untouched, 0, "vCPU 0's IDT is not written");
+        let v = apf_en_value(&cfg(GuestAccess::Load), 1);
+        assert_eq!(v & !0x3f, p(layout::APF_DATA));
+        assert!(build(&cfg(GuestAccess::Load), layout::MAX_VCPUS).is_err());
+    }
+
+    #[test]
     fn opt_in_value_sets_the_extension_bits() {
-        let v = apf_en_value(&cfg(GuestAccess::Load));
+        let v = apf_en_value(&cfg(GuestAccess::Load), 0);
         assert_eq!(v & !0x3f, layout::APF_DATA);
         assert_ne!(v & KVM_ASYNC_PF_SEND_ERROR, 0);
         assert_ne!(v & KVM_ASYNC_PF_SEND_ALWAYS, 0);
-        let v = apf_en_value(&GuestConfig {
-            send_always: false,
-            stock_apf: false,
-            ..cfg(GuestAccess::Load)
-        });
+        let v = apf_en_value(
+            &GuestConfig {
+                send_always: false,
+                stock_apf: false,
+                ..cfg(GuestAccess::Load)
+            },
+            0,
+        );
         assert_eq!(v & KVM_ASYNC_PF_SEND_ALWAYS, 0);
     }
 }
