@@ -161,9 +161,9 @@ pub struct Options {
     /// Print the vhost-user backend capabilities as JSON and exit.
     #[arg(long, exclusive = true)]
     pub print_capabilities: bool,
-    /// Process sandbox before serving: `namespace` (new mount, network and IPC namespaces with
-    /// the share as the root; needs CAP_SYS_ADMIN), `chroot` (chroot into the share) or `none`
-    /// (the last value given wins).
+    /// Process sandbox before serving: `namespace` (new mount, PID, network and IPC namespaces
+    /// with the share as the root; needs CAP_SYS_ADMIN), `chroot` (chroot into the share) or
+    /// `none` (the last value given wins).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxMode::None, overrides_with = "sandbox")]
     pub sandbox: SandboxMode,
     /// Seccomp filter: what happens to a system call outside the daemon's allowlist once it

@@ -73,7 +73,15 @@ fn run(opts: Options) -> Result<(), String> {
         notify_ready();
     }
     // Before any thread starts: a thread keeps the namespaces and root it started with.
-    let sandbox = sandbox::enter(opts.sandbox, &shared_dir).map_err(|e| chain(&e))?;
+    // Under namespace a supervisor stays outside; it removes the socket files if the daemon
+    // could not (killed).
+    let files = listening.files.clone();
+    let on_exit = move || {
+        if let Some(files) = &files {
+            files.remove();
+        }
+    };
+    let sandbox = sandbox::enter(opts.sandbox, &shared_dir, &on_exit).map_err(|e| chain(&e))?;
     if sandboxed {
         log::info!(
             "sandbox entered (--sandbox {}): {} is the root",

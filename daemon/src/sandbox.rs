@@ -1,11 +1,13 @@
 //! Process sandbox (`--sandbox namespace|chroot|none`, virtiofsd's values; the default here
 //! is `none`).
 //!
-//! - `namespace`: new mount, network and IPC namespaces (`unshare`), every mount made a slave
-//!   so nothing done here reaches the host (host mounts still propagate in), the share
-//!   bind-mounted onto itself and made the root with `pivot_root(".", ".")`, the old root
-//!   detached (`umount2(".", MNT_DETACH)`). Nothing is mounted or created inside the share: the
-//!   guest sees exactly what it saw before. No PID namespace (see the README).
+//! - `namespace`: new mount, PID, network and IPC namespaces (`unshare`); the daemon forks
+//!   into the PID namespace and the parent stays outside as a supervisor (`supervisor.rs`);
+//!   the child makes every mount a slave so nothing done here reaches the host (host mounts
+//!   still propagate in), mounts a fresh `/proc` for its PID namespace, bind-mounts the share
+//!   onto itself, makes it the root with `pivot_root(".", ".")` and detaches the old root
+//!   (`umount2(".", MNT_DETACH)`). Nothing is mounted or created inside the share: the guest
+//!   sees exactly what it saw before.
 //! - `chroot`: `chroot(share)` only, for hosts where namespaces or mounts are not allowed.
 //! - `none`: nothing.
 //!
@@ -28,13 +30,17 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+mod supervisor;
+
+pub use supervisor::{exit_as, ExitAs};
+
 /// How the daemon confines itself before it serves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SandboxMode {
     /// No sandbox.
     #[default]
     None,
-    /// New mount, network and IPC namespaces with the share as the root (needs
+    /// New mount, PID, network and IPC namespaces with the share as the root (needs
     /// `CAP_SYS_ADMIN`).
     Namespace,
     /// `chroot` into the share (needs `CAP_SYS_CHROOT`).
@@ -46,10 +52,14 @@ pub enum SandboxMode {
 pub enum Step {
     /// Refuse if another thread runs (it would keep the old namespaces and root).
     CheckSingleThreaded,
-    /// `unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)`.
+    /// `unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC)`.
     Unshare,
+    /// `fork`: the child is PID 1 of the new PID namespace and goes on; the parent supervises.
+    ForkPidNamespace,
     /// `mount(NULL, "/", NULL, MS_REC | MS_SLAVE)`: nothing mounted here propagates out.
     MountsSlave,
+    /// A `proc` of the new PID namespace on `/proc` (host processes out of sight).
+    MountProc,
     /// Bind-mount the share onto itself (`pivot_root` needs a mount point).
     BindShare,
     /// Open `/proc/self/fd` while it is still reachable.
@@ -72,7 +82,9 @@ pub fn steps(mode: SandboxMode) -> &'static [Step] {
         SandboxMode::Namespace => &[
             CheckSingleThreaded,
             Unshare,
+            ForkPidNamespace,
             MountsSlave,
+            MountProc,
             BindShare,
             OpenProcSelfFd,
             PivotRoot,
@@ -121,7 +133,16 @@ pub struct Sandbox {
 
 /// Enters the sandbox `mode` with `shared_dir` as the new root. Must run before any thread
 /// is started.
-pub fn enter(mode: SandboxMode, shared_dir: &Path) -> Result<Sandbox, SandboxError> {
+///
+/// Under [`SandboxMode::Namespace`] the calling process forks: the child returns from this
+/// call inside the sandbox; the parent never returns: it forwards SIGTERM and SIGINT to the
+/// child, runs `on_exit` once the child ended (it is outside the sandbox, paths still mean
+/// what they meant) and exits the same way ([`exit_as`]).
+pub fn enter(
+    mode: SandboxMode,
+    shared_dir: &Path,
+    on_exit: &dyn Fn(),
+) -> Result<Sandbox, SandboxError> {
     if mode == SandboxMode::None {
         return Ok(Sandbox {
             proc_self_fd: None,
@@ -163,10 +184,25 @@ pub fn enter(mode: SandboxMode, shared_dir: &Path) -> Result<Sandbox, SandboxErr
                     return Err(SandboxError::Threads(n));
                 }
             }
-            Step::Unshare => {
-                unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC)
-                    .map_err(step_err("create mount, network and IPC namespaces".into()))?
+            Step::Unshare => unshare(
+                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC,
+            )
+            .map_err(step_err(
+                "create mount, PID, network and IPC namespaces".into(),
+            ))?,
+            Step::ForkPidNamespace => {
+                match supervisor::fork().map_err(step_err("fork into the PID namespace".into()))? {
+                    supervisor::Forked::Child => {}
+                    supervisor::Forked::Parent(child) => supervisor::supervise(child, on_exit),
+                }
             }
+            Step::MountProc => mount(
+                Some(c"proc"),
+                c"/proc",
+                Some(c"proc"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            )
+            .map_err(step_err("mount /proc for the PID namespace".into()))?,
             Step::MountsSlave => mount(None, c"/", None, libc::MS_REC | libc::MS_SLAVE)
                 .map_err(step_err("make the mounts slaves".into()))?,
             Step::BindShare => {
@@ -328,7 +364,7 @@ mod tests {
     #[test]
     fn none_does_nothing() {
         assert!(steps(SandboxMode::None).is_empty());
-        let s = enter(SandboxMode::None, Path::new("relative/share")).expect("none");
+        let s = enter(SandboxMode::None, Path::new("relative/share"), &|| {}).expect("none");
         assert!(s.proc_self_fd.is_none());
         assert_eq!(s.share, Path::new("relative/share"));
     }
@@ -338,7 +374,19 @@ mod tests {
         use Step::*;
         let m = SandboxMode::Namespace;
         assert_eq!(steps(m)[0], CheckSingleThreaded, "threads checked first");
-        assert!(position(m, Unshare) < position(m, MountsSlave));
+        assert!(position(m, Unshare) < position(m, ForkPidNamespace));
+        assert!(
+            position(m, ForkPidNamespace) < position(m, MountsSlave),
+            "the rest happens in the child"
+        );
+        assert!(
+            position(m, MountsSlave) < position(m, MountProc),
+            "the new /proc stays out of the host"
+        );
+        assert!(
+            position(m, MountProc) < position(m, OpenProcSelfFd),
+            "/proc/self/fd of the PID namespace"
+        );
         assert!(
             position(m, MountsSlave) < position(m, BindShare),
             "no mount before propagation to the host is cut"
@@ -360,7 +408,15 @@ mod tests {
         assert_eq!(steps(m)[0], CheckSingleThreaded);
         assert!(position(m, OpenProcSelfFd) < position(m, Chroot));
         assert_eq!(*steps(m).last().expect("steps"), ChdirRoot);
-        for s in [Unshare, MountsSlave, BindShare, PivotRoot, DetachOldRoot] {
+        for s in [
+            Unshare,
+            ForkPidNamespace,
+            MountsSlave,
+            MountProc,
+            BindShare,
+            PivotRoot,
+            DetachOldRoot,
+        ] {
             assert!(!steps(m).contains(&s), "chroot takes no {s:?}");
         }
     }
@@ -374,13 +430,17 @@ mod tests {
         assert!(thread_count().expect("count") > 1);
         let dir = std::env::temp_dir();
         for mode in [SandboxMode::Namespace, SandboxMode::Chroot] {
-            match enter(mode, &dir) {
+            match enter(mode, &dir, &|| {}) {
                 Err(SandboxError::Threads(n)) => assert!(n > 1),
                 other => panic!("{mode:?}: expected Threads, got {other:?}"),
             }
         }
         assert!(matches!(
-            enter(SandboxMode::Chroot, Path::new("/no/such/vfsdax/share")),
+            enter(
+                SandboxMode::Chroot,
+                Path::new("/no/such/vfsdax/share"),
+                &|| {}
+            ),
             Err(SandboxError::Share(..))
         ));
         stop.send(()).expect("stop");

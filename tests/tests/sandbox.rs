@@ -1,6 +1,7 @@
 //! `vfsdaxd --sandbox namespace|chroot`: the sandbox is real (the daemon's root and working
-//! directory are the share; under `namespace` its mount, network and IPC namespaces are not
-//! this process's), nothing appears inside the share, every kind of request still works (xattrs
+//! directory are the share; under `namespace` it is the child of a supervisor that stays
+//! outside, PID 1 of its own PID namespace with its own `/proc`, and its mount, network and IPC
+//! namespaces are not this process's either), nothing appears inside the share, every kind of request still works (xattrs
 //! included, which reach files through the descriptor of `/proc/self/fd` held from before the
 //! root changed), the escapes still fail, and the socket files go away on exit and on SIGTERM.
 //! `namespace` is also run under `--seccomp kill`.
@@ -53,9 +54,25 @@ fn dev_ino(p: &Path) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
+/// The process that serves: under `namespace` the supervisor's only child, else the process
+/// started.
+fn daemon_pid(d: &Daemon, mode: &str) -> u32 {
+    if mode != "namespace" {
+        return d.pid();
+    }
+    let path = format!("/proc/{0}/task/{0}/children", d.pid());
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let children: Vec<u32> = text
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    assert_eq!(children.len(), 1, "the supervisor has one child: {text:?}");
+    children[0]
+}
+
 /// Checks that the serving daemon runs in the sandbox `mode`.
 fn assert_sandboxed(d: &Daemon, mode: &str) {
-    let pid = d.pid();
+    let pid = daemon_pid(d, mode);
     let share = dev_ino(d.share());
     let proc_dir = Path::new("/proc").join(pid.to_string());
     assert_eq!(
@@ -68,7 +85,7 @@ fn assert_sandboxed(d: &Daemon, mode: &str) {
         share,
         "--sandbox {mode}: the daemon's working directory is the share's root"
     );
-    for ns in ["mnt", "net", "ipc"] {
+    for ns in ["mnt", "pid", "net", "ipc"] {
         let (own, its) = (namespace(0, ns), namespace(pid, ns));
         if mode == "namespace" {
             assert_ne!(own, its, "--sandbox namespace: a {ns} namespace of its own");
@@ -85,6 +102,24 @@ fn assert_sandboxed(d: &Daemon, mode: &str) {
             let ns = std::fs::read_link(t.join("ns/mnt")).expect("ns");
             assert_eq!(ns.to_string_lossy(), namespace(pid, "mnt"));
         }
+    }
+    if mode == "namespace" {
+        // PID 1 of its namespace, and the /proc it holds is that namespace's (its
+        // /proc/self/fd is "/1/fd" there), not the host's.
+        let status = std::fs::read_to_string(proc_dir.join("status")).expect("status");
+        let nspid = status
+            .lines()
+            .find(|l| l.starts_with("NSpid:"))
+            .expect("NSpid");
+        assert!(nspid.ends_with("\t1"), "{nspid}");
+        let fds = std::fs::read_dir(proc_dir.join("fd")).expect("fds");
+        let links: Vec<String> = fds
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .collect();
+        assert!(links.iter().any(|l| l == "/1/fd"), "{links:?}");
+        // The supervisor stays outside.
+        assert_ne!(namespace(d.pid(), "pid"), namespace(pid, "pid"));
     }
     let line = format!("sandbox entered (--sandbox {mode})");
     assert!(d.log_text().contains(&line), "{}", d.log_text());
@@ -388,7 +423,7 @@ fn sigterm_before_a_frontend_connects_removes_the_socket_files() {
         }
         if mode != "none" {
             assert_eq!(
-                dev_ino(Path::new(&format!("/proc/{}/root", d.pid()))),
+                dev_ino(Path::new(&format!("/proc/{}/root", daemon_pid(&d, mode)))),
                 dev_ino(d.share())
             );
         }
@@ -456,5 +491,55 @@ fn a_missing_share_is_a_clear_error_in_every_mode() {
             !sock.exists(),
             "{mode}: no socket for a daemon that cannot serve"
         );
+    }
+}
+
+#[test]
+fn the_supervisor_and_the_daemon_end_together() {
+    if skip_for_peer() {
+        return;
+    }
+    // The daemon killed: the supervisor dies of the same signal and removes the socket files
+    // the daemon could not.
+    let s = sandboxed_session("namespace", &[]);
+    let child = daemon_pid(&s.daemon, "namespace");
+    let Session {
+        client: _client,
+        mut daemon,
+    } = s;
+    let pid = i32::try_from(child).expect("pid");
+    // SAFETY: kill only sends a signal to the daemon process this test started (the child of
+    // the supervisor it started).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let status = daemon.wait_exit(EXIT_WAIT).expect("the supervisor exits");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert_socket_files_gone(&daemon);
+
+    // The supervisor killed: the daemon goes with it.
+    let s = sandboxed_session("namespace", &[]);
+    let child = daemon_pid(&s.daemon, "namespace");
+    let proc_dir = Path::new("/proc").join(child.to_string());
+    let Session {
+        client: _client,
+        mut daemon,
+    } = s;
+    let pid = i32::try_from(daemon.pid()).expect("pid");
+    // SAFETY: kill only sends a signal to the supervisor this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    daemon.wait_exit(EXIT_WAIT).expect("the supervisor exits");
+    let deadline = std::time::Instant::now() + EXIT_WAIT;
+    // Gone, or a zombie until its reaper (init, outside the test's control) collects it.
+    let alive = || {
+        std::fs::read_to_string(proc_dir.join("stat"))
+            .map(|st| !st.contains(") Z "))
+            .unwrap_or(false)
+    };
+    while alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -1,0 +1,150 @@
+//! The PID namespace of `--sandbox namespace`. `unshare(CLONE_NEWPID)` only places the next
+//! child in the new namespace, so the daemon forks: the child, PID 1 there, goes on to set up
+//! the rest of the sandbox and serve; the parent stays outside as a supervisor that forwards
+//! SIGTERM and SIGINT to the child, waits for it, and exits the way it did.
+//!
+//! PID 1 of a namespace drops a signal it neither handles nor blocks: SIGTERM and SIGINT are
+//! blocked before the fork and stay blocked in the child until its signal thread waits for
+//! them (`sigwait` takes a blocked signal that is pending). The child gets SIGKILL when the
+//! supervisor dies (`PR_SET_PDEATHSIG`), so killing the supervisor kills the daemon too.
+
+use std::io;
+
+/// Which side of the fork this is.
+pub(super) enum Forked {
+    /// The child, PID 1 of the new PID namespace.
+    Child,
+    /// The supervisor, with the child's process id.
+    Parent(libc::pid_t),
+}
+
+/// How the supervisor ends, given the child's wait status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitAs {
+    /// Exit with this code.
+    Code(i32),
+    /// Die of this signal (the child did).
+    Signal(i32),
+}
+
+/// The way to end that reproduces the wait status `status` (from `waitpid` without
+/// `WUNTRACED`: the child exited or was killed).
+pub fn exit_as(status: libc::c_int) -> ExitAs {
+    if libc::WIFEXITED(status) {
+        ExitAs::Code(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ExitAs::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitAs::Code(1)
+    }
+}
+
+/// The signals the supervisor waits for.
+fn supervised_signals() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset adds valid signal numbers to it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGCHLD);
+        set.assume_init()
+    }
+}
+
+/// Changes the calling thread's mask for `sig` alone (`how`: `SIG_BLOCK` or `SIG_UNBLOCK`).
+fn mask_one(how: libc::c_int, sig: libc::c_int) {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: the set is initialised before use; pthread_sigmask reads it and changes only
+    // this thread's mask.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), sig);
+        libc::pthread_sigmask(how, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGCHLD and forks. The process must be single-threaded. The
+/// child unblocks SIGCHLD and asks for SIGKILL when the parent dies.
+pub(super) fn fork() -> io::Result<Forked> {
+    let set = supervised_signals();
+    // SAFETY: `set` is initialised; this changes only the calling (only) thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // SAFETY: the process is single-threaded (checked by the caller), so the child is a
+    // complete copy in which any code may run.
+    match unsafe { libc::fork() } {
+        -1 => {
+            let e = io::Error::last_os_error();
+            // SAFETY: as above.
+            unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+            Err(e)
+        }
+        0 => {
+            mask_one(libc::SIG_UNBLOCK, libc::SIGCHLD);
+            // SAFETY: PR_SET_PDEATHSIG takes integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Forked::Child)
+        }
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// The supervisor's life: forwards SIGTERM and SIGINT to `child`, and once it ended runs
+/// `on_exit` and ends the same way.
+pub(super) fn supervise(child: libc::pid_t, on_exit: &dyn Fn()) -> ! {
+    let set = supervised_signals();
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is initialised and `sig` a valid out pointer; the signals in `set`
+        // are blocked in this (only) thread since `fork`.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        if sig != libc::SIGCHLD {
+            // SAFETY: kill takes integers only; `child` is this process's child, not yet
+            // reaped, so its id cannot name another process.
+            unsafe { libc::kill(child, sig) };
+            continue;
+        }
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes the status into `status`, a valid out pointer.
+        if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
+            on_exit();
+            finish(exit_as(status));
+        }
+    }
+}
+
+/// Ends the process with `how`.
+fn finish(how: ExitAs) -> ! {
+    match how {
+        ExitAs::Code(code) => std::process::exit(code),
+        ExitAs::Signal(sig) => {
+            // SAFETY: resetting a signal to its default action and raising it take integers
+            // only; the default action of the signals a child dies of ends this process too.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+            mask_one(libc::SIG_UNBLOCK, sig);
+            // SAFETY: as above.
+            unsafe { libc::raise(sig) };
+            std::process::exit(128 + sig)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_statuses_become_the_same_ending() {
+        // Linux's encoding: exit code in bits 8..16, signal in bits 0..7, core flag 0x80.
+        assert_eq!(exit_as(0), ExitAs::Code(0));
+        assert_eq!(exit_as(3 << 8), ExitAs::Code(3));
+        assert_eq!(exit_as(libc::SIGKILL), ExitAs::Signal(libc::SIGKILL));
+        assert_eq!(exit_as(0x80 | libc::SIGSYS), ExitAs::Signal(libc::SIGSYS));
+        // Stopped (only with WUNTRACED, which the supervisor does not ask for).
+        assert_eq!(exit_as(0x137f), ExitAs::Code(1));
+    }
+}
