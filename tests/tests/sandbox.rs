@@ -378,6 +378,12 @@ fn namespace_sandbox_under_seccomp_kill() {
         return;
     }
     let mut s = sandboxed_session("namespace", &["--seccomp", "kill"]);
+    let status_path = format!("/proc/{}/status", daemon_pid(&s.daemon, "namespace"));
+    let status = std::fs::read_to_string(&status_path).expect("status");
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t2"),
+        "the daemon runs under its filter:\n{status}"
+    );
     workload(&mut s);
     s.assert_serving();
     disconnect_and_expect_clean_exit(s);
