@@ -88,13 +88,19 @@ fn run_workload(setup: &GuestSetup, daemon_program: &Path, label: &str, extra: &
     );
 }
 
-#[test]
-fn vfsdax_daemon_serves_the_workload() {
+/// Runs the workload against our `vfsdaxd` started with `args` (skipped, visibly, only off CI
+/// when QEMU or the kernel is missing).
+fn vfsdaxd_workload(label: &str, args: &[&str]) {
     let Some(setup) = setup_or_skip() else {
         return;
     };
     let program = daemon::vfsdaxd_path().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    run_workload(&setup, &program, "guest-vfsdaxd", &[]);
+    run_workload(&setup, &program, label, args);
+}
+
+#[test]
+fn vfsdax_daemon_serves_the_workload() {
+    vfsdaxd_workload("guest-vfsdaxd", &[]);
 }
 
 /// The daemon with a DAX window (`--cache-size 64M`): it offers SHMEM, MAP_ALIGNMENT and
@@ -103,13 +109,7 @@ fn vfsdax_daemon_serves_the_workload() {
 /// must pass.
 #[test]
 fn vfsdax_daemon_with_a_dax_window_serves_the_workload() {
-    let Some(setup) = setup_or_skip() else {
-        return;
-    };
-    let program = daemon::vfsdaxd_path().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    run_workload(
-        &setup,
-        &program,
+    vfsdaxd_workload(
         "guest-vfsdaxd-dax",
         &["--cache-size", "64M", "--dax-policy", "always"],
     );
@@ -119,29 +119,14 @@ fn vfsdax_daemon_with_a_dax_window_serves_the_workload() {
 /// call outside the allowlist kills the daemon and fails the run.
 #[test]
 fn vfsdax_daemon_under_seccomp_kill_serves_the_workload() {
-    let Some(setup) = setup_or_skip() else {
-        return;
-    };
-    let program = daemon::vfsdaxd_path().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    run_workload(
-        &setup,
-        &program,
-        "guest-vfsdaxd-seccomp",
-        &["--seccomp", "kill"],
-    );
+    vfsdaxd_workload("guest-vfsdaxd-seccomp", &["--seccomp", "kill"]);
 }
 
 /// The same workload with the daemon in its namespace sandbox (the share is its root) and under
 /// its seccomp filter: `--sandbox namespace --seccomp kill`.
 #[test]
 fn vfsdax_daemon_in_a_namespace_sandbox_serves_the_workload() {
-    let Some(setup) = setup_or_skip() else {
-        return;
-    };
-    let program = daemon::vfsdaxd_path().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    run_workload(
-        &setup,
-        &program,
+    vfsdaxd_workload(
         "guest-vfsdaxd-sandbox",
         &["--sandbox", "namespace", "--seccomp", "kill"],
     );
