@@ -2,3 +2,4 @@
 pub mod dax;
 pub mod guest;
 pub mod harness;
+pub mod workload;

@@ -13,20 +13,16 @@ use std::time::Duration;
 
 use vfsdax_protocol::fuse::flags::RENAME_NOREPLACE;
 use vfsdax_protocol::fuse::{SetattrIn, ROOT_ID};
-use vfsdax_tests::harness::{
-    error_chain, expect_errno, pattern, peer_is_virtiofsd, Daemon, DaemonOptions, Session,
+use vfsdax_tests::harness::{expect_errno, pattern, Daemon, DaemonOptions, Session};
+use vfsdax_tests::workload::{
+    create_write_read_back, disconnect_and_expect_success, ok, readdir_names, xattr_round_trip,
+    EXIT_WAIT,
 };
-use vfsdax_vmm_glue::driver::{ClientOptions, XattrReply};
-
-const EXIT_WAIT: Duration = Duration::from_secs(10);
+use vfsdax_vmm_glue::driver::ClientOptions;
 
 /// The peer virtiofsd has its own sandbox, with another command line: these tests are ours.
 fn skip_for_peer() -> bool {
-    if peer_is_virtiofsd() {
-        eprintln!("SKIPPED: sandbox tests are vfsdaxd's");
-        return true;
-    }
-    false
+    vfsdax_tests::workload::skip_for_peer("sandbox")
 }
 
 fn options(sandbox: &str, extra: &[&str]) -> DaemonOptions {
@@ -140,25 +136,6 @@ fn lgetxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     usize::try_from(n).ok().map(|n| buf[..n].to_vec())
 }
 
-/// A value of a request, or a panic naming the step with the daemon's status and log.
-#[track_caller]
-fn ok<T, E: std::error::Error>(d: &mut Daemon, what: &str, r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => {
-            let state = match d.wait_exit(Duration::from_millis(200)) {
-                Some(st) => format!("the daemon exited: {st} (signal 31 = SIGSYS: see dmesg)"),
-                None => "the daemon is still running".to_string(),
-            };
-            panic!(
-                "{what}: {}\n{state}\ndaemon log:\n{}",
-                error_chain(&e),
-                d.log_text()
-            )
-        }
-    }
-}
-
 /// Requests of every kind through the sandboxed daemon, checked on the host.
 fn workload(s: &mut Session) {
     let d = &mut s.daemon;
@@ -177,15 +154,7 @@ fn workload(s: &mut Session) {
     );
     ok(d, "RELEASE", c.release(h.nodeid, ho.fh, 0));
     let data = pattern(150_000, 3);
-    let (n, no) = ok(d, "CREATE", c.create(ROOT_ID, b"new", rw, 0o644, 0));
-    assert_eq!(
-        ok(d, "WRITE", c.write(n.nodeid, no.fh, 0, &data)).size as usize,
-        data.len()
-    );
-    assert_eq!(
-        ok(d, "READ back", c.read(n.nodeid, no.fh, 0, 1 << 20)),
-        data
-    );
+    let (n, no) = create_write_read_back(d, c, b"new", &data);
     ok(d, "FSYNC", c.fsync(n.nodeid, no.fh, false));
     ok(d, "RELEASE new", c.release(n.nodeid, no.fh, rw));
     assert_eq!(std::fs::read(share.join("new")).unwrap(), data);
@@ -213,11 +182,8 @@ fn workload(s: &mut Session) {
     let r = c.rename2(ROOT_ID, b"moved", ROOT_ID, b"new", RENAME_NOREPLACE);
     assert_eq!(expect_errno(r), libc::EEXIST);
     let dh = ok(d, "OPENDIR", c.opendir(ROOT_ID, 0));
-    let mut names: Vec<Vec<u8>> = ok(d, "READDIR", c.readdir(ROOT_ID, dh.fh, 0, 8192))
-        .into_iter()
-        .map(|e| e.name)
-        .filter(|n| n != b"." && n != b"..")
-        .collect();
+    let mut names = readdir_names(d, c, ROOT_ID, dh.fh, 8192);
+    names.retain(|n| n != b"." && n != b"..");
     names.sort();
     assert_eq!(
         names,
@@ -230,20 +196,12 @@ fn workload(s: &mut Session) {
     assert!(ok(d, "STATFS", c.statfs(ROOT_ID)).st.blocks > 0);
 
     // Extended attributes on a file, a directory and a symlink (the link itself).
-    ok(d, "SETXATTR", c.setxattr(n.nodeid, b"user.k", b"v1", 0));
-    assert_eq!(
-        ok(d, "GETXATTR", c.getxattr(n.nodeid, b"user.k", 64)),
-        XattrReply::Data(b"v1".to_vec())
-    );
-    assert_eq!(
-        lgetxattr(&share.join("new"), "user.k").as_deref(),
-        Some(&b"v1"[..])
-    );
-    match ok(d, "LISTXATTR", c.listxattr(n.nodeid, 4096)) {
-        XattrReply::Data(list) => assert!(list.windows(7).any(|w| w == b"user.k\0")),
-        other => panic!("LISTXATTR: {other:?}"),
-    }
-    ok(d, "REMOVEXATTR", c.removexattr(n.nodeid, b"user.k"));
+    xattr_round_trip(d, c, n.nodeid, |_, _| {
+        assert_eq!(
+            lgetxattr(&share.join("new"), "user.k").as_deref(),
+            Some(&b"v1"[..])
+        );
+    });
     assert_eq!(lgetxattr(&share.join("new"), "user.k"), None);
     ok(
         d,
@@ -324,12 +282,7 @@ fn workload(s: &mut Session) {
 
 /// Drops the driver; the daemon exits 0 and removes its socket and lock file.
 fn disconnect_and_expect_clean_exit(s: Session) {
-    let Session { client, mut daemon } = s;
-    drop(client);
-    let status = daemon
-        .wait_exit(EXIT_WAIT)
-        .unwrap_or_else(|| panic!("daemon still running; log:\n{}", daemon.log_text()));
-    assert!(status.success(), "{status}\n{}", daemon.log_text());
+    let daemon = disconnect_and_expect_success(s);
     assert_socket_files_gone(&daemon);
 }
 

@@ -5,8 +5,6 @@
 //! daemon with SIGSYS, which these tests report with the daemon's exit status; the kernel's
 //! audit line (`dmesg | grep type=1326`) names the call.
 
-use std::fmt::Display;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
@@ -16,22 +14,20 @@ use vfsdax_protocol::fuse::{
     CopyFileRangeIn, ForgetOne, RemoveMappingOne, SetattrIn, SetupMappingIn, ROOT_ID,
 };
 use vfsdax_tests::harness::{
-    classify, error_chain, expect_errno, pattern, peer_is_virtiofsd, raw_request, Daemon,
-    DaemonOptions, Outcome, Session,
+    classify, expect_errno, pattern, raw_request, Daemon, DaemonOptions, Outcome, Session,
+};
+use vfsdax_tests::workload::{
+    create_write_read_back, disconnect_and_expect_success, ok, readdir_names, xattr_round_trip,
+    EXIT_WAIT,
 };
 use vfsdax_vmm_glue::dax::{connect, ConnectOptions};
 use vfsdax_vmm_glue::driver::{Caller, ClientOptions, XattrReply};
 
 const MIB2: u64 = 2 << 20;
-const EXIT_WAIT: Duration = Duration::from_secs(10);
 
 /// The peer virtiofsd has its own filter and command line: these tests are about ours.
 fn skip_for_peer() -> bool {
-    if peer_is_virtiofsd() {
-        let _ = writeln!(std::io::stderr(), "SKIPPED: seccomp tests are vfsdaxd's");
-        return true;
-    }
-    false
+    vfsdax_tests::workload::skip_for_peer("seccomp")
 }
 
 fn options(mode: &str, xattr: bool, extra: &[&str]) -> DaemonOptions {
@@ -72,34 +68,9 @@ fn wait_for_filter(d: &Daemon) -> (u32, u32) {
     }
 }
 
-/// The value of a request, or a panic naming the step, the daemon's exit status (SIGSYS = a
-/// call outside the allowlist) and its log.
-#[track_caller]
-fn ok<T, E: std::error::Error>(d: &mut Daemon, what: impl Display, r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => {
-            let state = match d.wait_exit(Duration::from_millis(200)) {
-                Some(st) => format!("the daemon exited: {st} (signal 31 = SIGSYS: see dmesg)"),
-                None => "the daemon is still running".to_string(),
-            };
-            panic!(
-                "{what}: {}\n{state}\ndaemon log:\n{}",
-                error_chain(&e),
-                d.log_text()
-            )
-        }
-    }
-}
-
 /// Drops the driver and checks the daemon exits 0 on the disconnect.
 fn disconnect_and_expect_clean_exit(s: Session) {
-    let Session { client, mut daemon } = s;
-    drop(client);
-    let status = daemon
-        .wait_exit(EXIT_WAIT)
-        .unwrap_or_else(|| panic!("daemon still running; log:\n{}", daemon.log_text()));
-    assert!(status.success(), "{status}\n{}", daemon.log_text());
+    let daemon = disconnect_and_expect_success(s);
     assert!(
         daemon.log_text().contains("frontend disconnected"),
         "{}",
@@ -167,13 +138,7 @@ fn every_opcode_is_served_under_seccomp_kill() {
 
     // Create, write, read back, sync, allocate, seek, copy, truncate, chmod, times.
     let data = pattern(200_000, 9);
-    let (n, no) = ok(d, "CREATE", c.create(ROOT_ID, b"new", rw, 0o644, 0));
-    let w = ok(d, "WRITE", c.write(n.nodeid, no.fh, 0, &data));
-    assert_eq!(w.size as usize, data.len());
-    assert_eq!(
-        ok(d, "READ back", c.read(n.nodeid, no.fh, 0, 1 << 20)),
-        data
-    );
+    let (n, no) = create_write_read_back(d, c, b"new", &data);
     ok(d, "FLUSH", c.flush(n.nodeid, no.fh, 0));
     ok(d, "FSYNC", c.fsync(n.nodeid, no.fh, false));
     ok(d, "FSYNC datasync", c.fsync(n.nodeid, no.fh, true));
@@ -244,10 +209,7 @@ fn every_opcode_is_served_under_seccomp_kill() {
 
     // Directory listing.
     let dh = ok(d, "OPENDIR", c.opendir(ROOT_ID, 0));
-    let names: Vec<Vec<u8>> = ok(d, "READDIR", c.readdir(ROOT_ID, dh.fh, 0, 4096))
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let names = readdir_names(d, c, ROOT_ID, dh.fh, 4096);
     assert!(names.iter().any(|n| n == b"host.txt"), "{names:?}");
     let plus = ok(d, "READDIRPLUS", c.readdirplus(ROOT_ID, dh.fh, 0, 8192));
     assert!(plus.len() >= 4, "{} entries", plus.len());
@@ -260,16 +222,10 @@ fn every_opcode_is_served_under_seccomp_kill() {
     ok(d, "SYNCFS", c.syncfs(ROOT_ID));
 
     // Extended attributes (--xattr).
-    ok(d, "SETXATTR", c.setxattr(n.nodeid, b"user.k", b"v1", 0));
-    let size = ok(d, "GETXATTR size", c.getxattr(n.nodeid, b"user.k", 0));
-    assert_eq!(size, XattrReply::Size(2));
-    let value = ok(d, "GETXATTR", c.getxattr(n.nodeid, b"user.k", 64));
-    assert_eq!(value, XattrReply::Data(b"v1".to_vec()));
-    match ok(d, "LISTXATTR", c.listxattr(n.nodeid, 4096)) {
-        XattrReply::Data(list) => assert!(list.windows(7).any(|w| w == b"user.k\0")),
-        other => panic!("LISTXATTR: {other:?}"),
-    }
-    ok(d, "REMOVEXATTR", c.removexattr(n.nodeid, b"user.k"));
+    xattr_round_trip(d, c, n.nodeid, |d, c| {
+        let size = ok(d, "GETXATTR size", c.getxattr(n.nodeid, b"user.k", 0));
+        assert_eq!(size, XattrReply::Size(2));
+    });
 
     // A non-root caller: the request runs with its fsuid/fsgid.
     std::fs::create_dir(share.join("pub")).unwrap();
