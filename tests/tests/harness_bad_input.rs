@@ -50,6 +50,44 @@ fn reply_buf(s: &mut Session, len: u32) -> u64 {
     s.client.memory_mut().alloc(u64::from(len), 8).unwrap().0
 }
 
+/// A 56-byte GETATTR of the root with a fresh unique, placed in guest memory, and a 4096-byte
+/// reply buffer: the request's address and the buffer's.
+fn placed_getattr(s: &mut Session) -> (u64, u64) {
+    let unique = s.client.alloc_unique();
+    let req = raw_request(56, Opcode::Getattr as u32, unique, ROOT_ID, &getattr_body());
+    let req_addr = place(s, &req);
+    let reply = reply_buf(s, 4096);
+    (req_addr, reply)
+}
+
+/// Whether the request queue puts chains in indirect tables when asked.
+fn uses_indirect(s: &Session) -> bool {
+    s.client
+        .queue(REQUEST_QUEUE)
+        .is_some_and(|q| q.uses_indirect())
+}
+
+/// Sends `descs` on the request queue (`indirect`: through an indirect table) and classifies
+/// what came back in the buffer at `reply`.
+fn send_chain(s: &mut Session, descs: &[RawDesc], indirect: bool, reply: u64) -> Outcome {
+    let used = s.client.raw_chain(REQUEST_QUEUE, descs, indirect);
+    classify(used.map(|u| raw_reply(s, reply, u.len)))
+}
+
+/// Asserts the chain `descs` is rejected (see [`send_chain`]) and the daemon still serves.
+#[track_caller]
+fn assert_chain_rejected(
+    s: &mut Session,
+    what: &str,
+    descs: &[RawDesc],
+    indirect: bool,
+    reply: u64,
+) {
+    let o = send_chain(s, descs, indirect, reply);
+    assert_rejected(what, &o);
+    s.assert_serving();
+}
+
 #[test]
 fn header_shorter_than_fuse_in_header() {
     let mut s = session();
@@ -82,10 +120,7 @@ fn descriptors_outside_guest_memory() {
     let mut s = session();
     let base = s.client.memory().base().0;
     let end = base + s.client.memory().size();
-    let unique = s.client.alloc_unique();
-    let req = raw_request(56, Opcode::Getattr as u32, unique, ROOT_ID, &getattr_body());
-    let req_addr = place(&mut s, &req);
-    let reply = reply_buf(&mut s, 4096);
+    let (req_addr, reply) = placed_getattr(&mut s);
     let rd = |addr, len| RawDesc {
         addr,
         len,
@@ -131,26 +166,12 @@ fn descriptors_outside_guest_memory() {
         ),
     ];
     for (what, descs) in cases {
-        let o = classify(
-            s.client
-                .raw_chain(REQUEST_QUEUE, &descs, false)
-                .map(|u| raw_reply(&s, reply, u.len)),
-        );
-        assert_rejected(what, &o);
-        s.assert_serving();
+        assert_chain_rejected(&mut s, what, &descs, false, reply);
     }
-    if s.client
-        .queue(REQUEST_QUEUE)
-        .is_some_and(|q| q.uses_indirect())
-    {
+    if uses_indirect(&s) {
         let descs = [rd(0x1000, 56), wr(reply, 4096)];
-        let o = classify(
-            s.client
-                .raw_chain(REQUEST_QUEUE, &descs, true)
-                .map(|u| raw_reply(&s, reply, u.len)),
-        );
-        assert_rejected("outside memory, inside an indirect table", &o);
-        s.assert_serving();
+        let what = "outside memory, inside an indirect table";
+        assert_chain_rejected(&mut s, what, &descs, true, reply);
     }
 }
 
@@ -189,13 +210,7 @@ fn write_only_chain_or_no_room_for_the_reply() {
         len: 4096,
         flags: VIRTQ_DESC_F_WRITE,
     }];
-    let o = classify(
-        s.client
-            .raw_chain(REQUEST_QUEUE, &descs, false)
-            .map(|u| raw_reply(&s, reply, u.len)),
-    );
-    assert_rejected("write-only chain", &o);
-    s.assert_serving();
+    assert_chain_rejected(&mut s, "write-only chain", &descs, false, reply);
     // A readable descriptor after a writable one violates the ring rules.
     let req_addr = place(&mut s, &req);
     let descs = [
@@ -215,11 +230,7 @@ fn write_only_chain_or_no_room_for_the_reply() {
             flags: 0,
         },
     ];
-    let o = classify(
-        s.client
-            .raw_chain(REQUEST_QUEUE, &descs, false)
-            .map(|u| raw_reply(&s, reply, u.len)),
-    );
+    let o = send_chain(&mut s, &descs, false, reply);
     println!("readable after writable: {o:?}");
     assert!(!matches!(o, Outcome::Garbage(_)), "{o:?}");
     s.assert_serving();
@@ -423,10 +434,7 @@ fn requests_before_init_are_refused_and_do_not_kill_the_daemon() {
 fn malformed_descriptor_chains() {
     use vfsdax_vmm_glue::driver::queue::{Descriptor, VIRTQ_DESC_F_NEXT};
     let mut s = session();
-    let unique = s.client.alloc_unique();
-    let req = raw_request(56, Opcode::Getattr as u32, unique, ROOT_ID, &getattr_body());
-    let req_addr = place(&mut s, &req);
-    let reply = reply_buf(&mut s, 4096);
+    let (req_addr, reply) = placed_getattr(&mut s);
     let d = |addr, len, flags, next| Descriptor {
         addr,
         len,
@@ -473,22 +481,14 @@ fn malformed_descriptor_chains() {
         assert_rejected(what, &o);
         s.assert_serving();
     }
-    if s.client
-        .queue(REQUEST_QUEUE)
-        .is_some_and(|q| q.uses_indirect())
-    {
+    if uses_indirect(&s) {
         let nested = [RawDesc {
             addr: table_addr,
             len: 32,
             flags: VIRTQ_DESC_F_INDIRECT,
         }];
-        let o = classify(
-            s.client
-                .raw_chain(REQUEST_QUEUE, &nested, true)
-                .map(|u| raw_reply(&s, reply, u.len)),
-        );
-        assert_rejected("an indirect table inside an indirect table", &o);
-        s.assert_serving();
+        let what = "an indirect table inside an indirect table";
+        assert_chain_rejected(&mut s, what, &nested, true, reply);
     }
 }
 
