@@ -12,10 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use vfsdax_tests::guest::daemon;
 use vfsdax_tests::guest::scratch::ScratchDir;
 use vfsdax_tests::guest::serial::SerialReport;
-use vfsdax_tests::guest::{run_guest, GuestSetup, Mode, RunOptions};
+use vfsdax_tests::guest::{daemon, run_guest, tool, GuestSetup, Mode, RunOptions};
 use vfsdax_tests::harness::error_chain;
 
 const USAGE: &str =
@@ -201,19 +200,11 @@ fn bench_once(
 }
 
 fn run() -> Result<(), String> {
-    let args = match parse_args(std::env::args_os().skip(1)) {
-        Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Err(e) => return Err(format!("{e}\n{USAGE}")),
+    let Some((args, setup)) = tool::start(parse_args(std::env::args_os().skip(1)), USAGE)? else {
+        println!("{USAGE}");
+        return Ok(());
     };
-    let setup = GuestSetup::detect().map_err(|e| error_chain(&e))?;
-    let ours = match args.vfsdaxd {
-        Some(p) => p,
-        None => daemon::vfsdaxd_path().map_err(|e| error_chain(&e))?,
-    };
+    let ours = tool::daemon_or_vfsdaxd(args.vfsdaxd)?;
     let peer = match args.virtiofsd {
         Some(p) if vfsdax_tests::guest::process::is_executable(&p) => Some(p),
         Some(p) => return Err(format!("{} is not an executable file", p.display())),

@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vfsdax_tests::guest::daemon;
 use vfsdax_tests::guest::scratch::ScratchDir;
 use vfsdax_tests::guest::serial::demo_output;
-use vfsdax_tests::guest::{run_guest, GuestSetup, Mode, RunOptions};
+use vfsdax_tests::guest::tool;
+use vfsdax_tests::guest::{run_guest, Mode, RunOptions};
 use vfsdax_tests::harness::error_chain;
 
 const USAGE: &str = "usage: guest-demo [--share DIR] [--daemon PATH]
@@ -61,19 +61,11 @@ fn make_demo_share(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 fn run() -> Result<(), String> {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Err(e) => return Err(format!("{e}\n{USAGE}")),
+    let Some((args, setup)) = tool::start(parse_args(), USAGE)? else {
+        println!("{USAGE}");
+        return Ok(());
     };
-    let setup = GuestSetup::detect().map_err(|e| error_chain(&e))?;
-    let program = match args.daemon {
-        Some(p) => p,
-        None => daemon::vfsdaxd_path().map_err(|e| error_chain(&e))?,
-    };
+    let program = tool::daemon_or_vfsdaxd(args.daemon)?;
     let work =
         ScratchDir::new("demo").map_err(|e| format!("cannot make a scratch directory: {e}"))?;
     let share = match args.share {

@@ -6,7 +6,8 @@
 //! modules ([`modinfo`], [`elf`]); [`initramfs`] packs busybox, the modules and the scripts of
 //! `tests/guest/` with the [`cpio`] writer; [`daemon`] starts and stops the daemon; [`qemu`]
 //! runs the VM with a hard timeout; [`serial`] parses the guest's marker lines; [`workload`]
-//! holds the expected steps and the host-side checks; [`run`] ties them together.
+//! holds the expected steps and the host-side checks; [`run`] ties them together; [`tool`]
+//! starts the `guest-*` programs.
 
 pub mod cpio;
 pub mod daemon;
@@ -20,6 +21,7 @@ pub mod qemu;
 pub mod run;
 pub mod scratch;
 pub mod serial;
+pub mod tool;
 pub mod workload;
 
 pub use run::{run_guest, GuestError, GuestRun, GuestSetup, Mode, RunOptions};
