@@ -201,8 +201,7 @@ impl<F: FileSystem + 'static> FsBackend<F> {
         let mut popped = false;
         let mut used_any = false;
         loop {
-            let generation = state.generation();
-            let chain = {
+            let popped_chain = {
                 let mut vs = vring.get_mut();
                 let q = vs.get_queue_mut();
                 if !q.ready() {
@@ -213,16 +212,24 @@ impl<F: FileSystem + 'static> FsBackend<F> {
                 let mut avail = q
                     .iter(mem.clone())
                     .map_err(|source| BackendError::UsedRing { queue, source })?;
-                avail.next()
+                // Counted in flight under the vring lock: see `QueueState::begin`.
+                avail.next().map(|chain| (chain, state.begin()))
             };
-            let Some(chain) = chain else { break };
+            let Some((chain, generation)) = popped_chain else {
+                break;
+            };
             popped = true;
             let head = chain.head_index();
-            state.begin();
             if let Some(pool) = pool {
                 let (server, mapper) = (self.server.clone(), self.mapper.clone());
                 let (state, vring, mem) = (state.clone(), vring.clone(), mem.clone());
                 pool.execute(Box::new(move || {
+                    // The ring was stopped (and maybe handed to a new driver) while this job
+                    // waited: its request must not run against memory that may be reused.
+                    if state.generation() != generation {
+                        state.end();
+                        return;
+                    }
                     let len = serve_chain(&server, &*mem, chain, &*mapper, queue);
                     let done = state.complete(&vring, generation, head, len);
                     let signalled = match done {

@@ -1,7 +1,7 @@
 //! Per-queue state shared between a queue's thread and the worker pool: whether the driver
 //! broke the ring, how many of its requests are in flight, and the ring's generation.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,14 @@ pub struct QueueState {
     idle: Condvar,
     /// Incremented when the frontend stops the ring; a completion is written only into the
     /// generation of the ring it was popped from.
-    generation: Mutex<u64>,
+    generation: AtomicU64,
+    /// Held across "same generation? then add_used" and across the increment, so a stop
+    /// cannot slip between the check and the write.
+    ///
+    /// Lock order: the vring lock may be held when taking `in_flight` (popping); `completing`
+    /// may be held when taking the vring lock (completing); nothing takes `completing` while
+    /// holding `in_flight` or the vring lock.
+    completing: Mutex<()>,
 }
 
 impl QueueState {
@@ -34,12 +41,15 @@ impl QueueState {
 
     /// The ring's current generation.
     pub fn generation(&self) -> u64 {
-        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
+        self.generation.load(Ordering::Acquire)
     }
 
-    /// A request was popped.
-    pub fn begin(&self) {
+    /// A request was popped: counts it in flight and returns the generation it belongs to.
+    /// Call it while still holding the vring lock the chain was popped under, so a stop either
+    /// sees it in flight or finds the ring already not ready.
+    pub fn begin(&self) -> u64 {
         *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.generation()
     }
 
     /// A request popped with [`begin`](Self::begin) is done (completed or dropped).
@@ -61,8 +71,8 @@ impl QueueState {
         len: u32,
     ) -> Result<bool, virtio_queue::Error> {
         // Held across `add_used`: `stopped` cannot start a new generation in between.
-        let current = self.generation.lock().unwrap_or_else(|e| e.into_inner());
-        if *current != generation {
+        let _completing = self.completing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation() != generation {
             return Ok(false);
         }
         vring.add_used(head, len)?;
@@ -73,14 +83,20 @@ impl QueueState {
     /// flight, then starts a new generation and forgets that the old ring was broken. Returns
     /// whether requests were still in flight when it gave up waiting.
     pub fn stopped(&self, wait: Duration) -> bool {
-        let n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let (_n, timeout) = self
-            .idle
-            .wait_timeout_while(n, wait, |n| *n > 0)
-            .unwrap_or_else(|e| e.into_inner());
-        *self.generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        let timed_out = {
+            let n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let (_n, timeout) = self
+                .idle
+                .wait_timeout_while(n, wait, |n| *n > 0)
+                .unwrap_or_else(|e| e.into_inner());
+            timeout.timed_out()
+        };
+        {
+            let _completing = self.completing.lock().unwrap_or_else(|e| e.into_inner());
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         self.broken.store(false, Ordering::Release);
-        timeout.timed_out()
+        timed_out
     }
 }
 
@@ -95,7 +111,7 @@ mod tests {
         let q = Arc::new(QueueState::default());
         q.mark_broken();
         let g0 = q.generation();
-        q.begin();
+        assert_eq!(q.begin(), g0);
         let q2 = q.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
@@ -118,9 +134,10 @@ mod tests {
     #[test]
     fn stopping_gives_up_after_the_bound() {
         let q = QueueState::default();
-        q.begin();
+        let g = q.begin();
         let start = Instant::now();
         assert!(q.stopped(Duration::from_millis(50)), "still in flight");
         assert!(start.elapsed() < Duration::from_secs(2));
+        assert_ne!(q.generation(), g, "a late completion will be dropped");
     }
 }
