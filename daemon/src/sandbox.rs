@@ -238,16 +238,33 @@ pub fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
+/// A file's identity: its `(st_dev, st_ino)`.
+pub type FileId = (u64, u64);
+
+/// Whether a name that now refers to `current` (`None`: nothing there, or it cannot be
+/// stat'ed) may be removed as the file recorded as `recorded`: only if it is still that file.
+pub fn still_ours(recorded: FileId, current: Option<FileId>) -> bool {
+    current == Some(recorded)
+}
+
 /// The vhost-user socket file and its lock file, removed through a descriptor of their
 /// directory: it stays valid whatever the process root becomes.
+///
+/// Each name is removed only while it still refers to the file it referred to when
+/// [`SocketFiles::new`] ran (right after the bind): once this daemon removed its files,
+/// another daemon may bind the same path, and the supervisor's late clean-up must leave that
+/// one's files alone. The check (`fstatat`) and the removal (`unlinkat`) are two calls: a
+/// file replaced between them is still removed; no call removes a name only if it is a given
+/// inode.
 #[derive(Debug)]
 pub struct SocketFiles {
     dir: File,
-    names: Vec<CString>,
+    names: Vec<(CString, FileId)>,
 }
 
 impl SocketFiles {
-    /// Remembers `socket` and `lock` (same directory); fails if the directory cannot be opened.
+    /// Remembers `socket` and `lock` (same directory) and the files they are now; fails if
+    /// the directory cannot be opened or either file cannot be stat'ed.
     pub fn new(socket: &Path, lock: &Path) -> io::Result<SocketFiles> {
         let dir_of = |p: &Path| match p.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -259,27 +276,48 @@ impl SocketFiles {
         }
         let cdir = CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let dir = open_dir(&cdir)?;
         let names = [socket, lock]
             .iter()
             .map(|p| {
                 let name = p.file_name().ok_or(io::ErrorKind::InvalidInput)?;
-                CString::new(name.as_encoded_bytes())
-                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+                let name = CString::new(name.as_encoded_bytes())
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                let id = file_id(&dir, &name)?;
+                Ok((name, id))
             })
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(SocketFiles {
-            dir: open_dir(&cdir)?,
-            names,
-        })
+        Ok(SocketFiles { dir, names })
     }
 
-    /// Removes both files (errors ignored: they may be gone already).
+    /// Removes both files if their names still refer to them (errors ignored: they may be
+    /// gone already).
     pub fn remove(&self) {
-        for name in &self.names {
-            // SAFETY: `name` is NUL-terminated and not kept; `dir` is an open descriptor.
-            unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
+        for (name, id) in &self.names {
+            if still_ours(*id, file_id(&self.dir, name).ok()) {
+                // SAFETY: `name` is NUL-terminated and not kept; `dir` is an open descriptor.
+                unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
+            }
         }
     }
+}
+
+/// The identity of `name` in `dir` (the name itself, not a symlink's target).
+fn file_id(dir: &File, name: &CStr) -> io::Result<FileId> {
+    let mut st = std::mem::MaybeUninit::<libc::stat64>::uninit();
+    // SAFETY: `name` is NUL-terminated and not kept; `st` is writable for one stat64, which
+    // fstatat64 fills on success.
+    cvt(unsafe {
+        libc::fstatat64(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat64 succeeded, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
 }
 
 fn cvt(r: libc::c_int) -> io::Result<()> {
@@ -462,6 +500,35 @@ mod tests {
         assert!(!moved.join("s").exists() && !moved.join("s.lock").exists());
         files.remove(); // already gone: no error, no panic
         std::fs::remove_dir(&moved).expect("rmdir");
+        assert!(
+            SocketFiles::new(&sock, &lock).is_err(),
+            "the files must exist to be recorded"
+        );
         assert!(SocketFiles::new(&sock, Path::new("/elsewhere/s.lock")).is_err());
+    }
+
+    #[test]
+    fn only_the_recorded_files_are_removed() {
+        assert!(still_ours((1, 2), Some((1, 2))));
+        assert!(!still_ours((1, 2), Some((1, 3))), "another inode");
+        assert!(!still_ours((1, 2), Some((4, 2))), "another device");
+        assert!(!still_ours((1, 2), None), "nothing there");
+
+        // A daemon bound the same path after this one's files were gone: its files stay.
+        let dir = std::env::temp_dir().join(format!("vfsdax-sandbox-new-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (sock, lock) = (dir.join("s"), dir.join("s.lock"));
+        std::fs::write(&sock, b"old").expect("socket stand-in");
+        std::fs::write(&lock, b"old").expect("lock");
+        let files = SocketFiles::new(&sock, &lock).expect("record");
+        // Renamed away (kept, so their inode numbers cannot be reused), then made again.
+        std::fs::rename(&sock, dir.join("old-s")).expect("rename");
+        std::fs::rename(&lock, dir.join("old-lock")).expect("rename");
+        std::fs::write(&sock, b"new").expect("new socket");
+        std::fs::write(&lock, b"new").expect("new lock");
+        files.remove();
+        assert_eq!(std::fs::read(&sock).expect("kept"), b"new");
+        assert_eq!(std::fs::read(&lock).expect("kept"), b"new");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -502,3 +502,61 @@ fn the_supervisor_and_the_daemon_end_together() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The state letter of `/proc/<pid>/stat` (`None` once the process is gone).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+fn wait_until(what: &str, d: &Daemon, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + EXIT_WAIT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_supervisor_leaves_a_newer_daemons_socket_files_alone() {
+    // The daemon removes its files when its frontend leaves; the supervisor cleans up after
+    // it. A daemon that bound the same path in between keeps its files.
+    if skip_for_peer() {
+        return;
+    }
+    let s = sandboxed_session("namespace", &[]);
+    let child = daemon_pid(&s.daemon, "namespace");
+    let Session { client, mut daemon } = s;
+    let supervisor = i32::try_from(daemon.pid()).expect("pid");
+    // SAFETY: kill only sends a signal to the supervisor this test started.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGSTOP) }, 0);
+    wait_until("the supervisor stopped", &daemon, || {
+        proc_state(daemon.pid()) == Some('T')
+    });
+    drop(client);
+    // The child exits and removes its files; stopped, the supervisor cannot reap it yet.
+    wait_until("the daemon exited", &daemon, || {
+        proc_state(child) == Some('Z')
+    });
+    assert_socket_files_gone(&daemon);
+    let mut lock = daemon.socket().as_os_str().to_owned();
+    lock.push(".lock");
+    std::fs::write(daemon.socket(), b"newer daemon").expect("socket stand-in");
+    std::fs::write(&lock, b"newer lock").expect("lock stand-in");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGCONT) }, 0);
+    let status = daemon.wait_exit(EXIT_WAIT).expect("the supervisor exits");
+    assert!(status.success(), "{status}\n{}", daemon.log_text());
+    assert_eq!(
+        std::fs::read(daemon.socket()).expect("the newer socket is kept"),
+        b"newer daemon"
+    );
+    assert_eq!(
+        std::fs::read(&lock).expect("the newer lock is kept"),
+        b"newer lock"
+    );
+}
