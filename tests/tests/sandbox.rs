@@ -560,3 +560,65 @@ fn the_supervisor_leaves_a_newer_daemons_socket_files_alone() {
         b"newer lock"
     );
 }
+
+#[test]
+fn the_supervisor_exits_even_if_sigchld_was_ignored() {
+    // An ignored SIGCHLD is inherited through exec: the kernel would reap the daemon
+    // without telling the supervisor, which must not wait for it forever.
+    if skip_for_peer() {
+        return;
+    }
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let tmp = vfsdax_tests::harness::TempDir::new("vfsdax-sandbox").expect("tmp");
+    let sock = tmp.path().join("s");
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).expect("mkdir");
+    let program = vfsdax_tests::harness::daemon_program().expect("vfsdaxd built");
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&share)
+        .args(["--sandbox", "namespace"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only calls signal(2),
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut supervisor = cmd.spawn().expect("spawn");
+    let sup = supervisor.id();
+    let children =
+        || std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + EXIT_WAIT;
+    while !sock.exists() || children().trim().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no daemon started");
+        assert!(
+            supervisor.try_wait().expect("try_wait").is_none(),
+            "exited early"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let child: i32 = children().trim().parse().expect("one child");
+    // SAFETY: kill only sends a signal to the daemon this test started (the supervisor's
+    // child).
+    assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + EXIT_WAIT;
+    let status = loop {
+        if let Some(status) = supervisor.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = supervisor.kill();
+            let _ = supervisor.wait();
+            panic!("the supervisor still runs after its daemon was killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(!sock.exists(), "the supervisor removed the socket");
+}

@@ -64,9 +64,26 @@ fn mask_one(how: libc::c_int, sig: libc::c_int) {
     }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGCHLD and forks. The process must be single-threaded. The
-/// child unblocks SIGCHLD and asks for SIGKILL when the parent dies.
+/// Gives SIGCHLD its default action without flags. Inherited as ignored (or with
+/// `SA_NOCLDWAIT`), it would make the kernel reap the child without a SIGCHLD nor a status
+/// for the supervisor, which would then wait forever.
+fn default_sigchld() -> io::Result<()> {
+    // SAFETY: sigaction is plain data; all-zero is a valid value (no flags, empty mask), and
+    // its handler is set to SIG_DFL below.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: `act` is initialised; the old action is not asked for (null).
+    if unsafe { libc::sigaction(libc::SIGCHLD, &act, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Gives SIGCHLD its default action, blocks SIGTERM, SIGINT and SIGCHLD and forks. The
+/// process must be single-threaded. The child unblocks SIGCHLD and asks for SIGKILL when the
+/// parent dies.
 pub(super) fn fork() -> io::Result<Forked> {
+    default_sigchld()?;
     let set = supervised_signals();
     // SAFETY: `set` is initialised; this changes only the calling (only) thread's mask.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
