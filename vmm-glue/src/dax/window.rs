@@ -278,6 +278,16 @@ impl DaxWindow {
         self.change.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` on the table while no map, unmap or zero-fill can change the window, so what `f`
+    /// reads in the table describes the host mappings it may change the protection of (fencing).
+    /// `f` must not call the window's changing methods: they wait for the same lock. Lock order:
+    /// callers may hold their own locks (the fault handler's fences) when calling this, but no
+    /// lock taken inside the window is ever held while taking theirs.
+    pub fn with_changes_held<R>(&self, f: impl FnOnce(&MappingTable) -> R) -> R {
+        let _guard = self.lock();
+        f(&self.table)
+    }
+
     /// Host address of `window_offset`, which [`validate_range`] has accepted.
     fn addr(&self, window_offset: u64) -> *mut libc::c_void {
         // validate_range keeps window_offset + len <= size, and size fits in usize.

@@ -7,8 +7,24 @@
 //! inaccessible (`mprotect(PROT_NONE)`; the mapping table entry stays). KVM then fails the next
 //! access at once and it exits like any other truncated-page access. A fenced range whose file
 //! grew back is unfenced when an access to it exits.
+//!
+//! Every fence remembers which mapping it fenced (its owner: the `Arc<File>` allocation the
+//! window made for that `SHMEM_MAP`, kept from reuse by a `Weak`, plus the file-minus-window
+//! offset). A range the guest unmapped or mapped again (REMOVEMAPPING, SETUPMAPPING) got fresh
+//! protection from `mmap`, so before fencing or unfencing, fences are checked against the current
+//! table and whatever no longer belongs to its mapping is dropped without touching it; unfencing
+//! restores the protection of the current entry.
+//!
+//! Lock order: the fences' owner (`VmFaultState`'s mutex) → the window's change lock
+//! ([`DaxWindow::with_changes_held`]) → the table's lock. The window's request thread takes only
+//! the latter two and never the fences, so the order cannot cycle. Protection changes and the
+//! checks they rely on run under the change lock, so a mapping swapped in meanwhile is never
+//! touched.
 
-use crate::dax::{Mapping, MappingTable};
+use std::fs::File;
+use std::sync::{Arc, Weak};
+
+use crate::dax::{DaxWindow, Mapping};
 use crate::fault::PAGE_SIZE;
 
 /// Errors of fencing.
@@ -27,10 +43,42 @@ pub enum FenceError {
     },
 }
 
+/// The identity of one host mapping of the window: the file the window duplicated for it (a new
+/// `Arc` per map request, shared only by the table entries split from it) and its file offset
+/// minus window offset. The `Weak` keeps the allocation, so its address cannot name another
+/// mapping later.
+#[derive(Clone, Debug)]
+struct Owner {
+    file: Weak<File>,
+    delta: u64,
+}
+
+impl Owner {
+    fn of(m: &Mapping) -> Self {
+        Owner {
+            file: Arc::downgrade(&m.file),
+            delta: m.file_offset.wrapping_sub(m.window_offset),
+        }
+    }
+
+    fn owns(&self, m: &Mapping) -> bool {
+        std::ptr::eq(self.file.as_ptr(), Arc::as_ptr(&m.file))
+            && m.file_offset.wrapping_sub(m.window_offset) == self.delta
+    }
+}
+
+/// One fenced range `[start, end)` of window offsets, and the mapping it belongs to.
+#[derive(Clone, Debug)]
+struct Fence {
+    start: u64,
+    end: u64,
+    owner: Owner,
+}
+
 /// The fenced ranges of one window.
 #[derive(Debug, Default)]
 pub struct Fences {
-    ranges: Vec<(u64, u64, bool)>,
+    ranges: Vec<Fence>,
 }
 
 /// The page-aligned lost part `(window_offset, len)` of `m` for a file of `size` bytes, if any.
@@ -43,10 +91,51 @@ pub fn lost_part(m: &Mapping, size: u64) -> Option<(u64, u64)> {
     (skip < m.len).then(|| (m.window_offset + skip, m.len - skip))
 }
 
+/// The entries of `entries` (sorted by window offset, not overlapping, as from
+/// `MappingTable::snapshot`) that overlap `[start, end)`.
+fn overlapping(entries: &[Mapping], start: u64, end: u64) -> &[Mapping] {
+    let first = entries.partition_point(|m| m.end() <= start);
+    let last = entries.partition_point(|m| m.window_offset < end);
+    entries.get(first..last.max(first)).unwrap_or(&[])
+}
+
+/// The parts of `[start, end)` that `owner`'s mapping still covers in `entries`, in order.
+fn owned_parts(start: u64, end: u64, owner: &Owner, entries: &[Mapping]) -> Vec<(u64, u64)> {
+    overlapping(entries, start, end)
+        .iter()
+        .filter(|m| owner.owns(m))
+        .map(|m| (m.window_offset.max(start), m.end().min(end)))
+        .filter(|(s, e)| s < e)
+        .collect()
+}
+
+/// The parts of `[start, end)` that none of `covered` covers, in order.
+fn uncovered(covered: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut cuts: Vec<(u64, u64)> = covered
+        .iter()
+        .map(|&(s, e)| (s.max(start), e.min(end)))
+        .filter(|(s, e)| s < e)
+        .collect();
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = start;
+    for (s, e) in cuts {
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
 fn protect(host_base: u64, offset: u64, len: u64, prot: libc::c_int) -> Result<(), FenceError> {
     // SAFETY: [host_base + offset, + len) lies inside the DAX window reservation (the range comes
-    // from a mapping-table entry of this window); changing its protection cannot invalidate Rust
-    // references because the glue never holds references into the window, only raw addresses.
+    // from a mapping-table entry of this window, checked against the table under the window's
+    // change lock); changing its protection cannot invalidate Rust references because the glue
+    // never holds references into the window, only raw addresses.
     let r = unsafe {
         libc::mprotect(
             (host_base + offset) as *mut libc::c_void,
@@ -64,67 +153,136 @@ fn protect(host_base: u64, offset: u64, len: u64, prot: libc::c_int) -> Result<(
     Ok(())
 }
 
-impl Fences {
-    /// Fences the lost part of every mapping whose file is now shorter than the mapped range.
-    /// Returns how many ranges were newly fenced.
-    pub fn fence_truncated(
-        &mut self,
-        host_base: u64,
-        table: &MappingTable,
-    ) -> Result<usize, FenceError> {
-        let mut n = 0;
-        for m in table.snapshot() {
-            let Ok(size) = m.file.metadata().map(|md| md.len()) else {
-                continue;
-            };
-            let Some((offset, len)) = lost_part(&m, size) else {
-                continue;
-            };
-            if self
-                .ranges
-                .iter()
-                .any(|&(o, l, _)| o <= offset && offset + len <= o + l)
-            {
-                continue;
-            }
-            protect(host_base, offset, len, libc::PROT_NONE)?;
-            self.ranges.push((offset, len, m.writable));
-            n += 1;
+/// A lost range `[start, end)` found by a [`scan`] and the mapping it was lost from.
+type Lost = (u64, u64, Owner);
+
+/// The lost part of every mapping of `window` whose file is now shorter than the mapped range
+/// (fstat of each mapping's file, without the change lock).
+fn scan(window: &DaxWindow) -> Vec<Lost> {
+    let mut lost = Vec::new();
+    for m in window.table().snapshot() {
+        let Ok(size) = m.file.metadata().map(|md| md.len()) else {
+            continue;
+        };
+        if let Some((offset, len)) = lost_part(&m, size) {
+            lost.push((offset, offset + len, Owner::of(&m)));
         }
-        Ok(n)
+    }
+    lost
+}
+
+impl Fences {
+    /// Drops the parts of fences their mapping no longer covers in `entries` (the current table):
+    /// those were unmapped or mapped again, which replaced their protection.
+    fn revalidate(&mut self, entries: &[Mapping]) {
+        let ranges = std::mem::take(&mut self.ranges);
+        for f in ranges {
+            for (start, end) in owned_parts(f.start, f.end, &f.owner, entries) {
+                self.ranges.push(Fence {
+                    start,
+                    end,
+                    owner: f.owner.clone(),
+                });
+            }
+        }
     }
 
-    /// Whether `window_offset` lies in a fenced range.
+    /// Fences the lost part of every mapping of `window` whose file is now shorter than the
+    /// mapped range. Returns how many lost ranges were newly fenced (wholly or in part).
+    pub fn fence_truncated(&mut self, window: &DaxWindow) -> Result<usize, FenceError> {
+        // The fstat calls run without the change lock; what they found is checked under it.
+        let lost = scan(window);
+        self.fence_lost(window, lost)
+    }
+
+    /// Fences the `lost` ranges a [`scan`] found, those still belonging to the same mapping.
+    fn fence_lost(&mut self, window: &DaxWindow, lost: Vec<Lost>) -> Result<usize, FenceError> {
+        if lost.is_empty() {
+            return Ok(0);
+        }
+        let host_base = window.host_addr();
+        window.with_changes_held(|table| {
+            let now = table.snapshot();
+            self.revalidate(&now);
+            let mut n = 0;
+            for (start, end, owner) in lost {
+                if owned_parts(start, end, &owner, &now) != [(start, end)] {
+                    // Unmapped or replaced since the scan: not this mapping's range any more.
+                    continue;
+                }
+                let fenced: Vec<(u64, u64)> =
+                    self.ranges.iter().map(|f| (f.start, f.end)).collect();
+                let open = uncovered(&fenced, start, end);
+                for &(s, e) in &open {
+                    protect(host_base, s, e - s, libc::PROT_NONE)?;
+                    self.ranges.push(Fence {
+                        start: s,
+                        end: e,
+                        owner: owner.clone(),
+                    });
+                }
+                n += usize::from(!open.is_empty());
+            }
+            Ok(n)
+        })
+    }
+
+    /// Whether `window_offset` lies in a range recorded as fenced (a range since unmapped or
+    /// mapped again stays recorded until the next fence or unfence drops it).
     pub fn is_fenced(&self, window_offset: u64) -> bool {
         self.ranges
             .iter()
-            .any(|&(o, l, _)| window_offset >= o && window_offset < o + l)
+            .any(|f| window_offset >= f.start && window_offset < f.end)
     }
 
-    /// Restores the protection of the fenced range containing `window_offset` (its file grew back).
-    pub fn unfence(&mut self, host_base: u64, window_offset: u64) -> Result<bool, FenceError> {
-        let Some(i) = self
-            .ranges
-            .iter()
-            .position(|&(o, l, _)| window_offset >= o && window_offset < o + l)
-        else {
+    /// Restores the protection of the fenced range containing `window_offset` (its file grew
+    /// back) to that of the mapping now there. Returns whether a fence of the current mapping was
+    /// lifted; fences of earlier mappings are dropped without touching the range.
+    pub fn unfence(&mut self, window: &DaxWindow, window_offset: u64) -> Result<bool, FenceError> {
+        if !self.is_fenced(window_offset) {
             return Ok(false);
-        };
-        let (o, l, writable) = self.ranges[i];
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        protect(host_base, o, l, prot)?;
-        self.ranges.swap_remove(i);
-        Ok(true)
+        }
+        let host_base = window.host_addr();
+        window.with_changes_held(|table| {
+            let now = table.snapshot();
+            self.revalidate(&now);
+            let Some(i) = self
+                .ranges
+                .iter()
+                .position(|f| window_offset >= f.start && window_offset < f.end)
+            else {
+                return Ok(false);
+            };
+            let f = &self.ranges[i];
+            // Revalidated: the current entry at f.start belongs to f's mapping.
+            let writable = overlapping(&now, f.start, f.start + 1)
+                .first()
+                .is_some_and(|m| m.writable);
+            let prot = if writable {
+                libc::PROT_READ | libc::PROT_WRITE
+            } else {
+                libc::PROT_READ
+            };
+            protect(host_base, f.start, f.end - f.start, prot)?;
+            self.ranges.swap_remove(i);
+            Ok(true)
+        })
     }
 
-    /// Forgets fenced ranges inside `[offset, offset + len)` (they were remapped, e.g. zero-filled).
+    /// Forgets fenced ranges inside `[offset, offset + len)` (they were remapped, e.g.
+    /// zero-filled); fences reaching outside it keep their parts outside.
     pub fn forget(&mut self, offset: u64, len: u64) {
-        self.ranges
-            .retain(|&(o, l, _)| !(o >= offset && o + l <= offset + len));
+        let end = offset.saturating_add(len);
+        let ranges = std::mem::take(&mut self.ranges);
+        for f in ranges {
+            for (start, end) in uncovered(&[(offset, end)], f.start, f.end) {
+                self.ranges.push(Fence {
+                    start,
+                    end,
+                    owner: f.owner.clone(),
+                });
+            }
+        }
     }
 }
 
@@ -158,5 +316,217 @@ mod tests {
             lost_part(&m(0x10000, 0x2000, 0x2000), 0x1000),
             Some((0x10000, 0x2000))
         );
+    }
+
+    const P: u64 = 4096;
+
+    fn tmpfile(len: u64) -> std::fs::File {
+        use std::io::Write;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "vfsdax-fence-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .expect("create temporary file");
+        f.write_all(&vec![0x5a; len as usize]).expect("fill");
+        std::fs::remove_file(&path).expect("unlink");
+        f
+    }
+
+    fn perms(addr: u64) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        maps.lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                let (s, e) = fields.next()?.split_once('-')?;
+                let s = u64::from_str_radix(s, 16).ok()?;
+                let e = u64::from_str_radix(e, 16).ok()?;
+                (s <= addr && addr < e).then(|| fields.next().map(str::to_string))?
+            })
+            .expect("address is mapped")
+    }
+
+    #[test]
+    fn a_remapped_range_is_fenced_again_when_the_new_file_shrinks() {
+        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
+        let base = w.host_addr();
+        let mut fences = Fences::default();
+        let a = tmpfile(2 * P);
+        w.map(0, 2 * P, &a, 0, true).expect("map A");
+        a.set_len(0).expect("truncate A");
+        assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
+        assert_eq!(perms(base), "---s");
+        // REMOVEMAPPING + SETUPMAPPING of another file at the same offset, which then shrinks.
+        w.unmap(0, 2 * P).expect("unmap A");
+        let b = tmpfile(2 * P);
+        w.map(0, 2 * P, &b, 0, true).expect("map B");
+        assert_eq!(perms(base), "rw-s");
+        b.set_len(0).expect("truncate B");
+        assert_eq!(
+            fences.fence_truncated(&w).expect("fence"),
+            1,
+            "B's lost range is not covered by A's old fence"
+        );
+        assert_eq!(perms(base), "---s");
+        assert_eq!(perms(base + P), "---s");
+        // B grows back: unfencing restores B's protection.
+        b.set_len(2 * P).expect("re-extend B");
+        assert!(fences.unfence(&w, P).expect("unfence"));
+        assert_eq!(perms(base), "rw-s");
+    }
+
+    #[test]
+    fn unfencing_a_read_only_remap_uses_its_own_protection() {
+        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
+        let base = w.host_addr();
+        let mut fences = Fences::default();
+        let a = tmpfile(2 * P);
+        w.map(0, 2 * P, &a, 0, true).expect("map A writable");
+        a.set_len(0).expect("truncate A");
+        assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
+        // B: read-only mapping of an O_RDONLY descriptor at the same offset.
+        let b = tmpfile(2 * P);
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&b));
+        let b_ro = std::fs::File::open(path).expect("reopen B read-only");
+        w.unmap(0, 2 * P).expect("unmap A");
+        w.map(0, 2 * P, &b_ro, 0, false).expect("map B read-only");
+        assert_eq!(perms(base), "r--s");
+        // A's stale fence is no fence of B: nothing to restore, and nothing fails.
+        assert!(!fences.unfence(&w, P).expect("unfence a stale fence"));
+        assert_eq!(perms(base), "r--s");
+        // B shrinks, is fenced, grows back: unfencing restores PROT_READ, not A's PROT_WRITE.
+        b.set_len(0).expect("truncate B");
+        assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
+        assert_eq!(perms(base + P), "---s");
+        b.set_len(2 * P).expect("re-extend B");
+        assert!(fences.unfence(&w, P).expect("unfence B"));
+        assert_eq!(perms(base), "r--s");
+        assert!(!fences.is_fenced(P));
+    }
+
+    #[test]
+    fn uncovered_table() {
+        assert_eq!(uncovered(&[], 0, 10), vec![(0, 10)]);
+        assert_eq!(uncovered(&[(0, 10)], 0, 10), vec![]);
+        assert_eq!(
+            uncovered(&[(2, 4), (6, 8)], 0, 10),
+            vec![(0, 2), (4, 6), (8, 10)]
+        );
+        assert_eq!(uncovered(&[(6, 20), (0, 3)], 2, 10), vec![(3, 6)]);
+        assert_eq!(
+            uncovered(&[(1, 5), (2, 3), (5, 7)], 0, 8),
+            vec![(0, 1), (7, 8)]
+        );
+        assert_eq!(uncovered(&[(20, 30)], 0, 10), vec![(0, 10)]);
+    }
+
+    #[test]
+    fn owned_parts_follow_the_mapping_identity() {
+        let a = m(0, 0x4000, 0x10000);
+        let owner = Owner::of(&a);
+        // The same file object at another file offset (or another file object) is someone else.
+        let b = m(0x4000, 0x1000, 0);
+        let mut a_moved = a.clone();
+        a_moved.file_offset = 0;
+        assert!(owner.owns(&a));
+        assert!(!owner.owns(&a_moved));
+        assert!(!owner.owns(&b));
+        // A split of `a` around a new mapping in its middle.
+        let left = Mapping {
+            len: 0x1000,
+            ..a.clone()
+        };
+        let mid = m(0x1000, 0x1000, 0);
+        let right = Mapping {
+            window_offset: 0x2000,
+            len: 0x2000,
+            file_offset: 0x12000,
+            ..a.clone()
+        };
+        let entries = [left, mid, right, b];
+        assert_eq!(
+            owned_parts(0, 0x4000, &owner, &entries),
+            vec![(0, 0x1000), (0x2000, 0x4000)]
+        );
+        assert_eq!(
+            owned_parts(0x1800, 0x3000, &owner, &entries),
+            vec![(0x2000, 0x3000)]
+        );
+        assert_eq!(owned_parts(0x4000, 0x5000, &owner, &entries), vec![]);
+        assert_eq!(owned_parts(0, 0x4000, &owner, &[]), vec![]);
+    }
+
+    #[test]
+    fn forget_cuts_partial_overlaps() {
+        let a = m(0, 0x4000, 0);
+        let mut f = Fences::default();
+        f.ranges.push(Fence {
+            start: 0,
+            end: 0x4000,
+            owner: Owner::of(&a),
+        });
+        f.forget(0x1000, 0x1000);
+        assert!(f.is_fenced(0));
+        assert!(!f.is_fenced(0x1000));
+        assert!(f.is_fenced(0x2000));
+        f.forget(0, u64::MAX);
+        assert!(!f.is_fenced(0) && !f.is_fenced(0x3fff));
+    }
+
+    #[test]
+    fn a_mapping_swapped_in_after_the_scan_is_not_fenced() {
+        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
+        let base = w.host_addr();
+        let mut fences = Fences::default();
+        let a = tmpfile(2 * P);
+        w.map(0, 2 * P, &a, 0, true).expect("map A");
+        a.set_len(0).expect("truncate A");
+        let lost = scan(&w);
+        assert_eq!(lost.len(), 1);
+        // The request thread replaces A between the scan and the fencing.
+        let b = tmpfile(2 * P);
+        w.map(0, 2 * P, &b, 0, true).expect("map B");
+        assert_eq!(fences.fence_lost(&w, lost).expect("fence"), 0);
+        assert_eq!(perms(base), "rw-s");
+        assert!(!fences.is_fenced(0));
+    }
+
+    #[test]
+    fn a_mapping_inside_a_fence_splits_it() {
+        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
+        let base = w.host_addr();
+        let mut fences = Fences::default();
+        let a = tmpfile(4 * P);
+        w.map(0, 4 * P, &a, 0, true).expect("map A");
+        a.set_len(0).expect("truncate A");
+        assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
+        let b = tmpfile(P);
+        w.map(P, P, &b, 0, false).expect("map B inside A's fence");
+        assert_eq!(perms(base + P), "r--s");
+        assert!(!fences.unfence(&w, P).expect("B is not fenced"));
+        assert_eq!(perms(base + P), "r--s");
+        // Both remaining parts of A stay fenced, and are lifted one at a time.
+        assert_eq!(perms(base), "---s");
+        assert_eq!(perms(base + 3 * P), "---s");
+        assert_eq!(fences.fence_truncated(&w).expect("nothing new"), 0);
+        a.set_len(4 * P).expect("re-extend A");
+        assert!(fences.unfence(&w, 0).expect("unfence A's head"));
+        assert_eq!(perms(base), "rw-s");
+        assert_eq!(perms(base + 2 * P), "---s");
+        assert!(fences.unfence(&w, 3 * P).expect("unfence A's tail"));
+        assert_eq!(perms(base + 2 * P), "rw-s");
+        assert_eq!(perms(base + P), "r--s");
+        // Unmapping a fenced range drops its fence without touching the placeholder.
+        a.set_len(0).expect("truncate A again");
+        assert_eq!(fences.fence_truncated(&w).expect("both parts of A"), 2);
+        w.unmap(0, 4 * P).expect("unmap");
+        assert!(!fences.unfence(&w, 0).expect("nothing to lift"));
+        assert_eq!(perms(base), "---p");
     }
 }

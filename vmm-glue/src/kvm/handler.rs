@@ -242,7 +242,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                     self.last_fence_scan = Some(Instant::now());
                     let n = self
                         .fences()
-                        .fence_truncated(self.geometry.host_base, self.window.table())
+                        .fence_truncated(&self.window)
                         .map_err(FaultError::Fence)?;
                     self.counters.fenced += n as u64;
                 }
@@ -294,7 +294,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 if let Classification::Backed { gpa, .. } = &class {
                     let off = gpa - self.geometry.gpa_base;
                     self.fences()
-                        .unfence(self.geometry.host_base, off)
+                        .unfence(&self.window, off)
                         .map_err(FaultError::Fence)?;
                 }
                 self.retry(ops, exit, &snap, &class)?;
@@ -541,7 +541,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             // retry would start KVM's async fault all over again. Fence lost ranges first.
             let n = self
                 .fences()
-                .fence_truncated(self.geometry.host_base, self.window.table())
+                .fence_truncated(&self.window)
                 .map_err(FaultError::Fence)?;
             self.counters.fenced += n as u64;
         }
@@ -610,10 +610,13 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             return Err("nothing to zero-fill".into());
         };
         let (start, lost_len) = t.lost_range();
+        // Held until the store below has landed, so no other vCPU fences the zero pages meanwhile
+        // (lock order: fences, then the window's change lock inside map_zero).
+        let mut fences = self.fences();
         self.window
             .map_zero(start, lost_len)
             .map_err(|e| format!("zero-filling the lost range failed: {e}"))?;
-        self.fences().forget(start, lost_len);
+        fences.forget(start, lost_len);
         match *exit {
             Exit::MmioRead { len, .. } => ops.complete_mmio_read(&[0; 8][..len.min(8) as usize]),
             Exit::MmioWrite { gpa, len, data } => {
@@ -629,6 +632,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             }
             _ => {}
         }
+        drop(fences);
         Ok((start, lost_len))
     }
 
