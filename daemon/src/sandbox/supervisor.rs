@@ -9,6 +9,7 @@
 //! supervisor dies (`PR_SET_PDEATHSIG`), so killing the supervisor kills the daemon too.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Which side of the fork this is.
 pub(super) enum Forked {
@@ -80,10 +81,14 @@ fn default_sigchld() -> io::Result<()> {
 }
 
 /// Gives SIGCHLD its default action, blocks SIGTERM, SIGINT and SIGCHLD and forks. The
-/// process must be single-threaded. The child unblocks SIGCHLD and asks for SIGKILL when the
-/// parent dies.
+/// process must be single-threaded. The child unblocks SIGCHLD, asks for SIGKILL when the
+/// parent dies and `_exit`s at once if the parent died already.
 pub(super) fn fork() -> io::Result<Forked> {
     default_sigchld()?;
+    // The supervisor holds the write end for its life; the child sees the pipe hung up once
+    // it is gone. (`getppid` cannot tell: it is 0 for PID 1 of a new PID namespace, whose
+    // parent lies outside it, before and after that parent dies.)
+    let (alive_read, alive_write) = pipe()?;
     let set = supervised_signals();
     // SAFETY: `set` is initialised; this changes only the calling (only) thread's mask.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -97,15 +102,50 @@ pub(super) fn fork() -> io::Result<Forked> {
             Err(e)
         }
         0 => {
+            drop(alive_write);
             mask_one(libc::SIG_UNBLOCK, libc::SIGCHLD);
             // SAFETY: PR_SET_PDEATHSIG takes integer arguments only.
             if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
                 return Err(io::Error::last_os_error());
             }
+            // The supervisor closes its descriptors before the kernel looks for the children
+            // to signal: dead before the prctl, it hung the pipe up; after, SIGKILL comes.
+            if hung_up(&alive_read) {
+                // SAFETY: _exit takes an integer and ends the process; nothing needs to run
+                // first (the socket files stay for the next daemon to replace as stale).
+                unsafe { libc::_exit(1) };
+            }
             Ok(Forked::Child)
         }
-        pid => Ok(Forked::Parent(pid)),
+        pid => {
+            // Open until the supervisor exits (it never returns).
+            std::mem::forget(alive_write);
+            Ok(Forked::Parent(pid))
+        }
     }
+}
+
+/// `pipe2(O_CLOEXEC)`: the read end and the write end.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is writable for the two descriptors pipe2 stores on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Whether every write end of the pipe `read_end` was closed (checked without waiting).
+fn hung_up(read_end: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: read_end.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd; a zero timeout returns at once.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & libc::POLLHUP != 0
 }
 
 /// The supervisor's life: forwards SIGTERM and SIGINT to `child`, and once it ended runs
@@ -163,5 +203,13 @@ mod tests {
         assert_eq!(exit_as(0x80 | libc::SIGSYS), ExitAs::Signal(libc::SIGSYS));
         // Stopped (only with WUNTRACED, which the supervisor does not ask for).
         assert_eq!(exit_as(0x137f), ExitAs::Code(1));
+    }
+
+    #[test]
+    fn a_pipe_tells_whether_its_writer_is_gone() {
+        let (read_end, write_end) = pipe().expect("pipe");
+        assert!(!hung_up(&read_end), "the writer is alive");
+        drop(write_end);
+        assert!(hung_up(&read_end), "the writer is gone");
     }
 }
