@@ -1,9 +1,10 @@
 //! Process sandbox (`--sandbox namespace|chroot|none`, virtiofsd's values; the default here
 //! is `none`).
 //!
-//! - `namespace`: new mount, PID, network and IPC namespaces (`unshare`); the daemon forks
-//!   into the PID namespace and the parent stays outside as a supervisor (`supervisor.rs`);
-//!   the child makes every mount a slave so nothing done here reaches the host (host mounts
+//! - `namespace`: new mount, PID, network and IPC namespaces (`unshare`). The daemon forks
+//!   into the new PID namespace and the parent stays outside as a supervisor
+//!   (`supervisor.rs`), in the host's namespaces and root: only the child unshares the mount,
+//!   network and IPC namespaces. The child makes every mount a slave so nothing done here reaches the host (host mounts
 //!   still propagate in), mounts a fresh `/proc` for its PID namespace, bind-mounts the share
 //!   onto itself, makes it the root with `pivot_root(".", ".")` and detaches the old root
 //!   (`umount2(".", MNT_DETACH)`). Nothing is mounted or created inside the share: the guest
@@ -52,10 +53,13 @@ pub enum SandboxMode {
 pub enum Step {
     /// Refuse if another thread runs (it would keep the old namespaces and root).
     CheckSingleThreaded,
-    /// `unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC)`.
-    Unshare,
+    /// `unshare(CLONE_NEWPID)`: the next child is in a new PID namespace.
+    UnsharePid,
     /// `fork`: the child is PID 1 of the new PID namespace and goes on; the parent supervises.
     ForkPidNamespace,
+    /// `unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)`, in the child only: the
+    /// supervisor keeps the host's mounts and root.
+    UnshareOthers,
     /// `mount(NULL, "/", NULL, MS_REC | MS_SLAVE)`: nothing mounted here propagates out.
     MountsSlave,
     /// A `proc` of the new PID namespace on `/proc` (host processes out of sight).
@@ -81,8 +85,9 @@ pub fn steps(mode: SandboxMode) -> &'static [Step] {
         SandboxMode::None => &[],
         SandboxMode::Namespace => &[
             CheckSingleThreaded,
-            Unshare,
+            UnsharePid,
             ForkPidNamespace,
+            UnshareOthers,
             MountsSlave,
             MountProc,
             BindShare,
@@ -136,8 +141,9 @@ pub struct Sandbox {
 ///
 /// Under [`SandboxMode::Namespace`] the calling process forks: the child returns from this
 /// call inside the sandbox; the parent never returns: it forwards SIGTERM and SIGINT to the
-/// child, runs `on_exit` once the child ended (it is outside the sandbox, paths still mean
-/// what they meant) and exits the same way ([`exit_as`]).
+/// child, runs `on_exit` once the child ended and exits the same way ([`exit_as`]). The
+/// parent enters no namespace but the child's PID one (as its parent, not its member) and
+/// keeps the host's root, so paths still mean what they meant for `on_exit`.
 pub fn enter(
     mode: SandboxMode,
     shared_dir: &Path,
@@ -184,12 +190,13 @@ pub fn enter(
                     return Err(SandboxError::Threads(n));
                 }
             }
-            Step::Unshare => unshare(
-                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC,
-            )
-            .map_err(step_err(
-                "create mount, PID, network and IPC namespaces".into(),
-            ))?,
+            Step::UnsharePid => {
+                unshare(libc::CLONE_NEWPID).map_err(step_err("create a PID namespace".into()))?
+            }
+            Step::UnshareOthers => {
+                unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC)
+                    .map_err(step_err("create mount, network and IPC namespaces".into()))?
+            }
             Step::ForkPidNamespace => {
                 match supervisor::fork().map_err(step_err("fork into the PID namespace".into()))? {
                     supervisor::Forked::Child => {}
@@ -412,10 +419,14 @@ mod tests {
         use Step::*;
         let m = SandboxMode::Namespace;
         assert_eq!(steps(m)[0], CheckSingleThreaded, "threads checked first");
-        assert!(position(m, Unshare) < position(m, ForkPidNamespace));
+        assert!(position(m, UnsharePid) < position(m, ForkPidNamespace));
         assert!(
-            position(m, ForkPidNamespace) < position(m, MountsSlave),
-            "the rest happens in the child"
+            position(m, ForkPidNamespace) < position(m, UnshareOthers),
+            "the supervisor keeps the host's mounts, network and IPC"
+        );
+        assert!(
+            position(m, UnshareOthers) < position(m, MountsSlave),
+            "mounts change only in a mount namespace of the child's own"
         );
         assert!(
             position(m, MountsSlave) < position(m, MountProc),
@@ -447,8 +458,9 @@ mod tests {
         assert!(position(m, OpenProcSelfFd) < position(m, Chroot));
         assert_eq!(*steps(m).last().expect("steps"), ChdirRoot);
         for s in [
-            Unshare,
+            UnsharePid,
             ForkPidNamespace,
+            UnshareOthers,
             MountsSlave,
             MountProc,
             BindShare,

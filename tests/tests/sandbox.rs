@@ -114,8 +114,20 @@ fn assert_sandboxed(d: &Daemon, mode: &str) {
             .map(|l| l.to_string_lossy().into_owned())
             .collect();
         assert!(links.iter().any(|l| l == "/1/fd"), "{links:?}");
-        // The supervisor stays outside.
+        // The supervisor stays outside: in this process's namespaces, with the host's root.
         assert_ne!(namespace(d.pid(), "pid"), namespace(pid, "pid"));
+        for ns in ["mnt", "net", "ipc"] {
+            assert_eq!(
+                namespace(d.pid(), ns),
+                namespace(0, ns),
+                "the supervisor keeps the host's {ns} namespace"
+            );
+        }
+        assert_eq!(
+            dev_ino(&Path::new("/proc").join(d.pid().to_string()).join("root")),
+            dev_ino(Path::new("/")),
+            "the supervisor's root is the host's"
+        );
     }
     let line = format!("sandbox entered (--sandbox {mode})");
     assert!(d.log_text().contains(&line), "{}", d.log_text());

@@ -1,7 +1,9 @@
 //! The PID namespace of `--sandbox namespace`. `unshare(CLONE_NEWPID)` only places the next
-//! child in the new namespace, so the daemon forks: the child, PID 1 there, goes on to set up
-//! the rest of the sandbox and serve; the parent stays outside as a supervisor that forwards
-//! SIGTERM and SIGINT to the child, waits for it, and exits the way it did.
+//! child in the new namespace, so the daemon forks: the child, PID 1 there, unshares the
+//! mount, network and IPC namespaces, sets up the rest of the sandbox and serves; the parent
+//! stays outside, in the host's namespaces with the host's root, as a supervisor that
+//! forwards SIGTERM and SIGINT to the child, waits for it, removes the socket files the child
+//! left (through their directory's descriptor) and exits the way it did.
 //!
 //! PID 1 of a namespace drops a signal it neither handles nor blocks: SIGTERM and SIGINT are
 //! blocked before the fork and stay blocked in the child until its signal thread waits for
