@@ -49,6 +49,11 @@ static SAVED_CWD: std::sync::Mutex<Option<File>> = std::sync::Mutex::new(None);
 /// name relative to a held descriptor: `/proc/self/fd` need not be reachable by an absolute
 /// path (it is not, inside `--sandbox namespace|chroot`). Nothing else in the daemon resolves
 /// a relative path once it serves, so no other thread sees the change.
+///
+/// Returns `f`'s result once the working directory is back. If going back fails twice, the
+/// process aborts (after a line on stderr): its working directory would stay in `dir`, which
+/// may lie outside the sandbox's root (`/proc/self/fd`), and a daemon whose working directory
+/// escaped its root must not go on.
 pub(crate) fn in_dir<T>(dir: RawFd, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let mut saved = SAVED_CWD.lock().unwrap_or_else(|e| e.into_inner());
     let back = match saved.as_ref() {
@@ -66,8 +71,19 @@ pub(crate) fn in_dir<T>(dir: RawFd, f: impl FnOnce() -> io::Result<T>) -> io::Re
     cvt(unsafe { libc::fchdir(dir) })?;
     let r = f();
     // SAFETY: as above; `back` is the open directory descriptor `saved` holds.
-    cvt(unsafe { libc::fchdir(back) })?;
+    if let Err(e) = retry_once(|| cvt(unsafe { libc::fchdir(back) }).map(drop)) {
+        eprintln!(
+            "vfsdaxd: cannot return to the working directory after a call in another \
+             directory ({e}); aborting rather than serving from there"
+        );
+        std::process::abort();
+    }
     r
+}
+
+/// Runs `op`, and once more if it failed; the second result.
+fn retry_once(mut op: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    op().or_else(|_| op())
 }
 
 /// `openat(dir, name, flags | O_CLOEXEC, mode)`.
@@ -509,6 +525,97 @@ mod tests {
         let b = fstat(f.as_raw_fd()).expect("fstat");
         assert_eq!((a.st.st_dev, a.st.st_ino), (b.st_dev, b.st_ino));
         assert_eq!(a.st.st_mode, b.st_mode);
+    }
+
+    #[test]
+    fn going_back_is_tried_twice() {
+        let mut calls = 0;
+        let flaky = retry_once(|| {
+            calls += 1;
+            if calls == 1 {
+                Err(err(libc::EINTR))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(flaky.is_ok());
+        assert_eq!(calls, 2);
+        let mut calls = 0;
+        let broken = retry_once(|| {
+            calls += 1;
+            Err(err(libc::EBADF))
+        });
+        assert_eq!(broken.map_err(|e| e.raw_os_error()), Err(Some(libc::EBADF)));
+        assert_eq!(calls, 2, "no third try");
+        let mut calls = 0;
+        assert!(retry_once(|| {
+            calls += 1;
+            Ok(())
+        })
+        .is_ok());
+        assert_eq!(calls, 1, "no second call after a success");
+    }
+
+    #[test]
+    fn in_dir_returns_the_calls_own_result_and_goes_back() {
+        // Read under in_dir's lock: other tests may be inside an in_dir call meanwhile.
+        let cwd = || {
+            let _serialised = SAVED_CWD.lock().unwrap_or_else(|e| e.into_inner());
+            std::fs::read_link("/proc/self/cwd").expect("cwd")
+        };
+        let before = cwd();
+        let tmp = File::open(std::env::temp_dir()).expect("open tmp");
+        let inside = in_dir(tmp.as_raw_fd(), || std::fs::read_link("/proc/self/cwd"));
+        assert_eq!(
+            inside.expect("ran"),
+            std::env::temp_dir().canonicalize().expect("tmp")
+        );
+        assert_eq!(cwd(), before);
+        let failed = in_dir(tmp.as_raw_fd(), || Err::<(), _>(err(libc::ENODATA)));
+        assert_eq!(
+            failed.map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ENODATA))
+        );
+        assert_eq!(cwd(), before);
+    }
+
+    #[test]
+    fn in_dir_aborts_when_it_cannot_go_back() {
+        // Run in a process of its own (this test binary again): it must abort.
+        const CHILD: &str = "VFSDAX_IN_DIR_ABORT_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let tmp = File::open(std::env::temp_dir()).expect("open tmp");
+            in_dir(tmp.as_raw_fd(), || Ok(())).expect("first call");
+            let back = SAVED_CWD
+                .lock()
+                .expect("lock")
+                .as_ref()
+                .expect("saved")
+                .as_raw_fd();
+            let not_a_dir = File::open("/dev/null").expect("open");
+            // SAFETY: dup2 replaces descriptor `back`, which the saved File still owns, with
+            // one that is no directory: the next fchdir(back) fails, as this test wants.
+            assert!(unsafe { libc::dup2(not_a_dir.as_raw_fd(), back) } >= 0);
+            let r = in_dir(tmp.as_raw_fd(), || Ok(7));
+            panic!("in_dir went on with the working directory elsewhere: {r:?}");
+        }
+        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "--exact",
+                "passthrough::sys::tests::in_dir_aborts_when_it_cannot_go_back",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("run");
+        use std::os::unix::process::ExitStatusExt;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{stderr}");
+        assert!(
+            stderr.contains("cannot return to the working directory"),
+            "{stderr}"
+        );
     }
 
     #[test]
