@@ -3,7 +3,8 @@
 //! mount, network and IPC namespaces, sets up the rest of the sandbox and serves; the parent
 //! stays outside, in the host's namespaces with the host's root, as a supervisor that
 //! forwards SIGTERM and SIGINT to the child, waits for it, removes the socket files the child
-//! left (through their directory's descriptor) and exits the way it did.
+//! left (through their directory's descriptor) and exits the way it did (with code 128 + the
+//! signal for a signal that dumps core: see [`exit_as`]).
 //!
 //! PID 1 of a namespace drops a signal it neither handles nor blocks: SIGTERM and SIGINT are
 //! blocked before the fork and stay blocked in the child until its signal thread waits for
@@ -31,15 +32,41 @@ pub enum ExitAs {
 }
 
 /// The way to end that reproduces the wait status `status` (from `waitpid` without
-/// `WUNTRACED`: the child exited or was killed).
+/// `WUNTRACED`: the child exited or was killed). A child killed by a signal whose default
+/// action dumps core (SIGSYS from the seccomp filter, SIGSEGV, SIGABRT, ...) becomes exit
+/// code 128 + the signal, the shell's convention: raised again, the signal would dump a core
+/// of the supervisor, which did nothing wrong. Other signals (SIGTERM, SIGINT, SIGKILL, ...)
+/// are raised again.
 pub fn exit_as(status: libc::c_int) -> ExitAs {
     if libc::WIFEXITED(status) {
         ExitAs::Code(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
-        ExitAs::Signal(libc::WTERMSIG(status))
+        let sig = libc::WTERMSIG(status);
+        if dumps_core(sig) {
+            ExitAs::Code(128 + sig)
+        } else {
+            ExitAs::Signal(sig)
+        }
     } else {
         ExitAs::Code(1)
     }
+}
+
+/// Whether the default action of `sig` dumps core (signal(7), action "Core").
+fn dumps_core(sig: libc::c_int) -> bool {
+    matches!(
+        sig,
+        libc::SIGQUIT
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGABRT
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGSEGV
+            | libc::SIGXCPU
+            | libc::SIGXFSZ
+            | libc::SIGSYS
+    )
 }
 
 /// The signals the supervisor waits for.
@@ -182,7 +209,8 @@ fn finish(how: ExitAs) -> ! {
         ExitAs::Code(code) => std::process::exit(code),
         ExitAs::Signal(sig) => {
             // SAFETY: resetting a signal to its default action and raising it take integers
-            // only; the default action of the signals a child dies of ends this process too.
+            // only; the default action of the signals a child dies of ends this process too
+            // (those that dump core never come here: see `exit_as`).
             unsafe { libc::signal(sig, libc::SIG_DFL) };
             mask_one(libc::SIG_UNBLOCK, sig);
             // SAFETY: as above.
@@ -202,7 +230,16 @@ mod tests {
         assert_eq!(exit_as(0), ExitAs::Code(0));
         assert_eq!(exit_as(3 << 8), ExitAs::Code(3));
         assert_eq!(exit_as(libc::SIGKILL), ExitAs::Signal(libc::SIGKILL));
-        assert_eq!(exit_as(0x80 | libc::SIGSYS), ExitAs::Signal(libc::SIGSYS));
+        assert_eq!(exit_as(libc::SIGTERM), ExitAs::Signal(libc::SIGTERM));
+        assert_eq!(exit_as(libc::SIGINT), ExitAs::Signal(libc::SIGINT));
+        // Signals that dump core: an exit code, not a core of the supervisor.
+        assert_eq!(
+            exit_as(0x80 | libc::SIGSYS),
+            ExitAs::Code(128 + libc::SIGSYS)
+        );
+        assert_eq!(exit_as(libc::SIGSYS), ExitAs::Code(159));
+        assert_eq!(exit_as(0x80 | libc::SIGSEGV), ExitAs::Code(139));
+        assert_eq!(exit_as(libc::SIGABRT), ExitAs::Code(134));
         // Stopped (only with WUNTRACED, which the supervisor does not ask for).
         assert_eq!(exit_as(0x137f), ExitAs::Code(1));
     }
