@@ -1,7 +1,8 @@
 //! The truncated-DAX-page matrix on real KVM:
 //! {load, store} × {opted in → apf error, not opted in → mce, zero-fill, stop} ×
 //! {truncate to 0, truncate below the accessed page, unlink and recreate the name, truncate then
-//! re-extend before the access}, plus fallback edge cells.
+//! re-extend before the access}, plus fallback edge cells and a zero-filled page that keeps the
+//! guest's store across later fence scans.
 //!
 //! Every cell runs in a child process (this test binary re-executed for that one test) with a
 //! time bound, so a VMM crash or hang fails the cell instead of the whole suite. Needs /dev/kvm;
@@ -16,12 +17,14 @@ use vfsdax_protocol::apf::{
 };
 use vfsdax_protocol::report::{Access, ActionTaken, FaultKind, GuestMode};
 use vfsdax_vmm_glue::fault::FallbackPolicy;
-use vfsdax_vmm_glue::kvm::guest::{layout, GuestAccess};
+use vfsdax_vmm_glue::kvm::guest::{layout, port, GuestAccess, GuestConfig, GuestObservation};
 use vfsdax_vmm_glue::kvm::mce::{MCG_STATUS_EIPV, MCG_STATUS_MCIP, MCG_STATUS_RIPV};
 use vfsdax_vmm_glue::kvm::scenario::{
-    original_word, replacement_word, run_scenario, Scenario, ScenarioResult, Truncation,
-    ACCESS_OFFSET, BASELINE_OFFSET, BELOW_SIZE, MAP_LEN, STORE_VALUE,
+    original_word, replacement_word, run_scenario, Backing, LocalFile, Scenario, ScenarioResult,
+    Truncation, ACCESS_OFFSET, BASELINE_OFFSET, BELOW_SIZE, MAP_LEN, STORE_VALUE, WINDOW_SIZE,
 };
+use vfsdax_vmm_glue::kvm::vm::{ReferenceVm, VmSetup, KICK_INTERVAL};
+use vfsdax_vmm_glue::kvm::{Exit, Handled, VcpuOps};
 
 const CHILD_ENV: &str = "VFSDAX_KVM_MATRIX_CHILD";
 const CELL_BOUND: Duration = Duration::from_secs(60);
@@ -620,4 +623,98 @@ unmapped_cells! {
     unmapped_kernel_store: Store, false, false;
     unmapped_user_load_mce: Load, true, false;
     unmapped_user_store_apf: Store, true, true;
+}
+
+/// Zero-fill gives the guest the lost page to keep: its store into the zero page survives the
+/// fence scan of a later kick, and its next load of the page (a second run from the guest's
+/// read-back load) reads that store, without another fault or zero-fill.
+#[test]
+fn zero_filled_store_survives_a_kick() {
+    in_child("zero_filled_store_survives_a_kick", || {
+        let s = scenario(GuestAccess::Store, Guest::ZeroFill, Truncation::ToZero);
+        let mut local = LocalFile::create(&s.file).expect("backing file");
+        let setup = VmSetup {
+            feature_bit: s.feature_bit,
+            policy: s.policy,
+            window_size: WINDOW_SIZE,
+        };
+        let cfg = GuestConfig {
+            access: GuestAccess::Store,
+            opt_in: false,
+            send_always: s.send_always,
+            stock_apf: false,
+            enable_mce: s.guest_mce,
+            interrupts: true,
+            user_mode: false,
+            feature_bit: DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT,
+            baseline_offset: BASELINE_OFFSET,
+            access_offset: ACCESS_OFFSET,
+            store_value: STORE_VALUE,
+        };
+        let mut vm = ReferenceVm::with_window(&setup, &cfg, local.window()).expect("VM");
+        // Run 1: baseline load, truncation, the store (zero-filled) and its read-back.
+        let mut first = GuestObservation::default();
+        let mut truncated = false;
+        let out = vm
+            .run(GUEST_BOUND, |p, v| {
+                first.record(p, v);
+                if p == port::STAGE && v == 2 {
+                    truncated = local.mutate(Truncation::ToZero).is_ok();
+                }
+                p != port::DONE
+            })
+            .expect("first run");
+        assert!(truncated, "the host truncated the file");
+        assert_eq!(first.exception, None, "{first:?}");
+        assert!(first.done, "{first:?}");
+        let [rep] = out.reports.as_slice() else {
+            panic!("one report expected: {:?}", out.reports)
+        };
+        assert!(
+            matches!(rep.action, ActionTaken::ZeroFill { .. }),
+            "{rep:?}"
+        );
+        assert_eq!(first.value, Some(STORE_VALUE), "the store's read-back");
+        // A kick: the handler scans for lost ranges again (past its scan interval).
+        std::thread::sleep(KICK_INTERVAL);
+        let v = &mut vm.vcpus[0];
+        let fenced_before = v.handler.counters().fenced;
+        let kicked = v
+            .handler
+            .handle(&mut v.vcpu, &Exit::Interrupted, Instant::now());
+        assert!(matches!(kicked, Ok(Handled::NotMine)), "{kicked:?}");
+        assert_eq!(
+            v.handler.counters().fenced,
+            fenced_before,
+            "the kick fenced the zero-filled page"
+        );
+        // Run 2: the guest loads the page again, from its read-back load.
+        let mut regs = v.vcpu.snapshot().regs;
+        regs.rip = v.image.access_rip + STORE_LEN;
+        regs.rbx = layout::WINDOW_GPA + ACCESS_OFFSET;
+        v.vcpu.stage_regs(&regs);
+        let mut second = GuestObservation::default();
+        let out = vm
+            .run(GUEST_BOUND, |p, v| {
+                second.record(p, v);
+                p != port::DONE
+            })
+            .expect("second run");
+        assert_eq!(second.exception, None, "{second:?}");
+        assert!(second.done, "{second:?}");
+        assert_eq!(
+            second.value,
+            Some(STORE_VALUE),
+            "the guest reads its own store back, not a fresh zero page"
+        );
+        assert!(out.reports.is_empty(), "no second fault: {:?}", out.reports);
+        assert!(out.stop.is_none());
+        let c = vm.vcpus[0].handler.counters();
+        assert_eq!(c.zero_fills, 1, "{c:?}");
+        assert_eq!(
+            local.file_after().expect("file after").len,
+            0,
+            "zero-fill did not grow the file"
+        );
+    });
 }

@@ -385,6 +385,19 @@ impl DaxWindow {
     /// Maps private anonymous zero pages (read/write) over the range, leaving the table as it is
     /// (used by the zero-fill fault policy).
     pub fn map_zero(&self, window_offset: u64, len: u64) -> Result<(), WindowError> {
+        self.map_zero_then(window_offset, len, |_| ())
+    }
+
+    /// Like [`DaxWindow::map_zero`]; once the zero pages are in, runs `f` on the table before the
+    /// change lock is released, so `f` sees the entries whose range the zero pages now back (the
+    /// fault handler records them). `f` must not call the window's changing methods; the lock
+    /// order is that of [`DaxWindow::with_changes_held`].
+    pub fn map_zero_then<R>(
+        &self,
+        window_offset: u64,
+        len: u64,
+        f: impl FnOnce(&MappingTable) -> R,
+    ) -> Result<R, WindowError> {
         validate_range(self.size, self.page_size, window_offset, len)?;
         let _guard = self.lock();
         // SAFETY: the range was validated to lie inside our own reservation; MAP_FIXED replaces
@@ -404,7 +417,7 @@ impl DaxWindow {
             self.placeholder(window_offset, len)?;
             return Err(WindowError::Map(err));
         }
-        Ok(())
+        Ok(f(&self.table))
     }
 
     /// Replaces a validated range with the inaccessible placeholder.

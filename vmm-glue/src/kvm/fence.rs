@@ -15,6 +15,12 @@
 //! table and whatever no longer belongs to its mapping is dropped without touching it; unfencing
 //! restores the protection of the current entry.
 //!
+//! Ranges the zero-fill policy backed with anonymous zero pages ([`Fences::zero_fill`]; the
+//! table entry stays) are remembered the same way, with their mapping, and never fenced: the
+//! guest owns those pages, like a hole, and its stores there must survive until the range is
+//! unmapped or mapped again. Then the record no longer matches the table and is dropped, so a new
+//! mapping there is fenced like any other.
+//!
 //! Lock order: the fences' owner (`VmFaultState`'s mutex) → the window's change lock
 //! ([`DaxWindow::with_changes_held`]) → the table's lock. The window's request thread takes only
 //! the latter two and never the fences, so the order cannot cycle. Protection changes and the
@@ -24,7 +30,7 @@
 use std::fs::File;
 use std::sync::{Arc, Weak};
 
-use crate::dax::{DaxWindow, Mapping};
+use crate::dax::{DaxWindow, Mapping, MappingTable, WindowError};
 use crate::fault::PAGE_SIZE;
 
 /// Errors of fencing.
@@ -67,7 +73,8 @@ impl Owner {
     }
 }
 
-/// One fenced range `[start, end)` of window offsets, and the mapping it belongs to.
+/// One fenced (or zero-filled) range `[start, end)` of window offsets, and the mapping it belongs
+/// to.
 #[derive(Clone, Debug)]
 struct Fence {
     start: u64,
@@ -75,10 +82,12 @@ struct Fence {
     owner: Owner,
 }
 
-/// The fenced ranges of one window.
+/// The fenced and the zero-filled ranges of one window.
 #[derive(Debug, Default)]
 pub struct Fences {
     ranges: Vec<Fence>,
+    /// Lost ranges backed by anonymous zero pages, never fenced while their mapping is there.
+    zero_filled: Vec<Fence>,
 }
 
 /// The page-aligned lost part `(window_offset, len)` of `m` for a file of `size` bytes, if any.
@@ -107,6 +116,36 @@ fn owned_parts(start: u64, end: u64, owner: &Owner, entries: &[Mapping]) -> Vec<
         .map(|m| (m.window_offset.max(start), m.end().min(end)))
         .filter(|(s, e)| s < e)
         .collect()
+}
+
+/// The parts of `ranges` that their mapping still covers in `entries`.
+fn still_owned(ranges: Vec<Fence>, entries: &[Mapping]) -> Vec<Fence> {
+    let mut kept = Vec::with_capacity(ranges.len());
+    for f in ranges {
+        for (start, end) in owned_parts(f.start, f.end, &f.owner, entries) {
+            kept.push(Fence {
+                start,
+                end,
+                owner: f.owner.clone(),
+            });
+        }
+    }
+    kept
+}
+
+/// `ranges` with `[start, end)` cut out of them (parts outside it kept).
+fn cut_out(ranges: Vec<Fence>, start: u64, end: u64) -> Vec<Fence> {
+    let mut kept = Vec::with_capacity(ranges.len());
+    for f in ranges {
+        for (s, e) in uncovered(&[(start, end)], f.start, f.end) {
+            kept.push(Fence {
+                start: s,
+                end: e,
+                owner: f.owner.clone(),
+            });
+        }
+    }
+    kept
 }
 
 /// The parts of `[start, end)` that none of `covered` covers, in order.
@@ -172,23 +211,17 @@ fn scan(window: &DaxWindow) -> Vec<Lost> {
 }
 
 impl Fences {
-    /// Drops the parts of fences their mapping no longer covers in `entries` (the current table):
-    /// those were unmapped or mapped again, which replaced their protection.
+    /// Drops the parts of fenced and zero-filled ranges their mapping no longer covers in
+    /// `entries` (the current table): those were unmapped or mapped again, which replaced their
+    /// protection and their pages.
     fn revalidate(&mut self, entries: &[Mapping]) {
-        let ranges = std::mem::take(&mut self.ranges);
-        for f in ranges {
-            for (start, end) in owned_parts(f.start, f.end, &f.owner, entries) {
-                self.ranges.push(Fence {
-                    start,
-                    end,
-                    owner: f.owner.clone(),
-                });
-            }
-        }
+        self.ranges = still_owned(std::mem::take(&mut self.ranges), entries);
+        self.zero_filled = still_owned(std::mem::take(&mut self.zero_filled), entries);
     }
 
     /// Fences the lost part of every mapping of `window` whose file is now shorter than the
-    /// mapped range. Returns how many lost ranges were newly fenced (wholly or in part).
+    /// mapped range, except what [`Fences::zero_fill`] backed with zero pages for that mapping.
+    /// Returns how many lost ranges were newly fenced (wholly or in part).
     pub fn fence_truncated(&mut self, window: &DaxWindow) -> Result<usize, FenceError> {
         // The fstat calls run without the change lock; what they found is checked under it.
         let lost = scan(window);
@@ -210,9 +243,14 @@ impl Fences {
                     // Unmapped or replaced since the scan: not this mapping's range any more.
                     continue;
                 }
-                let fenced: Vec<(u64, u64)> =
-                    self.ranges.iter().map(|f| (f.start, f.end)).collect();
-                let open = uncovered(&fenced, start, end);
+                // Revalidated: a zero-filled range overlapping this one is this mapping's.
+                let done: Vec<(u64, u64)> = self
+                    .ranges
+                    .iter()
+                    .chain(&self.zero_filled)
+                    .map(|f| (f.start, f.end))
+                    .collect();
+                let open = uncovered(&done, start, end);
                 for &(s, e) in &open {
                     protect(host_base, s, e - s, libc::PROT_NONE)?;
                     self.ranges.push(Fence {
@@ -273,16 +311,55 @@ impl Fences {
     /// zero-filled); fences reaching outside it keep their parts outside.
     pub fn forget(&mut self, offset: u64, len: u64) {
         let end = offset.saturating_add(len);
-        let ranges = std::mem::take(&mut self.ranges);
-        for f in ranges {
-            for (start, end) in uncovered(&[(offset, end)], f.start, f.end) {
-                self.ranges.push(Fence {
-                    start,
-                    end,
-                    owner: f.owner.clone(),
-                });
+        self.ranges = cut_out(std::mem::take(&mut self.ranges), offset, end);
+    }
+
+    /// The zero-fill policy: backs `[offset, offset + len)` of `window` with private anonymous
+    /// zero pages ([`DaxWindow::map_zero_then`]; the table entries stay), forgets the fences
+    /// there, and remembers the range with the mapping(s) the table has there, so later fence
+    /// scans leave it alone and the guest's stores to it survive. The record lapses when the
+    /// range is unmapped or mapped again. Call it with the fences locked (lock order: fences →
+    /// the window's change lock → the table's lock).
+    pub fn zero_fill(
+        &mut self,
+        window: &DaxWindow,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), WindowError> {
+        let end = offset.saturating_add(len);
+        let filled = window.map_zero_then(offset, len, |table: &MappingTable| {
+            let now = table.snapshot();
+            overlapping(&now, offset, end)
+                .iter()
+                .map(|m| Fence {
+                    start: m.window_offset.max(offset),
+                    end: m.end().min(end),
+                    owner: Owner::of(m),
+                })
+                .collect::<Vec<_>>()
+        });
+        let filled = match filled {
+            Ok(filled) => filled,
+            Err(e) => {
+                if matches!(e, WindowError::Map(_)) {
+                    // The range is an inaccessible placeholder now: no zero pages left there.
+                    self.zero_filled = cut_out(std::mem::take(&mut self.zero_filled), offset, end);
+                }
+                return Err(e);
             }
-        }
+        };
+        self.forget(offset, len);
+        self.zero_filled = cut_out(std::mem::take(&mut self.zero_filled), offset, end);
+        self.zero_filled.extend(filled);
+        Ok(())
+    }
+
+    /// Whether `window_offset` lies in a range recorded as zero-filled (a range since unmapped
+    /// or mapped again stays recorded until the next fence or unfence drops it).
+    pub fn is_zero_filled(&self, window_offset: u64) -> bool {
+        self.zero_filled
+            .iter()
+            .any(|f| window_offset >= f.start && window_offset < f.end)
     }
 }
 
@@ -350,6 +427,99 @@ mod tests {
                 (s <= addr && addr < e).then(|| fields.next().map(str::to_string))?
             })
             .expect("address is mapped")
+    }
+
+    /// Stores `v` at window offset `off` of `w`, as the guest would.
+    fn poke(w: &crate::dax::DaxWindow, off: u64, v: u64) {
+        assert!(off + 8 <= w.size());
+        // SAFETY: [off, off + 8) lies inside the window reservation, which the caller made
+        // accessible and writable there; no Rust reference points into the window.
+        unsafe { std::ptr::write_volatile((w.host_addr() + off) as *mut u64, v) }
+    }
+
+    /// Loads the word at window offset `off` of `w`.
+    fn peek(w: &crate::dax::DaxWindow, off: u64) -> u64 {
+        assert!(off + 8 <= w.size());
+        // SAFETY: as in `poke`, for a readable range.
+        unsafe { std::ptr::read_volatile((w.host_addr() + off) as *const u64) }
+    }
+
+    #[test]
+    fn a_zero_filled_range_is_not_fenced_and_keeps_the_guests_stores() {
+        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
+        let base = w.host_addr();
+        let mut fences = Fences::default();
+        let a = tmpfile(4 * P);
+        w.map(0, 4 * P, &a, 0, true).expect("map A");
+        a.set_len(P).expect("truncate A to one page");
+        // The first scan (an ACK or a kick) fences the lost part, the access zero-fills it.
+        assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
+        assert_eq!(perms(base + P), "---s");
+        fences.zero_fill(&w, P, 3 * P).expect("zero-fill");
+        assert!(!fences.is_fenced(P) && fences.is_zero_filled(2 * P));
+        assert_eq!(peek(&w, 2 * P + 0x10), 0, "the guest reads zeros");
+        poke(&w, 2 * P + 0x10, 0x5a5a_c3c3);
+        // Later scans (ACKs, kicks) leave the zero pages and the store in them alone.
+        for _ in 0..3 {
+            assert_eq!(fences.fence_truncated(&w).expect("fence"), 0);
+        }
+        assert_eq!(perms(base + P), "rw-p");
+        assert_eq!(perms(base + 3 * P), "rw-p");
+        assert!(!fences.is_fenced(2 * P));
+        assert_eq!(peek(&w, 2 * P + 0x10), 0x5a5a_c3c3, "the store survived");
+        assert_eq!(perms(base), "rw-s", "the part the file covers stays mapped");
+        // The file shrinks further: only the newly lost page is fenced.
+        a.set_len(0).expect("truncate A to 0");
+        assert_eq!(fences.fence_truncated(&w).expect("fence page 0"), 1);
+        assert_eq!(perms(base), "---s");
+        assert_eq!(perms(base + 2 * P), "rw-p");
+        assert_eq!(peek(&w, 2 * P + 0x10), 0x5a5a_c3c3);
+        // A mapping in the middle of the zero-filled range splits it; the rest stays the guest's.
+        let c = tmpfile(P);
+        w.map(3 * P, P, &c, 0, true).expect("map C over page 3");
+        c.set_len(0).expect("truncate C");
+        assert_eq!(fences.fence_truncated(&w).expect("fence C"), 1);
+        assert_eq!(perms(base + 3 * P), "---s");
+        assert_eq!(perms(base + 2 * P), "rw-p");
+        assert_eq!(peek(&w, 2 * P + 0x10), 0x5a5a_c3c3);
+    }
+
+    #[test]
+    fn a_zero_filled_range_mapped_again_is_fenced_again() {
+        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
+        let base = w.host_addr();
+        let mut fences = Fences::default();
+        let a = tmpfile(2 * P);
+        w.map(0, 2 * P, &a, 0, true).expect("map A");
+        a.set_len(0).expect("truncate A");
+        fences.zero_fill(&w, 0, 2 * P).expect("zero-fill A");
+        poke(&w, 0x18, 7);
+        assert_eq!(fences.fence_truncated(&w).expect("fence"), 0);
+        // SETUPMAPPING of another file straight over it, which then shrinks.
+        let b = tmpfile(2 * P);
+        w.map(0, 2 * P, &b, 0, true).expect("map B");
+        assert_eq!(perms(base), "rw-s");
+        assert_eq!(
+            peek(&w, 0x18),
+            0x5a5a_5a5a_5a5a_5a5a,
+            "B's bytes, not the zero page"
+        );
+        b.set_len(0).expect("truncate B");
+        assert_eq!(fences.fence_truncated(&w).expect("fence B"), 1);
+        assert!(!fences.is_zero_filled(0), "A's record lapsed");
+        assert_eq!(perms(base), "---s");
+        assert_eq!(perms(base + P), "---s");
+        // B's access zero-fills; then REMOVEMAPPING + SETUPMAPPING of a third file that shrinks.
+        fences.zero_fill(&w, 0, 2 * P).expect("zero-fill B");
+        assert_eq!(fences.fence_truncated(&w).expect("fence"), 0);
+        w.unmap(0, 2 * P).expect("unmap B");
+        let c = tmpfile(2 * P);
+        w.map(0, 2 * P, &c, 0, true).expect("map C");
+        c.set_len(P).expect("truncate C to one page");
+        assert_eq!(fences.fence_truncated(&w).expect("fence C"), 1);
+        assert_eq!(perms(base), "rw-s");
+        assert_eq!(perms(base + P), "---s");
+        assert!(fences.is_fenced(P) && !fences.is_zero_filled(P));
     }
 
     #[test]

@@ -610,13 +610,13 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             return Err("nothing to zero-fill".into());
         };
         let (start, lost_len) = t.lost_range();
-        // Held until the store below has landed, so no other vCPU fences the zero pages meanwhile
-        // (lock order: fences, then the window's change lock inside map_zero).
+        // The fences remember the zero-filled range so no later fence scan (apf ACK, kick) takes
+        // the zero pages, and the guest's stores to them, away again. Held until the store below
+        // has landed (lock order: fences, then the window's change lock inside zero_fill).
         let mut fences = self.fences();
-        self.window
-            .map_zero(start, lost_len)
+        fences
+            .zero_fill(&self.window, start, lost_len)
             .map_err(|e| format!("zero-filling the lost range failed: {e}"))?;
-        fences.forget(start, lost_len);
         match *exit {
             Exit::MmioRead { len, .. } => ops.complete_mmio_read(&[0; 8][..len.min(8) as usize]),
             Exit::MmioWrite { gpa, len, data } => {
@@ -624,7 +624,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 let n = u64::from(len.min(8));
                 if off >= start && off + n <= start + lost_len {
                     let host = (self.geometry.host_base + off) as *mut u8;
-                    // SAFETY: [off, off + n) lies inside [start, start + lost_len), which `map_zero`
+                    // SAFETY: [off, off + n) lies inside [start, start + lost_len), which `zero_fill`
                     // just mapped private, anonymous and writable inside the window reservation
                     // we own through `self.window`; no Rust reference aliases that memory.
                     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), host, n as usize) };

@@ -649,3 +649,35 @@ fn vcpus_sharing_state_draw_distinct_tokens_and_fences_and_signal_their_own_apic
     assert_eq!(v0.msi, vec![(0xfee0_0000, 0xf3)], "to APIC id 0");
     assert_eq!(v1.msi, vec![(0xfee0_1000, 0xf3)], "to APIC id 1");
 }
+
+#[test]
+fn a_zero_filled_store_survives_later_kicks_and_acks() {
+    let mut f = fixture("zero-fill-kept", FallbackPolicy::ZeroFill, true);
+    let mut v = vcpu();
+    f.file.set_len(0).expect("truncate");
+    let value = 0x1122_3344_5566_7788u64;
+    let exit = Exit::MmioWrite {
+        gpa: WIN_GPA + 0x2010,
+        len: 8,
+        data: value.to_le_bytes(),
+    };
+    let r = resumed(&mut f, &mut v, &exit);
+    assert!(matches!(r.action, ActionTaken::ZeroFill { .. }), "{r:?}");
+    let host = f.handler.geometry().host_base + 0x2010;
+    // SAFETY: window offset 0x2010 lies in the range the handler just zero-filled (private,
+    // anonymous, read/write) inside the fixture's window; no Rust reference points into it.
+    let read = || unsafe { std::ptr::read_volatile(host as *const u64) };
+    assert_eq!(read(), value, "the store landed in the zero page");
+    // The kick path (past the scan interval) and the apf ACK path both scan for lost ranges.
+    std::thread::sleep(super::FENCE_SCAN_INTERVAL * 2);
+    assert!(matches!(
+        f.handler.handle(&mut v, &Exit::Interrupted, Instant::now()),
+        Ok(Handled::NotMine)
+    ));
+    wrmsr(&mut f, &mut v, MSR_KVM_ASYNC_PF_ACK, 1).expect("ack");
+    let c = f.handler.counters();
+    assert_eq!(c.fenced, 0, "the zero-filled range was fenced: {c:?}");
+    assert!(!f.handler.fences().is_fenced(0x2000));
+    assert_eq!(read(), value, "the guest's store survived the scans");
+    assert_eq!(c.zero_fills, 1);
+}
