@@ -366,6 +366,22 @@ impl DaxState {
         self.release_where(mapper, |m| m.inode == inode)
     }
 
+    /// Forgets, without unmapping, every live mapping of `inode` (its node id is gone: FORGET
+    /// has no backend channel, and the guest removes an inode's mappings itself before it
+    /// evicts it). Returns how many there were.
+    ///
+    /// Takes only the table lock, not the request order, so a FORGET (on the high-priority
+    /// queue) never waits behind a SETUPMAPPING that is waiting for the frontend. A mapping of
+    /// the same inode being set up at that moment is recorded after this returns; the guest
+    /// does not forget an inode it is mapping, and the entry goes with the next overlapping
+    /// request or the session's end.
+    pub fn forget_inode(&self, inode: u64) -> usize {
+        let mut table = self.write();
+        let before = table.len();
+        table.retain(|_, m| m.inode != inode);
+        before - table.len()
+    }
+
     fn release_where(
         &self,
         mapper: &dyn Mapper,

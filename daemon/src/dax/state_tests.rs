@@ -390,3 +390,56 @@ fn disabled_state_refuses_with_enosys() {
     assert_eq!(e.errno(), libc::ENOSYS);
     assert!(m.calls().is_empty());
 }
+
+/// A mapper whose `map` blocks until released, like a frontend busy elsewhere.
+struct Blocking {
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Mapper for Blocking {
+    fn map(&self, _: u64, _: u64, _: &File, _: u64, _: bool) -> std::io::Result<()> {
+        let _ = self.entered.send(());
+        let _ = self.release.lock().unwrap().recv();
+        Ok(())
+    }
+
+    fn unmap(&self, _: u64, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn forgetting_an_inode_does_not_wait_behind_a_mapping_in_flight() {
+    let s = std::sync::Arc::new(DaxState::new(16 * MB2, P));
+    let f = file();
+    s.setup_mapping(&Recorder::default(), &setup(&f, 2, None, 0, MB2, MB2, R))
+        .unwrap();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let mapper = Blocking {
+        entered: entered_tx,
+        release: std::sync::Mutex::new(release_rx),
+    };
+    let s2 = s.clone();
+    let t = std::thread::spawn(move || {
+        let f = file();
+        s2.setup_mapping(&mapper, &setup(&f, 1, None, 0, 0, MB2, R))
+    });
+    entered_rx.recv().unwrap();
+    // SETUPMAPPING of inode 1 is now waiting on the "frontend"; FORGET of inode 2 goes on.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let s3 = s.clone();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(s3.forget_inode(2));
+    });
+    let forgotten = done_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("forget_inode waited behind the mapping in flight");
+    assert_eq!(forgotten, 1);
+    release_tx.send(()).unwrap();
+    t.join().unwrap().unwrap();
+    assert_eq!(shape(&s), vec![(0, MB2, 0, 1)]);
+    assert_eq!(s.forget_inode(1), 1);
+    assert!(s.is_empty());
+}

@@ -90,20 +90,6 @@ fn dax_err(e: DaxError) -> io::Error {
     err(e.errno())
 }
 
-/// A [`Mapper`] that only lets [`DaxState`] forget: unmapping succeeds without a request (FORGET
-/// cannot reach the backend channel), mapping is `ENOSYS`.
-struct ForgetOnly;
-
-impl Mapper for ForgetOnly {
-    fn map(&self, _: u64, _: u64, _: &std::fs::File, _: u64, _: bool) -> io::Result<()> {
-        Err(err(libc::ENOSYS))
-    }
-
-    fn unmap(&self, _: u64, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 impl PassthroughFs {
     /// The DAX bookkeeping (live mappings), when the share has a DAX window.
     pub fn dax_state(&self) -> Option<&DaxState> {
@@ -190,8 +176,7 @@ impl PassthroughFs {
         if dax.is_empty() || self.inodes.get(inode).is_ok() {
             return;
         }
-        // ForgetOnly never fails an unmap.
-        let _ = dax.release_inode(&ForgetOnly, inode);
+        dax.forget_inode(inode);
     }
 
     /// DESTROY or the frontend went away: forget every mapping.
