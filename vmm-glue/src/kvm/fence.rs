@@ -416,6 +416,20 @@ mod tests {
         f
     }
 
+    /// A 16-page window with a writable mapping of a new `len`-byte file "A" at offset 0,
+    /// which is then truncated to `keep` bytes: (window, its host address, no fences yet, A).
+    fn window_with_shrunk_file(
+        len: u64,
+        keep: u64,
+    ) -> (crate::dax::DaxWindow, u64, Fences, std::fs::File) {
+        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
+        let base = w.host_addr();
+        let a = tmpfile(len);
+        w.map(0, len, &a, 0, true).expect("map A");
+        a.set_len(keep).expect("truncate A");
+        (w, base, Fences::default(), a)
+    }
+
     fn perms(addr: u64) -> String {
         let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
         maps.lines()
@@ -446,12 +460,7 @@ mod tests {
 
     #[test]
     fn a_zero_filled_range_is_not_fenced_and_keeps_the_guests_stores() {
-        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
-        let base = w.host_addr();
-        let mut fences = Fences::default();
-        let a = tmpfile(4 * P);
-        w.map(0, 4 * P, &a, 0, true).expect("map A");
-        a.set_len(P).expect("truncate A to one page");
+        let (w, base, mut fences, a) = window_with_shrunk_file(4 * P, P);
         // The first scan (an ACK or a kick) fences the lost part, the access zero-fills it.
         assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
         assert_eq!(perms(base + P), "---s");
@@ -486,12 +495,7 @@ mod tests {
 
     #[test]
     fn a_zero_filled_range_mapped_again_is_fenced_again() {
-        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
-        let base = w.host_addr();
-        let mut fences = Fences::default();
-        let a = tmpfile(2 * P);
-        w.map(0, 2 * P, &a, 0, true).expect("map A");
-        a.set_len(0).expect("truncate A");
+        let (w, base, mut fences, _a) = window_with_shrunk_file(2 * P, 0);
         fences.zero_fill(&w, 0, 2 * P).expect("zero-fill A");
         poke(&w, 0x18, 7);
         assert_eq!(fences.fence_truncated(&w).expect("fence"), 0);
@@ -524,12 +528,7 @@ mod tests {
 
     #[test]
     fn a_remapped_range_is_fenced_again_when_the_new_file_shrinks() {
-        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
-        let base = w.host_addr();
-        let mut fences = Fences::default();
-        let a = tmpfile(2 * P);
-        w.map(0, 2 * P, &a, 0, true).expect("map A");
-        a.set_len(0).expect("truncate A");
+        let (w, base, mut fences, _a) = window_with_shrunk_file(2 * P, 0);
         assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
         assert_eq!(perms(base), "---s");
         // REMOVEMAPPING + SETUPMAPPING of another file at the same offset, which then shrinks.
@@ -553,12 +552,7 @@ mod tests {
 
     #[test]
     fn unfencing_a_read_only_remap_uses_its_own_protection() {
-        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
-        let base = w.host_addr();
-        let mut fences = Fences::default();
-        let a = tmpfile(2 * P);
-        w.map(0, 2 * P, &a, 0, true).expect("map A writable");
-        a.set_len(0).expect("truncate A");
+        let (w, base, mut fences, _a) = window_with_shrunk_file(2 * P, 0);
         assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
         // B: read-only mapping of an O_RDONLY descriptor at the same offset.
         let b = tmpfile(2 * P);
@@ -651,12 +645,7 @@ mod tests {
 
     #[test]
     fn a_mapping_swapped_in_after_the_scan_is_not_fenced() {
-        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
-        let base = w.host_addr();
-        let mut fences = Fences::default();
-        let a = tmpfile(2 * P);
-        w.map(0, 2 * P, &a, 0, true).expect("map A");
-        a.set_len(0).expect("truncate A");
+        let (w, base, mut fences, _a) = window_with_shrunk_file(2 * P, 0);
         let lost = scan(&w);
         assert_eq!(lost.len(), 1);
         // The request thread replaces A between the scan and the fencing.
@@ -669,12 +658,7 @@ mod tests {
 
     #[test]
     fn a_mapping_inside_a_fence_splits_it() {
-        let w = crate::dax::DaxWindow::new(16 * P).expect("window");
-        let base = w.host_addr();
-        let mut fences = Fences::default();
-        let a = tmpfile(4 * P);
-        w.map(0, 4 * P, &a, 0, true).expect("map A");
-        a.set_len(0).expect("truncate A");
+        let (w, base, mut fences, a) = window_with_shrunk_file(4 * P, 0);
         assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
         let b = tmpfile(P);
         w.map(P, P, &b, 0, false).expect("map B inside A's fence");
