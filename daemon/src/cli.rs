@@ -22,10 +22,16 @@ pub enum CacheMode {
     Metadata,
 }
 
-/// Which files the guest accesses through DAX when it mounts with `dax=inode`.
+/// Which files the guest accesses through DAX when it mounts with `dax=inode` (or without a
+/// `dax` option, which Linux treats as `dax=inode`). Whatever the policy, a file is marked only
+/// if the frontend can map it whole (see `dax::frontend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DaxPolicy {
-    /// Every regular file.
+    /// Every regular file when the frontend can map any file range; no file when it can map
+    /// only ranges inside files (QEMU 11.1), where a file that grows would hit a range the
+    /// frontend refuses.
+    Auto,
+    /// Every regular file the frontend can map whole.
     Always,
     /// No file.
     Never,
@@ -42,7 +48,7 @@ pub enum CliError {
     #[error("invalid size {0:?}: expected a number with an optional K, M, G or T suffix")]
     Size(String),
     /// A DAX policy could not be parsed.
-    #[error("invalid DAX policy {0:?}: expected always, never, xattr or size:N")]
+    #[error("invalid DAX policy {0:?}: expected auto, always, never, xattr or size:N")]
     DaxPolicy(String),
     /// Neither a socket path nor a file descriptor was given.
     #[error("either --socket-path or --fd is needed")]
@@ -78,6 +84,7 @@ pub fn parse_size(s: &str) -> Result<u64, CliError> {
 /// Parses `--dax-policy`.
 pub fn parse_dax_policy(s: &str) -> Result<DaxPolicy, CliError> {
     match s {
+        "auto" => Ok(DaxPolicy::Auto),
         "always" => Ok(DaxPolicy::Always),
         "never" => Ok(DaxPolicy::Never),
         "xattr" => Ok(DaxPolicy::Xattr),
@@ -128,8 +135,11 @@ pub struct Options {
     /// Size of the DAX window (e.g. 2G); 0 disables DAX.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "0")]
     pub cache_size: u64,
-    /// Which files use DAX in a guest mounted with dax=inode: always, never, xattr or size:N.
-    #[arg(long, value_name = "POLICY", value_parser = parse_dax_policy, default_value = "always")]
+    /// Which files use DAX in a guest mounted with dax=inode (Linux's default): auto, always,
+    /// never, xattr or size:N. `auto` marks every regular file when the frontend can map any file
+    /// range, and none when it maps only ranges inside files (QEMU 11.1); the others mark what
+    /// they say among the files the frontend can map whole.
+    #[arg(long, value_name = "POLICY", value_parser = parse_dax_policy, default_value = "auto")]
     pub dax_policy: DaxPolicy,
     /// Worker threads serving the request queues; 0 serves each request on its queue's thread.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -213,6 +223,8 @@ mod tests {
 
     #[test]
     fn dax_policies() {
+        assert_eq!(parse_dax_policy("auto"), Ok(DaxPolicy::Auto));
+        assert_eq!(parse_dax_policy("always"), Ok(DaxPolicy::Always));
         assert_eq!(parse_dax_policy("xattr"), Ok(DaxPolicy::Xattr));
         assert_eq!(parse_dax_policy("size:1M"), Ok(DaxPolicy::Size(1 << 20)));
         assert!(parse_dax_policy("size:").is_err());

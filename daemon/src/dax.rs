@@ -4,9 +4,10 @@
 //!   `SHMEM_MAP` / `SHMEM_UNMAP` over the backend request channel; [`NoMapper`] refuses with
 //!   `ENOSYS` (tests, fuzzing, and when SHMEM was not negotiated); [`MapperSlot`] holds whichever
 //!   applies to the current frontend connection.
-//! - [`DaxState`]: the window's size and alignment and the table of live mappings (window range →
-//!   inode, handle, file offset, writable), so a later fault report can be matched to a file and
-//!   the mappings can be released with their file or when the frontend goes away.
+//! - [`DaxState`]: the window's size and chunk size, what the frontend can map
+//!   ([`frontend`]), and the table of live mappings (window chunk → inode, handle, file offset,
+//!   writable), kept equal to what the frontend holds, so a later fault report can be matched to
+//!   a file and the mappings can be released with their file or when the session ends.
 //! - [`validate_setup`] / [`validate_remove`]: the pure checks every `FUSE_SETUPMAPPING` /
 //!   `FUSE_REMOVEMAPPING` passes before anything is sent to the frontend.
 //!
@@ -21,11 +22,15 @@ use std::sync::{RwLock, RwLockReadGuard};
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
+pub mod frontend;
 mod state;
 
+pub use frontend::{Decline, FrontendMapping, Plan, ProbeError, ProbeOutcome};
 pub use state::{
-    host_page_size, validate_remove, validate_setup, DaxError, DaxState, LiveMapping, SetupMapping,
+    host_page_size, validate_remove, validate_setup, DaxError, DaxState, DaxStats, LiveMapping,
+    SetupMapping,
 };
+pub use vfsdax_protocol::dax::{CACHE_SHMID, DAX_CHUNK_SIZE};
 
 /// Maps file ranges into the VMM's DAX window.
 pub trait Mapper: Send + Sync {
@@ -40,6 +45,11 @@ pub trait Mapper: Send + Sync {
     ) -> std::io::Result<()>;
     /// Unmaps `[window_offset, window_offset + len)`.
     fn unmap(&self, window_offset: u64, len: u64) -> std::io::Result<()>;
+    /// Whether requests can reach a frontend at all (a [`NoMapper`], or an empty
+    /// [`MapperSlot`], cannot).
+    fn is_connected(&self) -> bool {
+        true
+    }
 }
 
 /// A [`Mapper`] that refuses everything with `ENOSYS`.
@@ -54,10 +64,11 @@ impl Mapper for NoMapper {
     fn unmap(&self, _: u64, _: u64) -> io::Result<()> {
         Err(io::Error::from_raw_os_error(libc::ENOSYS))
     }
-}
 
-/// The shared memory region id of the virtio-fs cache window.
-pub const CACHE_SHMID: u8 = 0;
+    fn is_connected(&self) -> bool {
+        false
+    }
+}
 
 /// A [`Mapper`] sending `SHMEM_MAP` / `SHMEM_UNMAP` for region 0 over the vhost-user backend
 /// request channel.
@@ -206,6 +217,10 @@ impl Mapper for MapperSlot {
             Some(m) => m.unmap(window_offset, len),
             None => NoMapper.unmap(window_offset, len),
         }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.is_set()
     }
 }
 

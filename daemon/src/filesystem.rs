@@ -111,22 +111,25 @@ fn enosys<T>() -> io::Result<T> {
 #[allow(unused_variables)]
 pub trait FileSystem: Send + Sync {
     /// INIT: `capable` is what the guest offers (`fuse::flags::init::*`); returns the
-    /// capabilities the filesystem wants, a subset of `capable`.
-    fn init(&self, capable: u64) -> io::Result<u64> {
+    /// capabilities the filesystem wants, a subset of `capable`. `mapper` reaches the DAX
+    /// window (a session that starts over unmaps what the old one mapped).
+    fn init(&self, capable: u64, mapper: &dyn Mapper) -> io::Result<u64> {
         Ok(0)
     }
-    /// DESTROY, or the frontend went away: drop every inode and handle.
-    fn destroy(&self) {}
+    /// DESTROY, or the frontend went away: drop every inode and handle, and unmap every DAX
+    /// mapping through `mapper` (a [`crate::dax::NoMapper`] when the frontend is gone).
+    fn destroy(&self, mapper: &dyn Mapper) {}
     /// LOOKUP `name` in `parent`.
     fn lookup(&self, ctx: Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
         enosys()
     }
-    /// FORGET: drop `count` lookups of `inode`.
-    fn forget(&self, ctx: Context, inode: Inode, count: u64) {}
+    /// FORGET: drop `count` lookups of `inode` (and, once it is gone, its DAX mappings
+    /// through `mapper`).
+    fn forget(&self, ctx: Context, inode: Inode, count: u64, mapper: &dyn Mapper) {}
     /// BATCH_FORGET.
-    fn batch_forget(&self, ctx: Context, requests: &[(Inode, u64)]) {
+    fn batch_forget(&self, ctx: Context, requests: &[(Inode, u64)], mapper: &dyn Mapper) {
         for &(inode, count) in requests {
-            self.forget(ctx, inode, count);
+            self.forget(ctx, inode, count, mapper);
         }
     }
     /// GETATTR, through `handle` when the guest sent one.

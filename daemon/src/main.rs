@@ -173,7 +173,9 @@ fn run(opts: Options) -> Result<(), String> {
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
     }
-    server.fs().destroy();
+    // The frontend is gone with its window: forget the mappings, nothing to unmap.
+    server.fs().destroy(&vfsdax_daemon::dax::NoMapper);
+    log_dax_stats(&server);
     drop(listening);
     match result {
         // A frontend that goes away (the VM shut down) ends the session normally.
@@ -206,6 +208,23 @@ impl Drop for Listening {
 }
 
 /// Binds `--socket-path` (giving it to `--socket-group`) or takes over `--fd`.
+/// One line with what the DAX window served in this session (nothing without a window).
+fn log_dax_stats(server: &Server<PassthroughFs>) {
+    if let Some(dax) = server.fs().dax_state() {
+        let s = dax.stats();
+        log::info!(
+            "DAX: {} SETUPMAPPING served ({} refused), {} REMOVEMAPPING; {} chunks mapped, {} \
+             reused, {} unmapped",
+            s.setups,
+            s.setups_refused,
+            s.removes,
+            s.chunks_mapped,
+            s.chunks_reused,
+            s.chunks_unmapped
+        );
+    }
+}
+
 fn listen(opts: &Options) -> Result<Listening, String> {
     match (&opts.socket_path, opts.fd) {
         (Some(path), _) => {

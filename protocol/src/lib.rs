@@ -3,9 +3,11 @@
 //! - [`fuse`]: the FUSE ABI as a Linux 6.x virtio-fs guest speaks it (7.31+), including the DAX
 //!   messages `FUSE_SETUPMAPPING` / `FUSE_REMOVEMAPPING`.
 //! - [`apf`]: the paravirtual async-page-fault ABI with the error extension.
+//! - [`dax`]: the DAX window's shared-memory region id and chunk size.
 //! - [`report`]: the fault-report record the VMM glue emits for every DAX fault.
 #![warn(missing_docs)]
 
 pub mod apf;
+pub mod dax;
 pub mod fuse;
 pub mod report;

@@ -372,7 +372,8 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
 
     fn reset_device(&self) {
         self.mapper.set(None);
-        self.server.fs().destroy();
+        // The frontend unmaps everything at a device reset: forget, do not unmap.
+        self.server.fs().destroy(&crate::dax::NoMapper);
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {

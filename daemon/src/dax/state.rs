@@ -4,11 +4,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use thiserror::Error;
+use vfsdax_protocol::dax::DAX_CHUNK_SIZE;
 use vfsdax_protocol::fuse::flags::{SETUPMAPPING_FLAG_READ, SETUPMAPPING_FLAG_WRITE};
 
+use super::frontend::{self, Decline, FrontendMapping, Plan, ProbeError, ProbeOutcome};
 use super::Mapper;
 
 /// Errors of DAX mapping requests.
@@ -62,6 +65,9 @@ pub enum DaxError {
     /// A writable mapping of a file that is not open for writing.
     #[error("a writable mapping was asked of a file not open for writing")]
     NotWritable,
+    /// The frontend cannot map this range, so it was not asked.
+    #[error("the mapping was declined")]
+    Declined(#[source] Decline),
     /// The frontend refused or failed the request.
     #[error("the frontend did not carry out the mapping request")]
     Mapper(#[source] io::Error),
@@ -78,6 +84,7 @@ impl DaxError {
             | DaxError::OutOfWindow { .. }
             | DaxError::UnknownFlags { .. } => libc::EINVAL,
             DaxError::NotWritable => libc::EACCES,
+            DaxError::Declined(_) => libc::EOPNOTSUPP,
             DaxError::Mapper(e) => match e.raw_os_error() {
                 Some(n) if (1..4096).contains(&n) => n,
                 _ => libc::EIO,
@@ -175,12 +182,12 @@ pub fn validate_remove(
     check_window_range(window_size, alignment, 0, moffset, len)
 }
 
-/// One live mapping of the window, as the daemon asked for it.
+/// One live mapping of the window: one chunk, as the frontend holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveMapping {
-    /// Offset in the window.
+    /// Offset in the window (a multiple of the chunk size).
     pub moffset: u64,
-    /// Length in bytes.
+    /// Length in bytes (one chunk).
     pub len: u64,
     /// The guest's node id of the file.
     pub inode: u64,
@@ -188,8 +195,14 @@ pub struct LiveMapping {
     pub handle: Option<u64>,
     /// Offset in the file of the byte at `moffset`.
     pub foffset: u64,
-    /// Whether the mapping is writable.
+    /// Whether the guest asked for a writable mapping.
     pub writable: bool,
+    /// Whether the frontend's mapping accepts stores (a later writable SETUPMAPPING of the same
+    /// range needs no remapping).
+    pub window_writable: bool,
+    /// The guest forgot the node id while the chunk was still mapped: the next request that
+    /// holds the request order unmaps it.
+    pub orphaned: bool,
 }
 
 impl LiveMapping {
@@ -201,15 +214,6 @@ impl LiveMapping {
     /// Whether window offset `moffset` lies inside the mapping.
     pub fn contains(&self, moffset: u64) -> bool {
         moffset >= self.moffset && moffset < self.end()
-    }
-
-    fn slice(&self, start: u64, end: u64) -> LiveMapping {
-        LiveMapping {
-            moffset: start,
-            len: end - start,
-            foffset: self.foffset.saturating_add(start - self.moffset),
-            ..*self
-        }
     }
 }
 
@@ -232,33 +236,78 @@ pub struct SetupMapping<'a> {
     pub len: u64,
     /// `FUSE_SETUPMAPPING_FLAG_*`.
     pub flags: u64,
+    /// How the frontend is asked ([`super::frontend::plan`]).
+    pub plan: Plan,
 }
 
-/// The DAX window as the daemon sees it: size, alignment and live mappings.
+/// Counters of the DAX requests served, for the log and the tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaxStats {
+    /// SETUPMAPPING requests that succeeded.
+    pub setups: u64,
+    /// SETUPMAPPING requests refused (invalid, declined, or failed by the frontend).
+    pub setups_refused: u64,
+    /// REMOVEMAPPING requests that succeeded.
+    pub removes: u64,
+    /// Chunks mapped at the frontend (`SHMEM_MAP` sent and accepted).
+    pub chunks_mapped: u64,
+    /// Chunks a SETUPMAPPING found already mapped as asked (no frontend request).
+    pub chunks_reused: u64,
+    /// Chunks unmapped at the frontend (`SHMEM_UNMAP` sent and accepted).
+    pub chunks_unmapped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    setups: AtomicU64,
+    setups_refused: AtomicU64,
+    removes: AtomicU64,
+    chunks_mapped: AtomicU64,
+    chunks_reused: AtomicU64,
+    chunks_unmapped: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The DAX window as the daemon sees it: size, chunk size, what the frontend can map, and the
+/// live mappings.
+///
+/// The table mirrors the frontend exactly, one entry per chunk it holds, as the vhost-user
+/// spec wants it: `SHMEM_MAP` never lands on a live mapping (the old one is unmapped first, or
+/// reused when it already is what the guest asks for) and `SHMEM_UNMAP` always names one whole
+/// earlier mapping.
 #[derive(Debug)]
 pub struct DaxState {
     window_size: u64,
-    alignment: u64,
-    /// Serializes requests so the table changes in the order the frontend saw them.
+    chunk: u64,
+    frontend: AtomicU8,
+    /// Serializes the requests that talk to the frontend, so the table changes in the order
+    /// the frontend saw them.
     ops: Mutex<()>,
     table: RwLock<BTreeMap<u64, LiveMapping>>,
+    counters: Counters,
 }
 
 impl DaxState {
-    /// State for a window of `window_size` bytes (0: DAX disabled) whose mappings are aligned to
-    /// `alignment` bytes.
-    pub fn new(window_size: u64, alignment: u64) -> Self {
+    /// State for a window of `window_size` bytes (0: DAX disabled) mapped in chunks of `chunk`
+    /// bytes (every offset and length a multiple of it).
+    pub fn new(window_size: u64, chunk: u64) -> Self {
         DaxState {
             window_size,
-            alignment,
+            chunk,
+            frontend: AtomicU8::new(FrontendMapping::Unknown.to_u8()),
             ops: Mutex::new(()),
             table: RwLock::new(BTreeMap::new()),
+            counters: Counters::default(),
         }
     }
 
-    /// State for a window of `window_size` bytes aligned to the host page size.
-    pub fn with_page_alignment(window_size: u64) -> Self {
-        Self::new(window_size, host_page_size())
+    /// State for a window of `window_size` bytes in the chunks Linux guests map
+    /// ([`DAX_CHUNK_SIZE`], 2 MiB).
+    pub fn with_linux_chunks(window_size: u64) -> Self {
+        Self::new(window_size, DAX_CHUNK_SIZE)
     }
 
     /// Window size in bytes (0 when DAX is disabled).
@@ -266,14 +315,43 @@ impl DaxState {
         self.window_size
     }
 
-    /// The mapping alignment in bytes.
+    /// The chunk size (the mapping alignment) in bytes.
     pub fn alignment(&self) -> u64 {
-        self.alignment
+        self.chunk
     }
 
     /// Whether there is a window.
     pub fn is_enabled(&self) -> bool {
         self.window_size != 0
+    }
+
+    /// What the frontend can map, as last probed.
+    pub fn frontend(&self) -> FrontendMapping {
+        FrontendMapping::from_u8(self.frontend.load(Ordering::Acquire))
+    }
+
+    /// Records what the frontend can map (a probe, or a new connection: `Unknown`).
+    pub fn set_frontend(&self, f: FrontendMapping) {
+        self.frontend.store(f.to_u8(), Ordering::Release);
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> DaxStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DaxStats {
+            setups: get(&c.setups),
+            setups_refused: get(&c.setups_refused),
+            removes: get(&c.removes),
+            chunks_mapped: get(&c.chunks_mapped),
+            chunks_reused: get(&c.chunks_reused),
+            chunks_unmapped: get(&c.chunks_unmapped),
+        }
+    }
+
+    /// Counts a SETUPMAPPING refused before it reached [`DaxState::setup_mapping`].
+    pub fn count_refused_setup(&self) {
+        bump(&self.counters.setups_refused);
     }
 
     fn serialize(&self) -> MutexGuard<'_, ()> {
@@ -288,59 +366,124 @@ impl DaxState {
         self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Validates `req`, asks `mapper` to map it and records it (replacing whatever overlapped).
-    /// On any error the table is unchanged.
+    /// Unmaps chunk `moffset` at the frontend and forgets it. Call with the request order held.
+    fn unmap_chunk(&self, mapper: &dyn Mapper, moffset: u64) -> Result<(), DaxError> {
+        mapper
+            .unmap(moffset, self.chunk)
+            .map_err(DaxError::Mapper)?;
+        self.write().remove(&moffset);
+        bump(&self.counters.chunks_unmapped);
+        Ok(())
+    }
+
+    /// Unmaps the chunks of forgotten node ids. Call with the request order held. A failure
+    /// leaves the chunk recorded (and orphaned) for the next try.
+    fn reap_orphans(&self, mapper: &dyn Mapper) {
+        let orphans: Vec<u64> = self
+            .read()
+            .values()
+            .filter(|m| m.orphaned)
+            .map(|m| m.moffset)
+            .collect();
+        for mo in orphans {
+            let _ = self.unmap_chunk(mapper, mo);
+        }
+    }
+
+    /// Validates `req` and maps it chunk by chunk: a chunk already mapped to the same file range
+    /// with the access asked for is kept as it is; any other live chunk there is unmapped
+    /// first. On an error the chunks done so far stay mapped (and recorded); the table always
+    /// matches the frontend.
     pub fn setup_mapping(
         &self,
         mapper: &dyn Mapper,
         req: &SetupMapping<'_>,
     ) -> Result<(), DaxError> {
+        let r = self.setup_inner(mapper, req);
+        bump(match r {
+            Ok(()) => &self.counters.setups,
+            Err(_) => &self.counters.setups_refused,
+        });
+        r
+    }
+
+    fn setup_inner(&self, mapper: &dyn Mapper, req: &SetupMapping<'_>) -> Result<(), DaxError> {
         validate_setup(
             self.window_size,
-            self.alignment,
+            self.chunk,
             req.foffset,
             req.moffset,
             req.len,
             req.flags,
             req.file_writable,
         )?;
-        let writable = req.flags & SETUPMAPPING_FLAG_WRITE != 0;
+        let write = req.flags & SETUPMAPPING_FLAG_WRITE != 0;
+        if req.plan.map_writable && !req.file_writable {
+            return Err(DaxError::NotWritable);
+        }
         let _order = self.serialize();
-        mapper
-            .map(req.moffset, req.len, req.file, req.foffset, writable)
-            .map_err(DaxError::Mapper)?;
-        let mut table = self.write();
-        carve(&mut table, req.moffset, req.moffset + req.len);
-        table.insert(
-            req.moffset,
-            LiveMapping {
-                moffset: req.moffset,
-                len: req.len,
-                inode: req.inode,
-                handle: req.handle,
-                foffset: req.foffset,
-                writable,
-            },
-        );
+        self.reap_orphans(mapper);
+        for mo in (req.moffset..req.moffset + req.len).step_by(self.chunk as usize) {
+            let fo = req.foffset + (mo - req.moffset);
+            let existing = self.read().get(&mo).copied();
+            if let Some(old) = existing {
+                let same = !old.orphaned && old.inode == req.inode && old.foffset == fo;
+                if same && (!write || old.window_writable) {
+                    let mut table = self.write();
+                    if let Some(m) = table.get_mut(&mo) {
+                        m.writable |= write;
+                        m.handle = req.handle;
+                    }
+                    bump(&self.counters.chunks_reused);
+                    continue;
+                }
+                self.unmap_chunk(mapper, mo)?;
+            }
+            mapper
+                .map(mo, self.chunk, req.file, fo, req.plan.map_writable)
+                .map_err(DaxError::Mapper)?;
+            bump(&self.counters.chunks_mapped);
+            self.write().insert(
+                mo,
+                LiveMapping {
+                    moffset: mo,
+                    len: self.chunk,
+                    inode: req.inode,
+                    handle: req.handle,
+                    foffset: fo,
+                    writable: write,
+                    window_writable: req.plan.window_writable,
+                    orphaned: false,
+                },
+            );
+        }
         Ok(())
     }
 
     /// Validates every `(moffset, len)` entry of a `FUSE_REMOVEMAPPING` batch first (a bad batch
-    /// changes nothing), then unmaps them in order, stopping at the first failure. The table
-    /// forgets exactly the ranges that were unmapped.
+    /// changes nothing), then unmaps the live chunks inside them in order, stopping at the first
+    /// failure. Chunks that are not mapped are skipped (nothing is sent for them).
     pub fn remove_mappings(
         &self,
         mapper: &dyn Mapper,
         entries: &[(u64, u64)],
     ) -> Result<(), DaxError> {
         for &(moffset, len) in entries {
-            validate_remove(self.window_size, self.alignment, moffset, len)?;
+            validate_remove(self.window_size, self.chunk, moffset, len)?;
         }
         let _order = self.serialize();
+        self.reap_orphans(mapper);
         for &(moffset, len) in entries {
-            mapper.unmap(moffset, len).map_err(DaxError::Mapper)?;
-            carve(&mut self.write(), moffset, moffset + len);
+            let live: Vec<u64> = self
+                .read()
+                .range(moffset..moffset + len)
+                .map(|(&k, _)| k)
+                .collect();
+            for mo in live {
+                self.unmap_chunk(mapper, mo)?;
+            }
         }
+        bump(&self.counters.removes);
         Ok(())
     }
 
@@ -354,68 +497,71 @@ impl DaxState {
         self.remove_mappings(mapper, &[(moffset, len)])
     }
 
-    /// Unmaps and forgets every live mapping made through `handle` (the handle is being
-    /// released). All are forgotten even if an unmap fails; returns how many there were, or the
-    /// first failure.
-    pub fn release_handle(&self, mapper: &dyn Mapper, handle: u64) -> Result<usize, DaxError> {
-        self.release_where(mapper, |m| m.handle == Some(handle))
-    }
-
-    /// Unmaps and forgets every live mapping of `inode`, like [`DaxState::release_handle`].
-    pub fn release_inode(&self, mapper: &dyn Mapper, inode: u64) -> Result<usize, DaxError> {
-        self.release_where(mapper, |m| m.inode == inode)
-    }
-
-    /// Forgets, without unmapping, every live mapping of `inode` (its node id is gone: FORGET
-    /// has no backend channel, and the guest removes an inode's mappings itself before it
-    /// evicts it). Returns how many there were.
+    /// The guest forgot node id `inode`: its live chunks are orphaned, and unmapped now if no
+    /// request is talking to the frontend, else by the next one that does. Returns how many
+    /// there were.
     ///
-    /// Takes only the table lock, not the request order, so a FORGET (on the high-priority
-    /// queue) never waits behind a SETUPMAPPING that is waiting for the frontend. A mapping of
-    /// the same inode being set up at that moment is recorded after this returns; the guest
-    /// does not forget an inode it is mapping, and the entry goes with the next overlapping
-    /// request or the session's end.
-    pub fn forget_inode(&self, inode: u64) -> usize {
-        let mut table = self.write();
-        let before = table.len();
-        table.retain(|_, m| m.inode != inode);
-        before - table.len()
-    }
-
-    fn release_where(
-        &self,
-        mapper: &dyn Mapper,
-        pred: impl Fn(&LiveMapping) -> bool,
-    ) -> Result<usize, DaxError> {
-        let _order = self.serialize();
-        let doomed: Vec<LiveMapping> = {
+    /// Never waits for the request order: a FORGET (on the high-priority queue) must not wait
+    /// behind a SETUPMAPPING that is waiting for the frontend.
+    pub fn forget_inode(&self, mapper: &dyn Mapper, inode: u64) -> usize {
+        let n = {
             let mut table = self.write();
-            let doomed: Vec<LiveMapping> = table.values().filter(|m| pred(m)).copied().collect();
-            for m in &doomed {
-                table.remove(&m.moffset);
+            let mut n = 0;
+            for m in table
+                .values_mut()
+                .filter(|m| m.inode == inode && !m.orphaned)
+            {
+                m.orphaned = true;
+                n += 1;
             }
-            doomed
+            n
         };
-        let mut first_error = None;
-        for m in &doomed {
-            if let Err(e) = mapper.unmap(m.moffset, m.len) {
-                first_error.get_or_insert(DaxError::Mapper(e));
+        if n > 0 {
+            if let Ok(_order) = self.ops.try_lock() {
+                self.reap_orphans(mapper);
             }
         }
+        n
+    }
+
+    /// Unmaps every live chunk (the FUSE session ended: DESTROY, or a new INIT) and forgets
+    /// it, whether or not the frontend accepted the unmap. Returns how many there were, or the
+    /// first failure.
+    pub fn unmap_all(&self, mapper: &dyn Mapper) -> Result<usize, DaxError> {
+        let _order = self.serialize();
+        let doomed: Vec<u64> = self.read().keys().copied().collect();
+        let mut first_error = None;
+        for &mo in &doomed {
+            if let Err(e) = self.unmap_chunk(mapper, mo) {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.write().clear();
         match first_error {
             Some(e) => Err(e),
             None => Ok(doomed.len()),
         }
     }
 
-    /// Forgets every mapping without unmapping (the frontend and its window went away); returns
-    /// how many there were.
+    /// Forgets every mapping without unmapping (the frontend and its window went away; the
+    /// frontend drops its mappings itself at a device reset); returns how many there were.
     pub fn clear(&self) -> usize {
         let _order = self.serialize();
         let mut table = self.write();
         let n = table.len();
         table.clear();
         n
+    }
+
+    /// Probes what the frontend can map ([`super::frontend::probe`]) at the window's last chunk
+    /// and records it. Call at the start of a FUSE session, when nothing is mapped (after
+    /// [`DaxState::unmap_all`]).
+    pub fn probe_frontend(&self, mapper: &dyn Mapper) -> Result<ProbeOutcome, ProbeError> {
+        let _order = self.serialize();
+        let last = self.window_size.saturating_sub(self.chunk);
+        let out = frontend::probe(mapper, last, self.chunk)?;
+        self.set_frontend(out.frontend);
+        Ok(out)
     }
 
     /// The live mapping containing window offset `moffset` (for fault reports).
@@ -432,7 +578,7 @@ impl DaxState {
         self.read().values().copied().collect()
     }
 
-    /// Number of live mappings.
+    /// Number of live mappings (chunks).
     pub fn len(&self) -> usize {
         self.read().len()
     }
@@ -440,28 +586,6 @@ impl DaxState {
     /// Whether there are no live mappings.
     pub fn is_empty(&self) -> bool {
         self.read().is_empty()
-    }
-}
-
-/// Cuts `[start, end)` out of the non-overlapping entries of `table`, keeping the parts outside.
-fn carve(table: &mut BTreeMap<u64, LiveMapping>, start: u64, end: u64) {
-    let mut keys: Vec<u64> = Vec::new();
-    if let Some((&k, m)) = table.range(..start).next_back() {
-        if m.end() > start {
-            keys.push(k);
-        }
-    }
-    keys.extend(table.range(start..end).map(|(&k, _)| k));
-    for k in keys {
-        let Some(m) = table.remove(&k) else {
-            continue;
-        };
-        if m.moffset < start {
-            table.insert(m.moffset, m.slice(m.moffset, start));
-        }
-        if m.end() > end {
-            table.insert(end, m.slice(end, m.end()));
-        }
     }
 }
 

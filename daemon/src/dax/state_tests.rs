@@ -27,6 +27,15 @@ fn setup<'a>(
         moffset: mo,
         len,
         flags,
+        plan: as_asked(flags & W != 0),
+    }
+}
+
+fn as_asked(write: bool) -> Plan {
+    Plan {
+        open_writable: write,
+        map_writable: write,
+        window_writable: write,
     }
 }
 
@@ -197,27 +206,43 @@ fn errnos() {
 }
 
 #[test]
-fn setup_maps_and_records() {
+fn setup_maps_chunk_by_chunk_and_records() {
     let s = DaxState::new(16 * P, P);
     let m = Recorder::default();
     let f = file();
     s.setup_mapping(&m, &setup(&f, 7, None, 2 * P, 4 * P, 2 * P, R | W))
         .expect("setup");
-    assert_eq!(m.calls(), vec![Call::Map(4 * P, 2 * P, 2 * P, true)]);
+    assert_eq!(
+        m.calls(),
+        vec![
+            Call::Map(4 * P, P, 2 * P, true),
+            Call::Map(5 * P, P, 3 * P, true)
+        ]
+    );
     let live = s.lookup(5 * P + 9).expect("recorded");
     assert_eq!(
         live,
         LiveMapping {
-            moffset: 4 * P,
-            len: 2 * P,
+            moffset: 5 * P,
+            len: P,
             inode: 7,
             handle: None,
-            foffset: 2 * P,
-            writable: true
+            foffset: 3 * P,
+            writable: true,
+            window_writable: true,
+            orphaned: false,
         }
     );
     assert!(s.lookup(6 * P).is_none());
     assert!(s.lookup(4 * P - 1).is_none());
+    assert_eq!(
+        s.stats(),
+        DaxStats {
+            setups: 1,
+            chunks_mapped: 2,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -230,6 +255,9 @@ fn refused_setups_call_nothing_and_change_nothing() {
     let before = shape(&s);
     let mut ro = setup(&f, 1, Some(3), 0, P, P, R | W);
     ro.file_writable = false;
+    let mut ro_plan = setup(&f, 1, Some(3), 0, P, P, R);
+    ro_plan.file_writable = false;
+    ro_plan.plan = as_asked(true);
     let bad = [
         setup(&f, 1, None, 0, 16 * P, P, R),
         setup(&f, 1, None, 0, 15 * P, 2 * P, R),
@@ -238,6 +266,7 @@ fn refused_setups_call_nothing_and_change_nothing() {
         setup(&f, 1, None, 0, u64::MAX - P + 1, P, R),
         setup(&f, 1, None, 0, P, P, 0x10),
         ro,
+        ro_plan,
     ];
     for (i, req) in bad.iter().enumerate() {
         assert!(s.setup_mapping(&m, req).is_err(), "case {i}");
@@ -248,49 +277,126 @@ fn refused_setups_call_nothing_and_change_nothing() {
         "only the good request reached the mapper"
     );
     assert_eq!(shape(&s), before);
+    assert_eq!(s.stats().setups_refused, bad.len() as u64);
 }
 
 #[test]
-fn a_failed_map_leaves_the_table_unchanged() {
+fn a_failed_request_leaves_the_table_equal_to_the_frontend() {
     let s = DaxState::new(16 * P, P);
     let m = Recorder::default();
     let f = file();
     s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 2 * P, R))
         .expect("setup");
+    // The frontend refuses everything: chunk P (inode 1) cannot even be unmapped.
     m.fail_with(Some(libc::ENOMEM));
     let e = s
         .setup_mapping(&m, &setup(&f, 2, None, 0, P, 2 * P, R))
         .expect_err("fails");
     assert_eq!(e.errno(), libc::ENOMEM);
-    assert_eq!(shape(&s), vec![(0, 2 * P, 0, 1)]);
+    assert_eq!(shape(&s), vec![(0, P, 0, 1), (P, P, P, 1)]);
+
+    // A frontend that takes the first chunk and refuses the second: the first stays.
+    struct SecondMapFails<'a>(&'a Recorder, Mutex<u32>);
+    impl Mapper for SecondMapFails<'_> {
+        fn map(&self, a: u64, b: u64, f: &File, c: u64, w: bool) -> io::Result<()> {
+            let mut n = self.1.lock().expect("n");
+            *n += 1;
+            if *n == 2 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            self.0.map(a, b, f, c, w)
+        }
+        fn unmap(&self, a: u64, b: u64) -> io::Result<()> {
+            self.0.unmap(a, b)
+        }
+    }
+    m.fail_with(None);
+    let second = SecondMapFails(&m, Mutex::new(0));
+    let e = s
+        .setup_mapping(&second, &setup(&f, 3, None, 0, 8 * P, 2 * P, R))
+        .expect_err("second chunk refused");
+    assert_eq!(e.errno(), libc::EIO);
+    assert_eq!(
+        shape(&s),
+        vec![(0, P, 0, 1), (P, P, P, 1), (8 * P, P, 0, 3)]
+    );
 }
 
 #[test]
-fn overlapping_setup_replaces_and_splits() {
+fn a_live_chunk_is_unmapped_before_another_lands_on_it() {
     let s = DaxState::new(16 * P, P);
     let m = Recorder::default();
     let f = file();
-    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 8 * P, R))
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 4 * P, R))
         .expect("a");
     s.setup_mapping(&m, &setup(&f, 2, None, 0, 2 * P, 2 * P, R))
         .expect("b");
     assert_eq!(
-        shape(&s),
-        vec![
-            (0, 2 * P, 0, 1),
-            (2 * P, 2 * P, 0, 2),
-            (4 * P, 4 * P, 4 * P, 1)
+        m.calls()[4..],
+        [
+            Call::Unmap(2 * P, P),
+            Call::Map(2 * P, P, 0, false),
+            Call::Unmap(3 * P, P),
+            Call::Map(3 * P, P, P, false),
         ]
     );
-    // Same range again: replaced, not duplicated.
-    s.setup_mapping(&m, &setup(&f, 3, None, 0, 2 * P, 2 * P, R))
+    assert_eq!(
+        shape(&s),
+        vec![
+            (0, P, 0, 1),
+            (P, P, P, 1),
+            (2 * P, P, 0, 2),
+            (3 * P, P, P, 2)
+        ]
+    );
+    // The same file range of another node id, or another file offset, is another mapping.
+    s.setup_mapping(&m, &setup(&f, 2, None, 4 * P, 2 * P, P, R))
         .expect("c");
-    assert_eq!(s.len(), 3);
-    assert_eq!(s.lookup(2 * P).expect("c").inode, 3);
+    assert_eq!(
+        m.calls()[8..],
+        [Call::Unmap(2 * P, P), Call::Map(2 * P, P, 4 * P, false)]
+    );
+    assert_eq!(s.len(), 4);
 }
 
 #[test]
-fn remove_batches_are_validated_first() {
+fn a_chunk_already_mapped_as_asked_is_reused() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, P, R))
+        .expect("read");
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, P, R))
+        .expect("read again");
+    assert_eq!(m.calls().len(), 1, "nothing asked of the frontend again");
+    // An upgrade to writable needs a writable window mapping: remapped.
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, P, R | W))
+        .expect("upgrade");
+    assert_eq!(
+        m.calls()[1..],
+        [Call::Unmap(0, P), Call::Map(0, P, 0, true)]
+    );
+    assert!(s.lookup(0).expect("live").writable);
+    // A window mapping that already takes stores (a frontend that maps through writable
+    // descriptors) is upgraded in place.
+    let mut ro_window_rw = setup(&f, 1, None, 0, P, P, R);
+    ro_window_rw.plan = Plan {
+        open_writable: true,
+        map_writable: false,
+        window_writable: true,
+    };
+    s.setup_mapping(&m, &ro_window_rw)
+        .expect("read, window writable");
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, P, P, R | W))
+        .expect("upgrade in place");
+    assert_eq!(m.calls().len(), 4);
+    let live = s.lookup(P).expect("live");
+    assert!(live.writable && live.window_writable);
+    assert_eq!(s.stats().chunks_reused, 2);
+}
+
+#[test]
+fn remove_batches_are_validated_first_and_only_live_chunks_are_unmapped() {
     let s = DaxState::new(16 * P, P);
     let m = Recorder::default();
     let f = file();
@@ -300,16 +406,18 @@ fn remove_batches_are_validated_first() {
         .remove_mappings(&m, &[(0, P), (3, P)])
         .expect_err("bad entry");
     assert_eq!(e.errno(), libc::EINVAL);
-    assert_eq!(m.calls().len(), 1, "nothing was unmapped");
-    assert_eq!(s.len(), 1);
+    assert_eq!(m.calls().len(), 4, "nothing was unmapped");
+    assert_eq!(s.len(), 4);
 
-    s.remove_mappings(&m, &[(P, P), (8 * P, P)])
+    s.remove_mappings(&m, &[(P, P), (8 * P, 2 * P)])
         .expect("remove");
-    assert_eq!(m.calls()[1..], [Call::Unmap(P, P), Call::Unmap(8 * P, P)]);
-    assert_eq!(shape(&s), vec![(0, P, 0, 1), (2 * P, 2 * P, 2 * P, 1)]);
+    assert_eq!(m.calls()[4..], [Call::Unmap(P, P)], "8P was never mapped");
+    assert_eq!(
+        shape(&s),
+        vec![(0, P, 0, 1), (2 * P, P, 2 * P, 1), (3 * P, P, 3 * P, 1)]
+    );
 
-    // A failure mid-batch: the first range is gone, the second stays.
-    m.fail_with(None);
+    // A failure mid-batch: what was unmapped is gone, the rest stays.
     let calls = m.calls().len();
     struct FailSecond<'a>(&'a Recorder, Mutex<u32>);
     impl Mapper for FailSecond<'_> {
@@ -326,41 +434,31 @@ fn remove_batches_are_validated_first() {
         }
     }
     let fail = FailSecond(&m, Mutex::new(0));
-    assert!(s.remove_mappings(&fail, &[(0, P), (2 * P, P)]).is_err());
+    assert!(s.remove_mappings(&fail, &[(0, 4 * P)]).is_err());
     assert_eq!(m.calls().len(), calls + 1);
-    assert_eq!(shape(&s), vec![(2 * P, 2 * P, 2 * P, 1)]);
-    s.remove_mapping(&m, 2 * P, 2 * P).expect("remove one");
+    assert_eq!(shape(&s), vec![(2 * P, P, 2 * P, 1), (3 * P, P, 3 * P, 1)]);
+    s.remove_mapping(&m, 2 * P, 2 * P).expect("remove two");
     assert!(s.is_empty());
+    assert_eq!(s.stats().removes, 2);
+    assert_eq!(s.stats().chunks_unmapped, 4);
 }
 
 #[test]
-fn release_handle_unmaps_only_that_handle() {
+fn unmap_all_unmaps_and_forgets_even_when_the_frontend_fails() {
     let s = DaxState::new(16 * P, P);
     let m = Recorder::default();
     let f = file();
-    s.setup_mapping(&m, &setup(&f, 1, Some(10), 0, 0, P, R))
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, P, R))
         .expect("a");
-    s.setup_mapping(&m, &setup(&f, 1, Some(11), P, P, P, R))
+    s.setup_mapping(&m, &setup(&f, 2, None, 0, 4 * P, P, R))
         .expect("b");
-    s.setup_mapping(&m, &setup(&f, 2, Some(10), 0, 4 * P, 2 * P, R))
+    assert_eq!(s.unmap_all(&m).expect("all"), 2);
+    assert_eq!(m.calls()[2..], [Call::Unmap(0, P), Call::Unmap(4 * P, P)]);
+    assert!(s.is_empty());
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, P, R))
         .expect("c");
-    s.setup_mapping(&m, &setup(&f, 3, None, 0, 8 * P, P, R))
-        .expect("d");
-    assert_eq!(s.release_handle(&m, 10).expect("release"), 2);
-    assert_eq!(
-        m.calls()[4..],
-        [Call::Unmap(0, P), Call::Unmap(4 * P, 2 * P)]
-    );
-    assert_eq!(shape(&s), vec![(P, P, P, 1), (8 * P, P, 0, 3)]);
-    assert_eq!(s.release_handle(&m, 10).expect("again"), 0);
-
-    // With a failing mapper the mappings are forgotten anyway and the error is reported.
     m.fail_with(Some(libc::ENOTCONN));
-    let e = s.release_handle(&m, 11).expect_err("fails");
-    assert_eq!(e.errno(), libc::ENOTCONN);
-    assert_eq!(shape(&s), vec![(8 * P, P, 0, 3)]);
-    m.fail_with(None);
-    assert_eq!(s.release_inode(&m, 3).expect("inode"), 1);
+    assert_eq!(s.unmap_all(&m).expect_err("fails").errno(), libc::ENOTCONN);
     assert!(s.is_empty());
 }
 
@@ -391,10 +489,47 @@ fn disabled_state_refuses_with_enosys() {
     assert!(m.calls().is_empty());
 }
 
+#[test]
+fn forgetting_an_idle_inode_unmaps_its_chunks_at_once() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 2 * P, R))
+        .expect("a");
+    s.setup_mapping(&m, &setup(&f, 2, None, 0, 4 * P, P, R))
+        .expect("b");
+    assert_eq!(s.forget_inode(&m, 1), 2);
+    assert_eq!(m.calls()[3..], [Call::Unmap(0, P), Call::Unmap(P, P)]);
+    assert_eq!(shape(&s), vec![(4 * P, P, 0, 2)]);
+    assert_eq!(s.forget_inode(&m, 1), 0);
+}
+
+#[test]
+fn probing_records_what_the_frontend_maps() {
+    let s = DaxState::new(16 * MB2, MB2);
+    assert_eq!(s.frontend(), FrontendMapping::Unknown);
+    let m = Recorder::default();
+    let out = s.probe_frontend(&m).expect("probe");
+    assert_eq!(out.frontend, FrontendMapping::Any);
+    assert_eq!(
+        m.calls(),
+        vec![
+            Call::Map(15 * MB2, MB2, 0, false),
+            Call::Unmap(15 * MB2, MB2)
+        ]
+    );
+    assert_eq!(s.frontend(), FrontendMapping::Any);
+    m.fail_with(Some(libc::EIO));
+    s.probe_frontend(&m).expect("probe");
+    assert_eq!(s.frontend(), FrontendMapping::InsideFileWritable);
+    assert!(s.is_empty(), "the probe is not a live mapping");
+}
+
 /// A mapper whose `map` blocks until released, like a frontend busy elsewhere.
 struct Blocking {
     entered: std::sync::mpsc::Sender<()>,
     release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    unmapped: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Mapper for Blocking {
@@ -404,42 +539,70 @@ impl Mapper for Blocking {
         Ok(())
     }
 
-    fn unmap(&self, _: u64, _: u64) -> std::io::Result<()> {
+    fn unmap(&self, mo: u64, _: u64) -> std::io::Result<()> {
+        self.unmapped.lock().unwrap().push(mo);
         Ok(())
     }
 }
 
 #[test]
 fn forgetting_an_inode_does_not_wait_behind_a_mapping_in_flight() {
-    let s = std::sync::Arc::new(DaxState::new(16 * MB2, P));
+    let s = std::sync::Arc::new(DaxState::new(16 * MB2, MB2));
     let f = file();
     s.setup_mapping(&Recorder::default(), &setup(&f, 2, None, 0, MB2, MB2, R))
         .unwrap();
     let (entered_tx, entered_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel();
-    let mapper = Blocking {
+    let mapper = std::sync::Arc::new(Blocking {
         entered: entered_tx,
         release: std::sync::Mutex::new(release_rx),
-    };
-    let s2 = s.clone();
+        unmapped: Default::default(),
+    });
+    let (s2, m2) = (s.clone(), mapper.clone());
     let t = std::thread::spawn(move || {
         let f = file();
-        s2.setup_mapping(&mapper, &setup(&f, 1, None, 0, 0, MB2, R))
+        s2.setup_mapping(&*m2, &setup(&f, 1, None, 0, 0, MB2, R))
     });
     entered_rx.recv().unwrap();
     // SETUPMAPPING of inode 1 is now waiting on the "frontend"; FORGET of inode 2 goes on.
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let s3 = s.clone();
+    let (s3, m3) = (s.clone(), mapper.clone());
     std::thread::spawn(move || {
-        let _ = done_tx.send(s3.forget_inode(2));
+        let _ = done_tx.send(s3.forget_inode(&*m3, 2));
     });
     let forgotten = done_rx
         .recv_timeout(std::time::Duration::from_secs(5))
         .expect("forget_inode waited behind the mapping in flight");
     assert_eq!(forgotten, 1);
+    assert!(s.lookup(MB2).expect("still mapped").orphaned);
+    assert!(
+        mapper.unmapped.lock().unwrap().is_empty(),
+        "not unmapped yet"
+    );
     release_tx.send(()).unwrap();
     t.join().unwrap().unwrap();
+    // The next request that talks to the frontend unmaps the orphan first.
+    s.remove_mappings(&*mapper, &[(4 * MB2, MB2)]).unwrap();
+    assert_eq!(*mapper.unmapped.lock().unwrap(), vec![MB2]);
     assert_eq!(shape(&s), vec![(0, MB2, 0, 1)]);
-    assert_eq!(s.forget_inode(1), 1);
+    assert_eq!(s.forget_inode(&*mapper, 1), 1);
     assert!(s.is_empty());
+}
+
+#[test]
+fn an_orphaned_chunk_is_never_reused_for_a_new_node_id() {
+    let s = DaxState::new(16 * P, P);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 5, None, 0, 0, P, R))
+        .expect("a");
+    // Orphan it without unmapping (as a FORGET racing a request would).
+    s.write().get_mut(&0).expect("live").orphaned = true;
+    s.setup_mapping(&m, &setup(&f, 5, None, 0, 0, P, R))
+        .expect("same node id, same range");
+    assert_eq!(
+        m.calls()[1..],
+        [Call::Unmap(0, P), Call::Map(0, P, 0, false)]
+    );
+    assert!(!s.lookup(0).expect("live").orphaned);
 }

@@ -82,7 +82,7 @@ pub struct PassthroughConfig {
 impl PassthroughConfig {
     /// A configuration sharing `root_dir` with the defaults of virtiofsd: cache `auto`, no
     /// xattrs, writable, no submount announcements, no writeback, `O_DIRECT` dropped; no DAX
-    /// window (policy `always` once there is one).
+    /// window (policy `auto` once there is one).
     pub fn new(root_dir: impl Into<PathBuf>) -> PassthroughConfig {
         PassthroughConfig {
             root_dir: root_dir.into(),
@@ -93,7 +93,7 @@ impl PassthroughConfig {
             writeback: false,
             allow_direct_io: false,
             dax_window: 0,
-            dax_policy: DaxPolicy::Always,
+            dax_policy: DaxPolicy::Auto,
         }
     }
 

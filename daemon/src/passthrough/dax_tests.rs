@@ -12,6 +12,8 @@ use vfsdax_protocol::fuse::{RemoveMappingOne, ROOT_ID};
 
 use super::super::tests::{ctx, errno, share_with, Share};
 use super::*;
+use crate::dax::FrontendMapping;
+use crate::filesystem::Context;
 use crate::filesystem::FileSystem;
 
 const MIB2: u64 = 2 << 20;
@@ -247,7 +249,7 @@ fn a_refused_map_leaves_the_table_unchanged() {
 }
 
 #[test]
-fn forget_to_zero_and_destroy_drop_the_bookkeeping() {
+fn forget_to_zero_and_destroy_unmap_what_is_left() {
     let s = dax_share(|_| {});
     let vmm = Vmm::default();
     let (a, _) = file(&s, "a");
@@ -256,21 +258,37 @@ fn forget_to_zero_and_destroy_drop_the_bookkeeping() {
     assert_eq!(setup(&s, &vmm, a, NO_HANDLE, 0, 0, R), 0);
     assert_eq!(setup(&s, &vmm, b, NO_HANDLE, 0, MIB2, R), 0);
     let dax = s.fs.dax_state().expect("dax");
-    s.fs.forget(ctx(), a, 1);
+    s.fs.forget(ctx(), a, 1, &vmm);
     assert_eq!(dax.len(), 2, "a is still looked up once");
-    s.fs.forget(ctx(), a, 1);
+    assert!(vmm.unmaps().is_empty());
+    s.fs.forget(ctx(), a, 1, &vmm);
     assert_eq!(
         dax.snapshot().iter().map(|m| m.inode).collect::<Vec<_>>(),
         [b]
     );
-    assert!(vmm.unmaps().is_empty(), "FORGET sends nothing to the VMM");
-    s.fs.destroy();
+    assert_eq!(
+        vmm.unmaps(),
+        vec![(0, MIB2)],
+        "a's chunk unmapped at its FORGET"
+    );
+    s.fs.destroy(&vmm);
     assert!(dax.is_empty());
+    assert_eq!(
+        vmm.unmaps(),
+        vec![(0, MIB2), (MIB2, MIB2)],
+        "DESTROY unmaps the rest"
+    );
+    assert_eq!(
+        setup(&s, &vmm, b, NO_HANDLE, 0, 0, R),
+        libc::EBADF,
+        "the session's node ids are gone"
+    );
 }
 
 #[test]
 fn attr_dax_flag_follows_the_policy() {
     for (policy, small, big) in [
+        (DaxPolicy::Auto, true, true),
         (DaxPolicy::Always, true, true),
         (DaxPolicy::Never, false, false),
         (DaxPolicy::Size(1 << 20), false, true),
@@ -301,7 +319,161 @@ fn a_second_init_forgets_the_old_kernels_mappings() {
     assert_eq!(setup(&s, &vmm, a, NO_HANDLE, 0, 0, R), 0);
     let dax = s.fs.dax_state().expect("dax");
     assert_eq!(dax.len(), 1);
-    s.fs.init(u64::MAX).expect("second init");
+    s.fs.init(u64::MAX, &vmm).expect("second init");
     assert!(dax.is_empty());
     assert_eq!(s.fs.inode_count(), 1);
+    // The old kernel's chunk is unmapped, then the frontend is probed at the last chunk.
+    assert_eq!(
+        vmm.unmaps(),
+        vec![(0, MIB2), (WINDOW - MIB2, MIB2)],
+        "unmapped, then the probe"
+    );
+    assert_eq!(vmm.maps().last().expect("probe").moffset, WINDOW - MIB2);
+    assert_eq!(dax.frontend(), FrontendMapping::Any);
+}
+
+/// A share whose frontend maps only ranges inside files through writable descriptors
+/// (QEMU 11.1), as the INIT probe would have found.
+fn qemu_like_share(f: impl FnOnce(&mut crate::passthrough::PassthroughConfig)) -> Share {
+    let s = dax_share(f);
+    let vmm = Vmm::default();
+    *vmm.fail.lock().expect("fail") = Some(libc::EPERM);
+    s.fs.init(u64::MAX, &vmm)
+        .expect("init with a refusing frontend");
+    let dax = s.fs.dax_state().expect("dax");
+    assert_eq!(dax.frontend(), FrontendMapping::InsideFileWritable);
+    s
+}
+
+fn caller(uid: u32) -> Context {
+    Context {
+        uid,
+        gid: uid,
+        pid: 1,
+    }
+}
+
+#[test]
+fn a_frontend_that_maps_inside_files_gets_writable_descriptors_for_reads() {
+    let s = qemu_like_share(|_| {});
+    let vmm = Vmm::default();
+    let (ino, host_ino) = file(&s, "big");
+    assert_eq!(setup(&s, &vmm, ino, NO_HANDLE, MIB2, 0, R), 0);
+    assert_eq!(
+        vmm.maps(),
+        vec![MapCall {
+            moffset: 0,
+            len: MIB2,
+            foffset: MIB2,
+            writable: false,
+            ino: host_ino,
+            accmode: libc::O_RDWR,
+        }]
+    );
+    // The guest's upgrade of the same range to writable needs nothing from the frontend.
+    assert_eq!(setup(&s, &vmm, ino, NO_HANDLE, MIB2, 0, R | W), 0);
+    assert_eq!(vmm.maps().len(), 1);
+    assert!(
+        s.fs.dax_state()
+            .expect("dax")
+            .lookup(0)
+            .expect("live")
+            .writable
+    );
+}
+
+#[test]
+fn a_frontend_that_maps_inside_files_is_never_asked_for_what_it_cannot_map() {
+    let s = qemu_like_share(|_| {});
+    let vmm = Vmm::default();
+    let small = s.dir.join("small");
+    std::fs::write(&small, b"seventeen bytes!\n").expect("small");
+    let e = s.lookup_root("small").expect("lookup");
+    assert_eq!(
+        setup(&s, &vmm, e.inode, NO_HANDLE, 0, 0, R),
+        libc::EOPNOTSUPP,
+        "reaches past the end"
+    );
+    std::fs::write(s.dir.join("empty"), b"").expect("empty");
+    let e = s.lookup_root("empty").expect("lookup");
+    assert_eq!(
+        setup(&s, &vmm, e.inode, NO_HANDLE, 0, 0, R),
+        libc::EOPNOTSUPP
+    );
+    let (big, _) = file(&s, "big");
+    assert_eq!(
+        setup(&s, &vmm, big, NO_HANDLE, 4 << 20, 0, R),
+        libc::EOPNOTSUPP,
+        "the chunk after the end"
+    );
+    // A caller who may not write the file gets no writable descriptor, so no mapping.
+    std::fs::set_permissions(
+        s.dir.join("big"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let r =
+        s.fs.setup_mapping(caller(4242), big, NO_HANDLE, 0, MIB2, R, 0, &vmm);
+    assert_eq!(errno(r), libc::EOPNOTSUPP);
+    assert!(vmm.maps().is_empty(), "the frontend was asked nothing");
+    let dax = s.fs.dax_state().expect("dax");
+    assert!(dax.is_empty());
+    assert_eq!(dax.stats().setups_refused, 4);
+    // The owner may write it: mapped through a read-write descriptor.
+    let owner = std::fs::metadata(s.dir.join("big")).expect("stat");
+    let r =
+        s.fs.setup_mapping(caller(owner.uid()), big, NO_HANDLE, 0, MIB2, R, 0, &vmm);
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(vmm.maps()[0].accmode, libc::O_RDWR);
+}
+
+#[test]
+fn a_read_only_share_maps_nothing_through_a_frontend_that_needs_writable_descriptors() {
+    let s = qemu_like_share(|c| c.readonly = true);
+    let vmm = Vmm::default();
+    let p = s.dir.join("big");
+    std::fs::write(&p, vec![1u8; 4 << 20]).expect("big");
+    let e = s.lookup_root("big").expect("lookup");
+    assert_eq!(
+        setup(&s, &vmm, e.inode, NO_HANDLE, 0, 0, R),
+        libc::EOPNOTSUPP
+    );
+    assert!(vmm.maps().is_empty());
+    assert_eq!(e.attr_flags & attr::DAX, 0, "not marked either");
+}
+
+#[test]
+fn attr_dax_flag_with_a_frontend_that_maps_inside_files() {
+    for (policy, small, whole, odd) in [
+        (DaxPolicy::Auto, false, false, false),
+        (DaxPolicy::Always, false, true, false),
+        (DaxPolicy::Size(1 << 20), false, true, false),
+        (DaxPolicy::Never, false, false, false),
+    ] {
+        let s = qemu_like_share(|c| c.dax_policy = policy);
+        std::fs::write(s.dir.join("small"), b"x").expect("small");
+        std::fs::write(s.dir.join("whole"), vec![0u8; 4 << 20]).expect("whole");
+        std::fs::write(s.dir.join("odd"), vec![0u8; (4 << 20) + 4096]).expect("odd");
+        let flag = |name: &str| {
+            let e = s.lookup_root(name).expect("lookup");
+            e.attr_flags & attr::DAX != 0
+        };
+        assert_eq!(flag("small"), small, "{policy:?} small");
+        assert_eq!(flag("whole"), whole, "{policy:?} whole");
+        assert_eq!(flag("odd"), odd, "{policy:?} odd");
+        // A caller who may not write the file is not promised DAX for it.
+        std::fs::set_permissions(
+            s.dir.join("whole"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .expect("chmod");
+        let e =
+            s.fs.lookup(caller(4242), ROOT_ID, c"whole")
+                .expect("lookup as another user");
+        assert_eq!(
+            e.attr_flags & attr::DAX,
+            0,
+            "{policy:?} whole, read-only caller"
+        );
+    }
 }

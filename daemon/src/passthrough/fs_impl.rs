@@ -15,52 +15,48 @@ use crate::filesystem::{
 };
 
 impl FileSystem for PassthroughFs {
-    fn init(&self, capable: u64) -> io::Result<u64> {
+    fn init(&self, capable: u64, mapper: &dyn Mapper) -> io::Result<u64> {
         if self.initialised.swap(true, Ordering::AcqRel) {
             // INIT again without DESTROY: a new guest kernel (reboot, kexec) on the same
             // connection. It holds none of the old kernel's node ids, handles or mappings.
-            self.end_session();
+            self.end_session(mapper);
         }
         let flags = self.cfg.wanted_init_flags() & capable;
         self.negotiated.store(flags, Ordering::Relaxed);
+        self.dax_session_start(capable, mapper);
         Ok(flags)
     }
 
-    fn destroy(&self) {
-        self.end_session();
+    fn destroy(&self, mapper: &dyn Mapper) {
+        self.end_session(mapper);
         self.initialised.store(false, Ordering::Release);
     }
 
-    fn lookup(&self, _ctx: Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
+    fn lookup(&self, ctx: Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
         let p = self.inode(parent)?;
-        Ok(self.with_dax_flag(self.lookup_in(&p, name)?))
+        Ok(self.with_dax_flag(ctx, self.lookup_in(&p, name)?))
     }
 
-    fn forget(&self, _ctx: Context, inode: Inode, count: u64) {
+    fn forget(&self, _ctx: Context, inode: Inode, count: u64, mapper: &dyn Mapper) {
         self.inodes.forget(inode, count);
-        self.dax_forgotten(inode);
+        self.dax_forgotten(inode, mapper);
     }
 
-    fn getattr(
-        &self,
-        _ctx: Context,
-        inode: Inode,
-        handle: Option<Handle>,
-    ) -> io::Result<AttrReply> {
+    fn getattr(&self, ctx: Context, inode: Inode, handle: Option<Handle>) -> io::Result<AttrReply> {
         let mut a = self.do_getattr(inode, handle)?;
-        a.attr_flags |= self.dax_attr_flag(inode, &a.attr);
+        a.attr_flags |= self.dax_attr_flag(ctx, inode, &a.attr);
         Ok(a)
     }
 
     fn setattr(
         &self,
-        _ctx: Context,
+        ctx: Context,
         inode: Inode,
         attr: &SetattrIn,
         handle: Option<Handle>,
     ) -> io::Result<AttrReply> {
         let mut a = self.do_setattr(inode, attr, handle)?;
-        a.attr_flags |= self.dax_attr_flag(inode, &a.attr);
+        a.attr_flags |= self.dax_attr_flag(ctx, inode, &a.attr);
         Ok(a)
     }
 
@@ -75,7 +71,7 @@ impl FileSystem for PassthroughFs {
         parent: Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
-        Ok(self.with_dax_flag(self.do_symlink(ctx, linkname, parent, name)?))
+        Ok(self.with_dax_flag(ctx, self.do_symlink(ctx, linkname, parent, name)?))
     }
 
     fn mknod(
@@ -87,7 +83,7 @@ impl FileSystem for PassthroughFs {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        Ok(self.with_dax_flag(self.do_mknod(ctx, parent, name, mode, rdev, umask)?))
+        Ok(self.with_dax_flag(ctx, self.do_mknod(ctx, parent, name, mode, rdev, umask)?))
     }
 
     fn mkdir(
@@ -98,7 +94,7 @@ impl FileSystem for PassthroughFs {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        Ok(self.with_dax_flag(self.do_mkdir(ctx, parent, name, mode, umask)?))
+        Ok(self.with_dax_flag(ctx, self.do_mkdir(ctx, parent, name, mode, umask)?))
     }
 
     fn unlink(&self, _ctx: Context, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -123,12 +119,12 @@ impl FileSystem for PassthroughFs {
 
     fn link(
         &self,
-        _ctx: Context,
+        ctx: Context,
         inode: Inode,
         newparent: Inode,
         newname: &CStr,
     ) -> io::Result<Entry> {
-        Ok(self.with_dax_flag(self.do_link(inode, newparent, newname)?))
+        Ok(self.with_dax_flag(ctx, self.do_link(inode, newparent, newname)?))
     }
 
     fn open(
@@ -152,7 +148,7 @@ impl FileSystem for PassthroughFs {
         kill_priv: bool,
     ) -> io::Result<(Entry, Option<Handle>, u32)> {
         let (e, h, f) = self.do_create(ctx, parent, name, mode, flags, umask, kill_priv)?;
-        Ok((self.with_dax_flag(e), h, f))
+        Ok((self.with_dax_flag(ctx, e), h, f))
     }
 
     fn read(
@@ -220,7 +216,7 @@ impl FileSystem for PassthroughFs {
 
     fn readdir(
         &self,
-        _ctx: Context,
+        ctx: Context,
         inode: Inode,
         handle: Handle,
         size: u32,
@@ -232,7 +228,7 @@ impl FileSystem for PassthroughFs {
             return self.do_readdir(inode, handle, size, offset, plus, add);
         }
         let mut flagged =
-            |de: DirEntry<'_>, e: Option<Entry>| add(de, e.map(|e| self.with_dax_flag(e)));
+            |de: DirEntry<'_>, e: Option<Entry>| add(de, e.map(|e| self.with_dax_flag(ctx, e)));
         self.do_readdir(inode, handle, size, offset, plus, &mut flagged)
     }
 
@@ -336,7 +332,7 @@ impl FileSystem for PassthroughFs {
 
     fn setup_mapping(
         &self,
-        _ctx: Context,
+        ctx: Context,
         inode: Inode,
         handle: Handle,
         foffset: u64,
@@ -345,7 +341,7 @@ impl FileSystem for PassthroughFs {
         moffset: u64,
         mapper: &dyn Mapper,
     ) -> io::Result<()> {
-        self.do_setup_mapping(inode, handle, foffset, len, flags, moffset, mapper)
+        self.do_setup_mapping(ctx, inode, handle, foffset, len, flags, moffset, mapper)
     }
 
     fn remove_mapping(

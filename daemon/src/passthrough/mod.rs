@@ -75,7 +75,7 @@ use vfsdax_protocol::fuse::ROOT_ID;
 pub use config::{CachePolicy, DaxPolicy, PassthroughConfig};
 pub use dax::{policy_wants_dax, FS_XFLAG_DAX, NO_HANDLE};
 
-use crate::dax::DaxState;
+use crate::dax::{DaxState, Mapper};
 use crate::filesystem::{Context, Handle};
 use handle::HandleTable;
 use inode::{InodeData, InodeTable};
@@ -190,7 +190,7 @@ impl PassthroughFs {
         .ok()
         .and_then(|s| perm::parse_umask(&s))
         .unwrap_or(0o777);
-        let dax = (cfg.dax_window > 0).then(|| DaxState::with_page_alignment(cfg.dax_window));
+        let dax = (cfg.dax_window > 0).then(|| DaxState::with_linux_chunks(cfg.dax_window));
         Ok(PassthroughFs {
             cfg,
             inodes: InodeTable::new(root, &root_stat),
@@ -288,10 +288,10 @@ impl PassthroughFs {
         )
     }
 
-    /// Forgets everything a guest kernel held: DAX mappings, handles, node ids but the root
-    /// (DESTROY, or a second INIT without one).
-    fn end_session(&self) {
-        self.dax_destroy();
+    /// Forgets everything a guest kernel held: DAX mappings (unmapped through `mapper`),
+    /// handles, node ids but the root (DESTROY, or a second INIT without one).
+    fn end_session(&self, mapper: &dyn Mapper) {
+        self.dax_destroy(mapper);
         self.handles.clear();
         self.inodes.clear();
     }

@@ -78,6 +78,8 @@ pub(super) const ALLOWED: &[(&str, c_long)] = syscalls![
     SYS_accept4,
     SYS_recvmsg,
     SYS_sendmsg,
+    // The DAX probe at INIT maps a sealed memfd (dax::frontend::probe_file).
+    SYS_memfd_create,
     SYS_getsockopt,
     SYS_shutdown,
     SYS_epoll_create1,

@@ -224,7 +224,7 @@ impl<F: FileSystem> Server<F> {
         let entry = |e: crate::filesystem::Entry| body(entry_out(&e));
         Ok(match req {
             Request::Init(arg) => {
-                match negotiate(&arg, &self.opts, self.page_size, |c| fs.init(c))? {
+                match negotiate(&arg, &self.opts, self.page_size, |c| fs.init(c, mapper))? {
                     InitOutcome::Accepted { reply, flags } => {
                         self.flags.store(flags, Ordering::Release);
                         self.initialized.store(true, Ordering::Release);
@@ -234,19 +234,19 @@ impl<F: FileSystem> Server<F> {
                 }
             }
             Request::Destroy => {
-                fs.destroy();
+                fs.destroy(mapper);
                 self.initialized.store(false, Ordering::Release);
                 self.flags.store(0, Ordering::Release);
                 empty()
             }
             Request::Lookup { name } => entry(fs.lookup(ctx, node, name).map_err(fs_err)?),
             Request::Forget(arg) => {
-                fs.forget(ctx, node, arg.nlookup);
+                fs.forget(ctx, node, arg.nlookup, mapper);
                 Outcome::NoReply
             }
             Request::BatchForget(list) => {
                 let pairs: Vec<_> = list.iter().map(|f| (f.nodeid, f.nlookup)).collect();
-                fs.batch_forget(ctx, &pairs);
+                fs.batch_forget(ctx, &pairs, mapper);
                 Outcome::NoReply
             }
             Request::Getattr { fh } => body(attr_out(&fs.getattr(ctx, node, fh).map_err(fs_err)?)),

@@ -62,11 +62,11 @@ impl Fake {
 }
 
 impl FileSystem for Fake {
-    fn init(&self, capable: u64) -> io::Result<u64> {
+    fn init(&self, capable: u64, _: &dyn Mapper) -> io::Result<u64> {
         self.log(format!("init {capable:#x}"));
         Ok(capable)
     }
-    fn destroy(&self) {
+    fn destroy(&self, _: &dyn Mapper) {
         self.log("destroy".into());
     }
     fn lookup(&self, _: Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
@@ -77,7 +77,7 @@ impl FileSystem for Fake {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         Ok(self.entry(42))
     }
-    fn forget(&self, _: Context, inode: Inode, count: u64) {
+    fn forget(&self, _: Context, inode: Inode, count: u64, _: &dyn Mapper) {
         self.log(format!("forget {inode} {count}"));
         self.lookups.fetch_sub(count as i64, Ordering::SeqCst);
     }

@@ -94,7 +94,10 @@ pub fn negotiate(
     }
 
     let allowed = capable & option_mask(opts);
-    let wanted = fs_init(allowed).map_err(|e| super::errno_of(&e))?;
+    // The filesystem also learns how the guest mounted DAX (dax=always offers MAP_ALIGNMENT,
+    // dax=inode both), flags the server answers itself.
+    let dax_offer = capable & (f::MAP_ALIGNMENT | f::HAS_INODE_DAX);
+    let wanted = fs_init(allowed | dax_offer).map_err(|e| super::errno_of(&e))?;
     let mut out_flags = allowed & wanted;
 
     // Flags the server itself provides.
@@ -118,8 +121,9 @@ pub fn negotiate(
     } else {
         0
     };
+    // Every DAX mapping is a whole number of 2 MiB chunks, as Linux maps them.
     let map_alignment = if out_flags & f::MAP_ALIGNMENT != 0 {
-        page_size.trailing_zeros() as u16
+        vfsdax_protocol::dax::DAX_CHUNK_SHIFT as u16
     } else {
         0
     };
@@ -273,6 +277,30 @@ mod tests {
     }
 
     #[test]
+    fn the_filesystem_learns_how_the_guest_mounted_dax() {
+        for (guest, seen) in [
+            (f::MAP_ALIGNMENT, f::MAP_ALIGNMENT),
+            (
+                f::MAP_ALIGNMENT | f::HAS_INODE_DAX,
+                f::MAP_ALIGNMENT | f::HAS_INODE_DAX,
+            ),
+            (f::ASYNC_READ, 0),
+        ] {
+            let mut got = None;
+            let _ = negotiate(&init_in(38, guest | f::INIT_EXT), &opts(), 4096, |c| {
+                got = Some(c);
+                Ok(c)
+            });
+            let got = got.expect("fs_init called");
+            assert_eq!(
+                got & (f::MAP_ALIGNMENT | f::HAS_INODE_DAX),
+                seen,
+                "{guest:#x}"
+            );
+        }
+    }
+
+    #[test]
     fn dax_flags_only_with_a_window() {
         // Everything but the one high-word flag the filesystem may take.
         let guest = ALL & !f::DIRECT_IO_ALLOW_MMAP;
@@ -289,7 +317,7 @@ mod tests {
         };
         let (out, flags) = accepted(negotiate(&init_in(38, guest), &o, 4096, Ok));
         assert_ne!(flags & f::MAP_ALIGNMENT, 0);
-        assert_eq!(out.map_alignment, 12);
+        assert_eq!(out.map_alignment, 21);
         assert_ne!(flags & f::HAS_INODE_DAX, 0);
         assert_ne!(flags & f::INIT_EXT, 0);
         assert_eq!(u64::from(out.flags2) << 32, flags & !0xffff_ffff);

@@ -173,7 +173,7 @@ fn init_long_and_compat_forms() {
     let out: InitOut = obj(&r.body);
     assert_eq!((out.major, out.minor, out.max_readahead), (7, 36, 65536));
     assert_eq!(u64::from(out.flags), f);
-    assert_eq!(out.map_alignment, 12);
+    assert_eq!(out.map_alignment, 21);
     assert_eq!(out.max_pages, 256);
     assert_eq!(s.negotiated_flags(), Some(f));
 

@@ -158,7 +158,10 @@ fn xattrs_only_when_enabled() {
 #[test]
 fn xattr_family() {
     let s = share_with(|c| c.xattr = true);
-    assert_ne!(s.fs.init(u64::MAX).expect("init") & init::SETXATTR_EXT, 0);
+    assert_ne!(
+        s.fs.init(u64::MAX, &NoMapper).expect("init") & init::SETXATTR_EXT,
+        0
+    );
     let (e, _) = s.create("f");
     let name = cs("user.vfsdax");
     match s.fs.setxattr(ctx(), e.inode, &name, b"value!", 0, 0) {
@@ -216,9 +219,9 @@ fn init_answers_a_subset_of_the_offer() {
         c.writeback = true;
     });
     let offer = init::ASYNC_READ | init::WRITEBACK_CACHE | init::POSIX_LOCKS | init::DONT_MASK;
-    let got = s.fs.init(offer).expect("init");
+    let got = s.fs.init(offer, &NoMapper).expect("init");
     assert_eq!(got, init::ASYNC_READ | init::WRITEBACK_CACHE);
-    let all = s.fs.init(u64::MAX).expect("init");
+    let all = s.fs.init(u64::MAX, &NoMapper).expect("init");
     for f in [
         init::DO_READDIRPLUS,
         init::READDIRPLUS_AUTO,
@@ -249,7 +252,7 @@ fn destroy_drops_everything_but_the_root() {
     s.fs.mkdir(ctx(), ROOT_ID, &cs("d"), 0o755, 0)
         .expect("mkdir");
     assert!(s.fs.inode_count() >= 3);
-    s.fs.destroy();
+    s.fs.destroy(&NoMapper);
     assert_eq!(s.fs.inode_count(), 1);
     assert_eq!(s.fs.handle_count(), 0);
     assert_eq!(errno(s.fs.getattr(ctx(), e.inode, None)), libc::EBADF);
@@ -284,8 +287,8 @@ fn submount_flag_on_a_different_mount() {
     let fs = PassthroughFs::new(cfg).expect("fs");
     let e = fs.lookup(ctx(), ROOT_ID, &cs("proc")).expect("proc");
     assert_eq!(e.attr_flags, 0, "not negotiated yet");
-    fs.forget(ctx(), e.inode, 1);
-    fs.init(init::SUBMOUNTS).expect("init");
+    fs.forget(ctx(), e.inode, 1, &NoMapper);
+    fs.init(init::SUBMOUNTS, &NoMapper).expect("init");
     let e = fs.lookup(ctx(), ROOT_ID, &cs("proc")).expect("proc");
     assert_eq!(e.attr_flags, vfsdax_protocol::fuse::flags::attr::SUBMOUNT);
     // A plain subdirectory of a share is no submount.
@@ -351,7 +354,7 @@ fn a_second_init_starts_a_new_session() {
     assert_eq!(s.fs.inode_count(), 3);
     assert_eq!(s.fs.handle_count(), 2);
     // The guest rebooted: INIT again, no DESTROY before it.
-    s.fs.init(u64::MAX).expect("second init");
+    s.fs.init(u64::MAX, &NoMapper).expect("second init");
     assert_eq!(s.fs.inode_count(), 1);
     assert_eq!(s.fs.handle_count(), 0);
     assert_eq!(errno(s.fs.getattr(ctx(), e.inode, None)), libc::EBADF);
@@ -360,7 +363,7 @@ fn a_second_init_starts_a_new_session() {
     let f = s.lookup_root("f").expect("lookup");
     assert!(f.inode > d.inode);
     // INIT after DESTROY starts from the same clean state.
-    s.fs.destroy();
-    s.fs.init(u64::MAX).expect("init after destroy");
+    s.fs.destroy(&NoMapper);
+    s.fs.init(u64::MAX, &NoMapper).expect("init after destroy");
     assert_eq!(s.fs.inode_count(), 1);
 }

@@ -130,7 +130,7 @@ fn readdirplus_counts_lookups_only_for_entries_sent() {
     assert_eq!(s.fs.inode_count(), base + names.len());
     // Each id carries exactly one lookup: one FORGET each empties the table again.
     for id in ids.values() {
-        s.fs.forget(ctx(), *id, 1);
+        s.fs.forget(ctx(), *id, 1, &NoMapper);
     }
     assert_eq!(s.fs.inode_count(), base);
     // A plain lookup agrees with the id readdirplus gives.

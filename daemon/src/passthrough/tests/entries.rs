@@ -32,13 +32,13 @@ fn forget_drops_after_last_lookup() {
     s.lookup_root("f").expect("lookup");
     s.lookup_root("f").expect("lookup");
     assert_eq!(s.fs.inode_count(), before + 1);
-    s.fs.forget(ctx(), e.inode, 2);
+    s.fs.forget(ctx(), e.inode, 2, &NoMapper);
     assert!(s.fs.getattr(ctx(), e.inode, None).is_ok());
-    s.fs.batch_forget(ctx(), &[(e.inode, 1)]);
+    s.fs.batch_forget(ctx(), &[(e.inode, 1)], &NoMapper);
     assert_eq!(errno(s.fs.getattr(ctx(), e.inode, None)), libc::EBADF);
     assert_eq!(s.fs.inode_count(), before);
     // The root is never dropped.
-    s.fs.forget(ctx(), ROOT_ID, 1000);
+    s.fs.forget(ctx(), ROOT_ID, 1000, &NoMapper);
     assert!(s.fs.getattr(ctx(), ROOT_ID, None).is_ok());
 }
 
@@ -298,7 +298,7 @@ fn concurrent_lookups_and_forgets_balance() {
                     let name = format!("f{}", (t + k) % 4);
                     let e = s.lookup_root(&name).expect("lookup");
                     s.fs.getattr(ctx(), e.inode, None).expect("getattr");
-                    s.fs.forget(ctx(), e.inode, 1);
+                    s.fs.forget(ctx(), e.inode, 1, &NoMapper);
                 }
             });
         }
@@ -449,6 +449,6 @@ fn link_replies_with_the_file_it_linked_despite_a_rename() {
     assert_eq!(l.attr.st_ino, e.attr.st_ino);
     assert_ne!(l.attr.st_ino, decoy);
     // One lookup more on the linked id: two FORGETs drop it.
-    s.fs.forget(ctx(), e.inode, 2);
+    s.fs.forget(ctx(), e.inode, 2, &NoMapper);
     assert_eq!(errno(s.fs.getattr(ctx(), e.inode, None)), libc::EBADF);
 }

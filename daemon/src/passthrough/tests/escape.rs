@@ -21,7 +21,7 @@ fn escape_share() -> Escape {
     std::fs::write(outer.join("secret"), b"top secret").expect("secret");
     std::fs::create_dir(outer.join("secretdir")).expect("secretdir");
     let fs = PassthroughFs::new(PassthroughConfig::new(outer.join("share"))).expect("fs");
-    fs.init(u64::MAX).expect("init");
+    fs.init(u64::MAX, &NoMapper).expect("init");
     Escape { outer, fs }
 }
 

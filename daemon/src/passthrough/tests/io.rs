@@ -77,7 +77,7 @@ fn append_and_trunc_flags_reach_the_host() {
 fn writeback_turns_write_only_into_read_write() {
     let s = share_with(|c| c.writeback = true);
     assert_ne!(
-        s.fs.init(init::WRITEBACK_CACHE).expect("init") & init::WRITEBACK_CACHE,
+        s.fs.init(init::WRITEBACK_CACHE, &NoMapper).expect("init") & init::WRITEBACK_CACHE,
         0
     );
     std::fs::write(s.dir.join("f"), b"hello").expect("write");
@@ -92,7 +92,7 @@ fn writeback_turns_write_only_into_read_write() {
     assert_eq!(std::fs::read(s.dir.join("f")).expect("f"), b"Jello");
     // Not negotiated: a write-only handle stays write-only. (A new INIT is a new session:
     // the old node id is gone.)
-    s.fs.init(0).expect("init");
+    s.fs.init(0, &NoMapper).expect("init");
     let e = s.lookup_root("f").expect("lookup");
     let h = s.open(e.inode, libc::O_WRONLY).expect("open");
     assert_eq!(errno(s.read(e.inode, h, 5, 0)), libc::EBADF);

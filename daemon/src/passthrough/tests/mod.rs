@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use vfsdax_protocol::fuse::ROOT_ID;
 
 use super::{PassthroughConfig, PassthroughFs};
+pub(super) use crate::dax::NoMapper;
 use crate::filesystem::{
     Context, Entry, FileSystem, Handle, Inode, ZeroCopyReader, ZeroCopyWriter,
 };
@@ -65,7 +66,7 @@ pub(super) fn share_with(f: impl FnOnce(&mut PassthroughConfig)) -> Share {
     let mut cfg = PassthroughConfig::new(dir.path());
     f(&mut cfg);
     let fs = PassthroughFs::new(cfg).expect("passthrough fs");
-    fs.init(u64::MAX).expect("init");
+    fs.init(u64::MAX, &NoMapper).expect("init");
     Share { dir, fs }
 }
 
