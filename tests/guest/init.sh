@@ -1,6 +1,7 @@
 #!/bin/sh
 # /init of the vfsdax test guest (busybox-static initramfs).
-# Kernel command line: vfsdax.mode=workload|demo|bench  vfsdax.tag=TAG
+# Kernel command line: vfsdax.mode=workload|demo|bench|dax  vfsdax.tag=TAG
+#   [vfsdax.mountopts=OPTS]  (mount -t virtiofs -o OPTS, e.g. dax=always)
 # Prints marker lines on the console that the host parses (tests/src/guest/serial.rs):
 #   VFSDAX BOOTED <uptime>, STEP <name> ok|FAIL <detail>, DATA <key> <value>,
 #   WORKLOAD EXIT <code>.
@@ -14,13 +15,15 @@ mount -t sysfs sys /sys
 
 MODE=workload
 TAG=vfsdax
+OPTS=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vfsdax.mode=*) MODE=${arg#*=} ;;
         vfsdax.tag=*) TAG=${arg#*=} ;;
+        vfsdax.mountopts=*) OPTS=${arg#*=} ;;
     esac
 done
-echo "VFSDAX BOOTED $(cut -d' ' -f1 /proc/uptime) mode=$MODE tag=$TAG"
+echo "VFSDAX BOOTED $(cut -d' ' -f1 /proc/uptime) mode=$MODE tag=$TAG${OPTS:+ opts=$OPTS}"
 
 finish() {
     echo "WORKLOAD EXIT $1"
@@ -36,7 +39,14 @@ for name in $(cat /etc/modules.order); do
     fi
 done
 
-if out=$(mount -t virtiofs "$TAG" /mnt 2>&1); then
+mount_share() {
+    if [ -n "$OPTS" ]; then
+        mount -t virtiofs -o "$OPTS" "$TAG" /mnt
+    else
+        mount -t virtiofs "$TAG" /mnt
+    fi
+}
+if out=$(mount_share 2>&1); then
     echo "STEP mount ok"
     echo "DATA mounted_at $(cut -d' ' -f1 /proc/uptime)"
 else
