@@ -357,6 +357,9 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {
+        log::info!(
+            "the frontend opened the backend request channel: DAX map requests can reach it"
+        );
         self.mapper.set(Some(Box::new(BackendMapper::new(backend))));
     }
 
@@ -367,6 +370,10 @@ impl<F: FileSystem + 'static> VhostUserBackend for FsBackend<F> {
                 "DAX is disabled",
             ));
         }
+        log::info!(
+            "the frontend asked for the shared memory regions: offering a {} MiB DAX window",
+            self.config.cache_size >> 20
+        );
         Ok(VhostUserShMemConfig::new(1, &[self.config.cache_size]))
     }
 
