@@ -1,6 +1,6 @@
 #!/bin/sh
 # /init of the vfsdax test guest (busybox-static initramfs).
-# Kernel command line: vfsdax.mode=workload|demo|bench|dax  vfsdax.tag=TAG
+# Kernel command line: vfsdax.mode=workload|demo|bench|dax|repro|daxbench  vfsdax.tag=TAG
 #   [vfsdax.mountopts=OPTS]  (mount -t virtiofs -o OPTS, e.g. dax=always)
 # Prints marker lines on the console that the host parses (tests/src/guest/serial.rs):
 #   VFSDAX BOOTED <uptime>, STEP <name> ok|FAIL <detail>, DATA <key> <value>,

@@ -10,10 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use vfsdax_tests::guest::scratch::ScratchDir;
 use vfsdax_tests::guest::serial::SerialReport;
+use vfsdax_tests::guest::tool::{median, program_version};
 use vfsdax_tests::guest::{daemon, run_guest, tool, GuestSetup, Mode, RunOptions};
 use vfsdax_tests::harness::error_chain;
 
@@ -80,18 +81,6 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Args
     Ok(out)
 }
 
-/// The median of `v` (the mean of the middle two for an even count); `None` if empty.
-fn median(v: &[f64]) -> Option<f64> {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
-
 /// Seconds per workload, one entry per run.
 type Samples = BTreeMap<&'static str, Vec<f64>>;
 
@@ -136,20 +125,6 @@ fn table(ours: &Samples, peer: Option<&Samples>) -> String {
         ));
     }
     s
-}
-
-/// The first line of `program --version`, or the file name if it prints none.
-fn version(program: &Path) -> String {
-    Command::new(program)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            let out = String::from_utf8_lossy(&o.stdout).into_owned();
-            out.lines().next().map(str::to_owned)
-        })
-        .filter(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| program.display().to_string())
 }
 
 /// One daemon under test.
@@ -240,7 +215,7 @@ fn run() -> Result<(), String> {
             "  {:<10} {} ({})",
             c.label,
             c.program.display(),
-            version(&c.program)
+            program_version(&c.program)
         );
     }
     for round in 1..=args.rounds {
@@ -296,14 +271,6 @@ mod tests {
         }
         assert!(BENCH_SCRIPT.contains(&format!("for name in {}; do", workloads().join(" "))));
         assert_eq!(DESCRIPTIONS.len(), workloads().len());
-    }
-
-    #[test]
-    fn median_of_odd_even_and_empty() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
-        assert_eq!(median(&[0.5]), Some(0.5));
-        assert_eq!(median(&[]), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Building the guest's initramfs: busybox-static, the virtio-fs kernel modules, the `/init`,
-//! workload, demo, bench and DAX scripts from `tests/guest/`, and the caller's extra files.
+//! workload, demo, bench, DAX, repro and DAX bench scripts from `tests/guest/`, and the caller's
+//! extra files.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -22,6 +23,8 @@ pub const BENCH_SCRIPT: &str = include_str!("../../guest/bench.sh");
 pub const DAX_SCRIPT: &str = include_str!("../../guest/dax.sh");
 /// The truncation repro (tests/guest/repro.sh), run by `/init` in `repro` mode.
 pub const REPRO_SCRIPT: &str = include_str!("../../guest/repro.sh");
+/// The DAX read benchmark (tests/guest/daxbench.sh), run by `/init` in `daxbench` mode.
+pub const DAX_BENCH_SCRIPT: &str = include_str!("../../guest/daxbench.sh");
 
 /// The script of each mode (see `run::Mode`): `/init` runs `/<mode>.sh` on the mounted share.
 pub const MODE_SCRIPTS: &[(&str, &str)] = &[
@@ -30,6 +33,7 @@ pub const MODE_SCRIPTS: &[(&str, &str)] = &[
     ("bench", BENCH_SCRIPT),
     ("dax", DAX_SCRIPT),
     ("repro", REPRO_SCRIPT),
+    ("daxbench", DAX_BENCH_SCRIPT),
 ];
 
 /// Errors building the initramfs.

@@ -54,16 +54,20 @@ pub enum Mode {
     Dax,
     /// The truncation repro (tests/guest/repro.sh, [`super::repro`]).
     Repro,
+    /// Time sequential and random reads of a 64 MiB file and print `BENCHNS` lines and
+    /// `DATA dax` (tests/guest/daxbench.sh, `guest-dax-bench`).
+    DaxBench,
 }
 
 impl Mode {
     /// Every mode.
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Workload,
         Mode::Demo,
         Mode::Bench,
         Mode::Dax,
         Mode::Repro,
+        Mode::DaxBench,
     ];
 
     /// The name on the kernel command line (`vfsdax.mode=`); `/init` runs `/<name>.sh`
@@ -75,6 +79,7 @@ impl Mode {
             Mode::Bench => "bench",
             Mode::Dax => "dax",
             Mode::Repro => "repro",
+            Mode::DaxBench => "daxbench",
         }
     }
 }

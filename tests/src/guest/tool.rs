@@ -1,7 +1,9 @@
 //! The start every guest tool (`tests/src/bin/guest-*.rs`) shares: its parsed arguments (or
 //! `--help`), the guest set-up, and the daemon to run; errors come back as messages to print.
+//! Also what the benchmarks share: [`median`] and [`program_version`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use super::daemon;
 use super::run::GuestSetup;
@@ -28,6 +30,33 @@ pub fn daemon_or_vfsdaxd(given: Option<PathBuf>) -> Result<PathBuf, String> {
     }
 }
 
+/// The median of `v` (the mean of the middle two for an even count); `None` if empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// The first line of `program --version`, or the program's path if it prints none.
+pub fn program_version(program: &Path) -> String {
+    Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            out.lines().next().map(str::to_owned)
+        })
+        .filter(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| program.display().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +76,13 @@ mod tests {
     fn a_given_daemon_is_kept() {
         let p = PathBuf::from("/opt/virtiofsd");
         assert_eq!(daemon_or_vfsdaxd(Some(p.clone())), Ok(p));
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
+        assert_eq!(median(&[0.5]), Some(0.5));
+        assert_eq!(median(&[]), None);
     }
 }
