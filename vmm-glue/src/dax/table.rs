@@ -7,6 +7,11 @@
 //!
 //! Readers take a short read lock on a `BTreeMap` keyed by window offset; every operation is
 //! `O(log n + k)` where `k` is the number of entries touched.
+//!
+//! Removed ranges are remembered (at most [`MAX_UNMAPPED`] of them, with their file) until
+//! something is mapped there again: a guest access to a range the backend unmapped under it
+//! (the daemon's truncation guard unmaps the part of a mapping past a file's new end before the
+//! truncation) can then still be blamed on that file ([`MappingTable::lookup_unmapped`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -68,7 +73,11 @@ impl Mapping {
 #[derive(Debug, Default)]
 pub struct MappingTable {
     entries: RwLock<BTreeMap<u64, Mapping>>,
+    unmapped: RwLock<BTreeMap<u64, Mapping>>,
 }
+
+/// How many removed ranges the table remembers (each holds its file open).
+pub const MAX_UNMAPPED: usize = 256;
 
 impl MappingTable {
     /// Creates an empty table.
@@ -93,6 +102,7 @@ impl MappingTable {
         if m.len == 0 {
             return Vec::new();
         }
+        carve(&mut self.write_unmapped(), m.window_offset, m.end());
         let mut entries = self.write();
         let removed = carve(&mut entries, m.window_offset, m.end());
         entries.insert(m.window_offset, m);
@@ -100,17 +110,52 @@ impl MappingTable {
     }
 
     /// Removes `[window_offset, window_offset + len)`; partial overlaps are split. Returns the
-    /// removed parts in window order (empty if the range was a hole).
+    /// removed parts in window order (empty if the range was a hole); they are remembered as
+    /// unmapped.
     pub fn remove(&self, window_offset: u64, len: u64) -> Vec<Mapping> {
         if len == 0 {
             return Vec::new();
         }
-        let mut entries = self.write();
-        carve(
-            &mut entries,
-            window_offset,
-            window_offset.saturating_add(len),
-        )
+        let end = window_offset.saturating_add(len);
+        let removed = carve(&mut self.write(), window_offset, end);
+        let mut unmapped = self.write_unmapped();
+        carve(&mut unmapped, window_offset, end);
+        for m in &removed {
+            unmapped.insert(m.window_offset, m.clone());
+        }
+        while unmapped.len() > MAX_UNMAPPED {
+            unmapped.pop_first();
+        }
+        removed
+    }
+
+    fn write_unmapped(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, Mapping>> {
+        self.unmapped.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The removed mapping that covered `window_offset`, if it is remembered and nothing was
+    /// mapped there since.
+    pub fn lookup_unmapped(&self, window_offset: u64) -> Option<Mapping> {
+        let unmapped = self.unmapped.read().unwrap_or_else(|e| e.into_inner());
+        unmapped
+            .range(..=window_offset)
+            .next_back()
+            .map(|(_, m)| m)
+            .filter(|m| m.contains(window_offset))
+            .cloned()
+    }
+
+    /// Forgets every remembered removed range (closing their files).
+    pub fn forget_unmapped(&self) {
+        self.write_unmapped().clear();
+    }
+
+    /// Number of remembered removed ranges.
+    pub fn unmapped_len(&self) -> usize {
+        self.unmapped
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// The mapping containing `window_offset`, if any.
@@ -337,6 +382,40 @@ mod tests {
     }
 
     #[test]
+    fn removed_ranges_are_remembered_until_mapped_again() {
+        const P: u64 = 0x1000;
+        let f = file();
+        let m = |wo, len, fo| mapping(&f, wo, len, fo);
+        let t = MappingTable::new();
+        t.insert(m(0, 4 * P, 0));
+        t.remove(P, 2 * P);
+        let u = t.lookup_unmapped(2 * P).expect("remembered");
+        assert_eq!((u.window_offset, u.len, u.file_offset), (P, 2 * P, P));
+        assert!(t.lookup_unmapped(0).is_none(), "still mapped");
+        assert!(t.lookup(2 * P).is_none());
+        // Mapping part of it again forgets that part.
+        t.insert(m(2 * P, P, 0));
+        assert!(t.lookup_unmapped(2 * P).is_none());
+        assert_eq!(t.lookup_unmapped(P).expect("the rest").len, P);
+        t.forget_unmapped();
+        assert_eq!(t.unmapped_len(), 0);
+    }
+
+    #[test]
+    fn at_most_so_many_removed_ranges_are_remembered() {
+        const P: u64 = 0x1000;
+        let f = file();
+        let m = |wo, len, fo| mapping(&f, wo, len, fo);
+        let t = MappingTable::new();
+        for i in 0..(MAX_UNMAPPED as u64 + 10) {
+            t.insert(m(i * P, P, 0));
+            t.remove(i * P, P);
+        }
+        assert_eq!(t.unmapped_len(), MAX_UNMAPPED);
+        assert!(t.lookup_unmapped(0).is_none(), "the oldest went first");
+    }
+
+    #[test]
     fn remove_of_a_hole_changes_nothing() {
         let t = MappingTable::new();
         let f = file();
@@ -391,6 +470,9 @@ mod tests {
         drop(cut);
         assert!(t.remove(0, u64::MAX).len() == 1);
         assert!(t.is_empty());
+        // Remembered as unmapped until forgotten.
+        assert_eq!(Arc::strong_count(&f), 2);
+        t.forget_unmapped();
         assert_eq!(Arc::strong_count(&f), 1);
     }
 

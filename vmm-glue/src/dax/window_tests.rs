@@ -321,7 +321,14 @@ fn dropped_mappings_release_their_file_descriptors() {
     assert_ne!(dup_fd, f.as_raw_fd());
     assert_eq!(Arc::strong_count(&dup), 2);
     w.unmap(0, page).expect("unmap");
+    // Remembered as unmapped (for a fault report naming the file) until mapped again.
+    assert_eq!(Arc::strong_count(&dup), 2);
+    let g = tmpfile(&pattern(page as usize, 5));
+    w.map(0, page, &g, 0, false).expect("map another file there");
     assert_eq!(Arc::strong_count(&dup), 1);
+    w.unmap(0, page).expect("unmap");
+    w.table().forget_unmapped();
+    assert_eq!(w.table().unmapped_len(), 0);
 }
 
 #[test]

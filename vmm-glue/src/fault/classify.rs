@@ -79,6 +79,9 @@ pub enum Located {
         /// How many mappings were shorter than their files; the first one is reported.
         candidates: usize,
     },
+    /// The backend had unmapped the range (the daemon's truncation guard, before the
+    /// truncation); the access lies past the end of the file that was mapped there.
+    Unmapped,
 }
 
 /// A guest access to a page that lies beyond the current end of its file.
@@ -191,6 +194,23 @@ where
     };
     let gpa = window.gpa_base + window_offset;
     let Some(mapping) = table.lookup(window_offset) else {
+        // A range the backend unmapped: if its file has since shrunk below the access (the
+        // daemon's truncation guard unmaps before the truncation), it is that file's lost page.
+        if let Some(gone) = table.lookup_unmapped(window_offset) {
+            let file_offset = gone.file_offset + (window_offset - gone.window_offset);
+            let size = file_size(&gone).ok();
+            if matches!(size, Some(s) if !page_backed(file_offset, s)) {
+                return Classification::TruncatedPage(TruncatedPage {
+                    mapping: gone,
+                    gpa,
+                    window_offset,
+                    file_offset,
+                    file_size: size,
+                    access,
+                    located: Located::Unmapped,
+                });
+            }
+        }
         return Classification::UnmappedWindowAccess {
             gpa,
             window_offset,

@@ -108,7 +108,10 @@ pub fn build(
         .map_or(0, |d| d.as_nanos() as u64);
     let (kind, gpa, window_offset, mapping, file_offset, file_size_now, access) = match class {
         Classification::TruncatedPage(t) => {
-            let exact = matches!(t.located, crate::fault::Located::Exact);
+            let exact = matches!(
+                t.located,
+                crate::fault::Located::Exact | crate::fault::Located::Unmapped
+            );
             (
                 FaultKind::TruncatedPage,
                 exact.then_some(t.gpa),
