@@ -8,6 +8,30 @@ use thiserror::Error;
 use crate::sandbox::SandboxMode;
 use crate::seccomp::SeccompMode;
 
+/// Whether the truncation guard keeps the VMM's DAX window safe when a mapped file shrinks
+/// (`--truncate-guard`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum TruncateGuard {
+    /// Guard every mapped file as well as the kernel allows.
+    #[default]
+    On,
+    /// No guard.
+    Off,
+    /// Guard, and decline DAX for files that cannot be guarded before a truncation.
+    Required,
+}
+
+/// What the truncation guard puts where a shrunk file's pages were (`--truncate-guard-action`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum TruncateGuardAction {
+    /// Zero pages from a fresh memfd: the guest reads zeros, as from a hole (any VMM survives).
+    #[default]
+    Zero,
+    /// Nothing: the range is unmapped from the window (a VMM linking vfsdax-vmm-glue then
+    /// reports the guest's access with its own policy).
+    Unmap,
+}
+
 /// How long the guest may cache names, attributes and data (virtiofsd's `--cache`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
@@ -141,6 +165,17 @@ pub struct Options {
     /// they say among the files the frontend can map whole.
     #[arg(long, value_name = "POLICY", value_parser = parse_dax_policy, default_value = "auto")]
     pub dax_policy: DaxPolicy,
+    /// With a DAX window: keep the VMM safe when a host process or the guest shrinks a mapped
+    /// file (the window ranges past the new end are replaced before the size changes, or as
+    /// soon as the kernel allows after). `required` also declines DAX for files that cannot be
+    /// guarded before a truncation (filesystems without fanotify pre-content events, such as
+    /// tmpfs).
+    #[arg(long, value_enum, default_value_t = TruncateGuard::On)]
+    pub truncate_guard: TruncateGuard,
+    /// What the truncation guard puts in place of the lost range: `zero` pages, or nothing
+    /// (`unmap`).
+    #[arg(long, value_enum, default_value_t = TruncateGuardAction::Zero)]
+    pub truncate_guard_action: TruncateGuardAction,
     /// Worker threads serving the request queues; 0 serves each request on its queue's thread.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,

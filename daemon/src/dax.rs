@@ -22,14 +22,16 @@ use std::sync::{RwLock, RwLockReadGuard};
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
+pub mod files;
 pub mod frontend;
 mod state;
+mod validate;
 
+pub use files::{FileId, FileWatch, Guarding, NoWatch, TruncationHook};
 pub use frontend::{Decline, FrontendMapping, Plan, ProbeError, ProbeOutcome};
-pub use state::{
-    host_page_size, validate_remove, validate_setup, DaxError, DaxState, DaxStats, LiveMapping,
-    SetupMapping,
-};
+pub use state::shrink::{kept_bytes, zero_file, Shrunk};
+pub use state::{Cut, DaxState, DaxStats, LiveMapping, SetupMapping};
+pub use validate::{host_page_size, validate_remove, validate_setup, DaxError};
 pub use vfsdax_protocol::dax::{CACHE_SHMID, DAX_CHUNK_SIZE};
 
 /// Maps file ranges into the VMM's DAX window.

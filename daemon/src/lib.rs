@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cli;
 pub mod dax;
 pub mod filesystem;
+pub mod guard;
 pub mod passthrough;
 pub mod ratelimit;
 pub mod sandbox;

@@ -12,14 +12,18 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use vfsdax_daemon::backend::{DeviceConfig, FsBackend};
-use vfsdax_daemon::cli::{self, CacheMode, Options};
+use vfsdax_daemon::cli::{self, CacheMode, Options, TruncateGuard, TruncateGuardAction};
+use vfsdax_daemon::dax::Guarding;
 use vfsdax_daemon::filesystem::FileSystem;
+use vfsdax_daemon::guard::{EventSink, GuardEvent, TruncationGuard};
+use vfsdax_daemon::guest_log;
 use vfsdax_daemon::passthrough::{CachePolicy, PassthroughConfig, PassthroughFs};
 use vfsdax_daemon::sandbox::{self, SandboxMode, SocketFiles};
 use vfsdax_daemon::seccomp::Filter;
 use vfsdax_daemon::server::{Server, ServerOptions};
 use vfsdax_daemon::socket::{self, ListenSocket};
 use vfsdax_daemon::systemd;
+use vfsdax_protocol::guard::GuardAction;
 
 /// Largest virtqueue the device accepts.
 const QUEUE_SIZE: u16 = 1024;
@@ -134,6 +138,10 @@ fn run(opts: Options) -> Result<(), String> {
     )
     .map_err(|e| chain(&e))?;
 
+    // Before seccomp (and before capabilities go): creating the fanotify groups needs
+    // CAP_SYS_ADMIN.
+    let _guard = start_truncation_guard(&opts, &server, &backend);
+
     if !sandboxed {
         notify_ready();
     }
@@ -176,6 +184,20 @@ fn run(opts: Options) -> Result<(), String> {
     // The frontend is gone with its window: forget the mappings, nothing to unmap.
     server.fs().destroy(&vfsdax_daemon::dax::NoMapper);
     log_dax_stats(&server);
+    if let Some(g) = &_guard {
+        let s = g.stats();
+        log::info!(
+            "truncation guard: {} truncations handled before they took effect, {} after; {} \
+             chunks cut, {} failures, {} files not guarded before a truncation, {} permission \
+             events answered",
+            s.before,
+            s.after,
+            s.chunks_cut,
+            s.failures,
+            s.unguarded_files,
+            s.events
+        );
+    }
     drop(listening);
     match result {
         // A frontend that goes away (the VM shut down) ends the session normally.
@@ -208,6 +230,78 @@ impl Drop for Listening {
 }
 
 /// Binds `--socket-path` (giving it to `--socket-group`) or takes over `--fd`.
+/// Starts the truncation guard for a DAX window (`--truncate-guard`, on by default); its
+/// reports are logged as JSON lines, rate-limited (a guest can trigger them).
+fn start_truncation_guard(
+    opts: &Options,
+    server: &Server<PassthroughFs>,
+    backend: &FsBackend<PassthroughFs>,
+) -> Option<TruncationGuard> {
+    let dax = server.fs().dax_shared()?;
+    if opts.truncate_guard == TruncateGuard::Off {
+        log::info!("truncation guard off (--truncate-guard off): a host truncation under a live DAX mapping reaches the VMM");
+        return None;
+    }
+    let action = match opts.truncate_guard_action {
+        TruncateGuardAction::Zero => GuardAction::Zero,
+        TruncateGuardAction::Unmap => GuardAction::Unmap,
+    };
+    let sink: EventSink = Box::new(|ev| match ev {
+        GuardEvent::Report(r) => {
+            let json = serde_json::to_string(&r).unwrap_or_default();
+            guest_log!(log::Level::Warn, "truncation guard: {json}");
+        }
+        GuardEvent::Unguarded {
+            file,
+            path,
+            guarding,
+            reason,
+        } => guest_log!(
+            log::Level::Warn,
+            "truncation guard: {} (dev {} ino {}) can be guarded {}: {reason}",
+            path.as_deref().unwrap_or("a mapped file"),
+            file.dev,
+            file.ino,
+            match guarding {
+                Guarding::After => "only after a truncation took effect",
+                _ => "not at all",
+            }
+        ),
+        GuardEvent::Failed { file, error } => guest_log!(
+            log::Level::Error,
+            "truncation guard: the frontend refused a change of the window for dev {} ino {}: \
+             {error}",
+            file.dev,
+            file.ino
+        ),
+    });
+    let required = opts.truncate_guard == TruncateGuard::Required;
+    match TruncationGuard::start(dax, backend.mapper(), action, required, sink) {
+        Ok(g) => {
+            for e in g.setup_errors() {
+                log::warn!("truncation guard: {e}");
+            }
+            server.fs().set_truncation_hook(g.hook());
+            log::info!(
+                "truncation guard on ({}, {}): {}",
+                if required { "required" } else { "on" },
+                format!("{action:?}").to_lowercase(),
+                if g.can_guard_before() {
+                    "truncations are made safe before they take effect where the filesystem \
+                     has pre-content events"
+                } else {
+                    "truncations are only seen after they took effect"
+                }
+            );
+            Some(g)
+        }
+        Err(e) => {
+            log::error!("cannot start the truncation guard: {}", chain(&e));
+            None
+        }
+    }
+}
+
 /// One line with what the DAX window served in this session (nothing without a window).
 fn log_dax_stats(server: &Server<PassthroughFs>) {
     if let Some(dax) = server.fs().dax_state() {

@@ -5,9 +5,11 @@
 //! - [`apf`]: the paravirtual async-page-fault ABI with the error extension.
 //! - [`dax`]: the DAX window's shared-memory region id and chunk size.
 //! - [`report`]: the fault-report record the VMM glue emits for every DAX fault.
+//! - [`guard`]: the report record of the daemon's truncation guard.
 #![warn(missing_docs)]
 
 pub mod apf;
 pub mod dax;
 pub mod fuse;
+pub mod guard;
 pub mod report;

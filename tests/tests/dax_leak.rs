@@ -101,6 +101,7 @@ fn req(
             open_writable: writable_file,
             map_writable: flags & W != 0,
             window_writable: flags & W != 0,
+            inside_file: false,
         },
     }
 }

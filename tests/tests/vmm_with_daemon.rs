@@ -5,6 +5,12 @@
 //! the guest's two accesses by a FUSE SETATTR through the daemon (or by a host process), and the
 //! guest's outcome and the JSON fault reports checked from outside the VMM process.
 //!
+//! The daemon's truncation guard runs with `--truncate-guard-action unmap`: it unmaps the lost
+//! range before the truncation, and the glue blames the guest's access on the file that was
+//! mapped there, so the guest policy applies and each side reports once (the daemon the
+//! truncation, the VMM the access). The last cells check the guard off and the default zero
+//! pages.
+//!
 //! Every cell is bounded in time. Needs /dev/kvm; skipped, with a visible reason, only where it
 //! is absent. The binaries are found like the harness finds the daemon (`target/debug`;
 //! `scripts/test.sh` builds them first).
@@ -62,13 +68,22 @@ struct Run {
     daemon: Daemon,
 }
 
-/// Starts the daemon on a share holding `NAME`, runs the VMM against it with `args` (bounded;
-/// with `host`, the file is changed by the VMM as a host process: `--truncate-host`), and
-/// collects its output.
+/// The daemon's guard as these cells run it: the glue's fault path reports the access.
+const GUARD_UNMAP: &[&str] = &["--truncate-guard-action", "unmap"];
+
+/// Starts the daemon (`--cache-size 64M` and `guard`) on a share holding `NAME`, runs the VMM
+/// against it with `args` (bounded; with `host`, the file is changed by the VMM as a host
+/// process: `--truncate-host`), and collects its output.
 fn run_vmm(args: &[&str], host: bool) -> Run {
+    run_vmm_guarded(args, host, GUARD_UNMAP)
+}
+
+fn run_vmm_guarded(args: &[&str], host: bool, guard: &[&str]) -> Run {
     assert!(daemon_program().is_ok(), "vfsdaxd not built");
+    let mut extra_args: Vec<String> = vec!["--cache-size".into(), "64M".into()];
+    extra_args.extend(guard.iter().map(|a| a.to_string()));
     let dopts = DaemonOptions {
-        extra_args: vec!["--cache-size".into(), "64M".into()],
+        extra_args,
         ..Default::default()
     };
     let daemon = Daemon::start(&dopts).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
@@ -133,6 +148,39 @@ fn run_vmm(args: &[&str], host: bool) -> Run {
 }
 
 impl Run {
+    /// The truncation guard's JSON reports in the daemon's log.
+    fn guard_reports(&mut self) -> Vec<Value> {
+        self.daemon
+            .log_text()
+            .lines()
+            .filter_map(|l| {
+                l.split_once("truncation guard: {")
+                    .map(|(_, j)| format!("{{{j}"))
+            })
+            .map(|j| serde_json::from_str(&j).unwrap_or_else(|e| panic!("guard report {j}: {e}")))
+            .collect()
+    }
+
+    /// Exactly one guard report, for the share's file, cut to `size_after`, with `action`.
+    fn the_guard_report(&mut self, action: &str, size_after: u64) -> Value {
+        let reports = self.guard_reports();
+        let ctx = self.context();
+        assert_eq!(
+            reports.len(),
+            1,
+            "one guard report expected
+{ctx}"
+        );
+        let r = reports[0].clone();
+        let (dev, ino) = self.identity;
+        assert_eq!(r["dev"].as_u64(), Some(dev), "{ctx}");
+        assert_eq!(r["ino"].as_u64(), Some(ino), "{ctx}");
+        assert_eq!(r["size_after"].as_u64(), Some(size_after), "{ctx}");
+        assert_eq!(r["action"], action, "{ctx}");
+        assert!(!r["ranges"].as_array().is_none_or(Vec::is_empty), "{ctx}");
+        r
+    }
+
     fn context(&mut self) -> String {
         format!(
             "status {}\nreports {:?}\nstderr:\n{}\ndaemon log:\n{}",
@@ -146,6 +194,8 @@ impl Run {
     /// The one report: a truncated page at the accessed offset of the share's file, now
     /// `size_now` bytes, handled by `action`.
     fn the_report(&mut self, action: &str, access: &str, size_now: u64) -> Value {
+        // The daemon reported the truncation once, the VMM the access once.
+        self.the_guard_report("unmap", size_now);
         let ctx = self.context();
         assert_eq!(self.reports.len(), 1, "one report expected\n{ctx}");
         let r = self.reports[0].clone();
@@ -302,4 +352,45 @@ fn host_truncation_of_a_store_below_the_page_is_an_apf_error() {
         "the store must not appear to have landed\n{ctx}"
     );
     run.finish(0, 0x1800);
+}
+
+#[test]
+fn with_the_guard_off_the_glue_alone_handles_the_truncation() {
+    if kvm_missing("with_the_guard_off_the_glue_alone_handles_the_truncation") {
+        return;
+    }
+    let mut run = run_vmm_guarded(
+        &["--opt-in", "--access", "load"],
+        false,
+        &["--truncate-guard", "off"],
+    );
+    let ctx = run.context();
+    assert!(run.guard_reports().is_empty(), "{ctx}");
+    assert_eq!(run.reports.len(), 1, "one report from the glue\n{ctx}");
+    assert_eq!(run.reports[0]["action"]["action"], "apf-error", "{ctx}");
+    assert_eq!(run.summary["guest"]["sigbus"].as_u64(), Some(1), "{ctx}");
+    run.finish(0, 0);
+}
+
+#[test]
+fn with_zero_pages_the_guard_reports_and_the_guest_reads_zeros() {
+    if kvm_missing("with_zero_pages_the_guard_reports_and_the_guest_reads_zeros") {
+        return;
+    }
+    // The default action: the lost range holds zero pages before the truncation, so the
+    // guest's access never faults and only the daemon reports.
+    let mut run = run_vmm_guarded(&["--opt-in", "--access", "load"], false, &[]);
+    let r = run.the_guard_report("zero", 0);
+    let ctx = run.context();
+    assert_eq!(
+        r["trigger"], "guest",
+        "a FUSE SETATTR through the daemon\n{ctx}"
+    );
+    assert!(
+        run.reports.is_empty(),
+        "no fault report from the glue\n{ctx}"
+    );
+    assert_eq!(run.summary["guest"]["value"].as_u64(), Some(0), "{ctx}");
+    assert_eq!(run.summary["guest"]["sigbus"], Value::Null, "{ctx}");
+    run.finish(0, 0);
 }

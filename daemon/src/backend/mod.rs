@@ -167,6 +167,12 @@ impl<F: FileSystem + 'static> FsBackend<F> {
         &self.server
     }
 
+    /// The mapper of the current frontend connection (empty until the frontend opens the
+    /// backend request channel), shared.
+    pub fn mapper(&self) -> Arc<dyn crate::dax::Mapper> {
+        self.mapper.clone()
+    }
+
     /// The worker pool for request queues, if `--thread-pool-size` asked for one.
     fn pool(&self, queue: u16) -> Option<&WorkerPool> {
         if queue == HIPRIO_QUEUE || self.pool_size == 0 {

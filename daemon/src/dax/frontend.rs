@@ -86,6 +86,10 @@ pub enum Decline {
         "the frontend maps only through writable descriptors and the guest may not write the file"
     )]
     NotWritable,
+    /// The file cannot be guarded against truncation before it happens, and the guard is
+    /// required (`--truncate-guard required`).
+    #[error("the file cannot be guarded against truncation before it happens (a filesystem without fanotify pre-content events)")]
+    Unguarded,
     /// The range reaches past the end of the file and the frontend refuses that (or, for an
     /// empty file, would extend the file).
     #[error("the range ends at {end:#x}, past the end of the file ({size:#x} bytes), which the frontend cannot map")]
@@ -107,6 +111,9 @@ pub struct Plan {
     /// Whether the frontend's mapping will accept stores (what a later upgrade to a writable
     /// mapping of the same range can reuse without remapping).
     pub window_writable: bool,
+    /// The frontend maps only ranges inside the file: the size is checked again just before
+    /// the mapping is sent.
+    pub inside_file: bool,
 }
 
 /// Decides how to map `[foffset, foffset + len)` of a regular file for a guest that asked for a
@@ -127,6 +134,7 @@ pub fn plan(
             open_writable: want_write,
             map_writable: want_write,
             window_writable: want_write,
+            inside_file: false,
         }),
         FrontendMapping::InsideFileWritable => {
             if !may_write {
@@ -141,6 +149,7 @@ pub fn plan(
                     open_writable: true,
                     map_writable: want_write,
                     window_writable: true,
+                    inside_file: true,
                 })
             }
         }
@@ -243,7 +252,8 @@ mod tests {
                 Plan {
                     open_writable: want,
                     map_writable: want,
-                    window_writable: want
+                    window_writable: want,
+                    inside_file: false,
                 }
             );
         }
@@ -264,7 +274,8 @@ mod tests {
             Plan {
                 open_writable: true,
                 map_writable: false,
-                window_writable: true
+                window_writable: true,
+                inside_file: true,
             }
         );
         let p = plan(f, true, true, size_of(MB2), 0, MB2).unwrap().unwrap();

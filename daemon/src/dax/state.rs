@@ -1,186 +1,17 @@
-//! The daemon's DAX state: validation of SETUPMAPPING / REMOVEMAPPING and the live mapping
-//! table.
+//! The daemon's DAX state: the live mapping table, kept equal to what the frontend holds.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use thiserror::Error;
 use vfsdax_protocol::dax::DAX_CHUNK_SIZE;
-use vfsdax_protocol::fuse::flags::{SETUPMAPPING_FLAG_READ, SETUPMAPPING_FLAG_WRITE};
+use vfsdax_protocol::fuse::flags::SETUPMAPPING_FLAG_WRITE;
 
+use super::files::{FileId, FileWatch, Files, Guarding, NoWatch};
 use super::frontend::{self, Decline, FrontendMapping, Plan, ProbeError, ProbeOutcome};
+use super::validate::{validate_remove, validate_setup, DaxError};
 use super::Mapper;
-
-/// Errors of DAX mapping requests.
-#[derive(Debug, Error)]
-pub enum DaxError {
-    /// The daemon has no DAX window (`--cache-size 0`).
-    #[error("DAX is not enabled")]
-    Disabled,
-    /// A zero-length range.
-    #[error("zero-length mapping")]
-    ZeroLength,
-    /// An offset or length not a multiple of the mapping alignment.
-    #[error(
-        "mapping (file offset {foffset:#x}, window offset {moffset:#x}, length {len:#x}) is not \
-         aligned to {alignment:#x}"
-    )]
-    Unaligned {
-        /// File offset (0 for REMOVEMAPPING).
-        foffset: u64,
-        /// Window offset.
-        moffset: u64,
-        /// Length.
-        len: u64,
-        /// The alignment.
-        alignment: u64,
-    },
-    /// An offset plus length that does not fit in 64 bits (or, for files, in `off_t`).
-    #[error("offset {offset:#x} plus length {len:#x} overflows")]
-    Overflow {
-        /// The offset.
-        offset: u64,
-        /// The length.
-        len: u64,
-    },
-    /// A range outside the window.
-    #[error("range {moffset:#x}+{len:#x} lies outside the window of size {window_size:#x}")]
-    OutOfWindow {
-        /// Window offset.
-        moffset: u64,
-        /// Length.
-        len: u64,
-        /// Window size.
-        window_size: u64,
-    },
-    /// Flag bits other than `FUSE_SETUPMAPPING_FLAG_READ | _WRITE`.
-    #[error("unknown SETUPMAPPING flags {flags:#x}")]
-    UnknownFlags {
-        /// The flags.
-        flags: u64,
-    },
-    /// A writable mapping of a file that is not open for writing.
-    #[error("a writable mapping was asked of a file not open for writing")]
-    NotWritable,
-    /// The frontend cannot map this range, so it was not asked.
-    #[error("the mapping was declined")]
-    Declined(#[source] Decline),
-    /// The frontend refused or failed the request.
-    #[error("the frontend did not carry out the mapping request")]
-    Mapper(#[source] io::Error),
-}
-
-impl DaxError {
-    /// The errno to reply to the guest with.
-    pub fn errno(&self) -> i32 {
-        match self {
-            DaxError::Disabled => libc::ENOSYS,
-            DaxError::ZeroLength
-            | DaxError::Unaligned { .. }
-            | DaxError::Overflow { .. }
-            | DaxError::OutOfWindow { .. }
-            | DaxError::UnknownFlags { .. } => libc::EINVAL,
-            DaxError::NotWritable => libc::EACCES,
-            DaxError::Declined(_) => libc::EOPNOTSUPP,
-            DaxError::Mapper(e) => match e.raw_os_error() {
-                Some(n) if (1..4096).contains(&n) => n,
-                _ => libc::EIO,
-            },
-        }
-    }
-}
-
-/// The host page size in bytes (the default mapping alignment).
-pub fn host_page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions; it only reads a system value.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
-}
-
-fn check_window_range(
-    window_size: u64,
-    alignment: u64,
-    foffset: u64,
-    moffset: u64,
-    len: u64,
-) -> Result<(), DaxError> {
-    if window_size == 0 {
-        return Err(DaxError::Disabled);
-    }
-    if len == 0 {
-        return Err(DaxError::ZeroLength);
-    }
-    if alignment == 0
-        || !moffset.is_multiple_of(alignment)
-        || !len.is_multiple_of(alignment)
-        || !foffset.is_multiple_of(alignment)
-    {
-        return Err(DaxError::Unaligned {
-            foffset,
-            moffset,
-            len,
-            alignment,
-        });
-    }
-    let end = moffset.checked_add(len).ok_or(DaxError::Overflow {
-        offset: moffset,
-        len,
-    })?;
-    if end > window_size {
-        return Err(DaxError::OutOfWindow {
-            moffset,
-            len,
-            window_size,
-        });
-    }
-    Ok(())
-}
-
-/// Checks a `FUSE_SETUPMAPPING`: DAX enabled, non-zero length; `foffset`, `moffset` and `len`
-/// multiples of `alignment`; `moffset + len` inside the window and `foffset + len` inside `off_t`,
-/// without overflow; only the READ and WRITE flags; WRITE only if the file is open for writing.
-pub fn validate_setup(
-    window_size: u64,
-    alignment: u64,
-    foffset: u64,
-    moffset: u64,
-    len: u64,
-    flags: u64,
-    handle_writable: bool,
-) -> Result<(), DaxError> {
-    check_window_range(window_size, alignment, foffset, moffset, len)?;
-    let file_end = foffset.checked_add(len).ok_or(DaxError::Overflow {
-        offset: foffset,
-        len,
-    })?;
-    if file_end > i64::MAX as u64 {
-        return Err(DaxError::Overflow {
-            offset: foffset,
-            len,
-        });
-    }
-    if flags & !(SETUPMAPPING_FLAG_READ | SETUPMAPPING_FLAG_WRITE) != 0 {
-        return Err(DaxError::UnknownFlags { flags });
-    }
-    if flags & SETUPMAPPING_FLAG_WRITE != 0 && !handle_writable {
-        return Err(DaxError::NotWritable);
-    }
-    Ok(())
-}
-
-/// Checks one `FUSE_REMOVEMAPPING` entry: DAX enabled, non-zero aligned length and offset, inside
-/// the window, no overflow.
-pub fn validate_remove(
-    window_size: u64,
-    alignment: u64,
-    moffset: u64,
-    len: u64,
-) -> Result<(), DaxError> {
-    check_window_range(window_size, alignment, 0, moffset, len)
-}
 
 /// One live mapping of the window: one chunk, as the frontend holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,9 +34,42 @@ pub struct LiveMapping {
     /// The guest forgot the node id while the chunk was still mapped: the next request that
     /// holds the request order unmaps it.
     pub orphaned: bool,
+    /// The host file behind the chunk.
+    pub file: FileId,
+    /// Set once the truncation guard cut the chunk at the file's new end.
+    pub cut: Option<Cut>,
+}
+
+/// A chunk the truncation guard cut: its first `kept` bytes stay mapped from the file (a
+/// `SHMEM_MAP` of that length), the rest holds a substitute (a second `SHMEM_MAP`) when
+/// `substituted`, else nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Bytes at the start of the chunk still mapped from the file.
+    pub kept: u64,
+    /// Whether the rest holds the substitute (zero pages).
+    pub substituted: bool,
 }
 
 impl LiveMapping {
+    /// The frontend mappings the chunk is made of, as `(window offset, length)`: one, or after a
+    /// cut the kept part and the substitute (each only if not empty).
+    pub fn pieces(&self) -> Vec<(u64, u64)> {
+        match self.cut {
+            None => vec![(self.moffset, self.len)],
+            Some(c) => {
+                let mut v = Vec::with_capacity(2);
+                if c.kept > 0 {
+                    v.push((self.moffset, c.kept));
+                }
+                if c.substituted && c.kept < self.len {
+                    v.push((self.moffset + c.kept, self.len - c.kept));
+                }
+                v
+            }
+        }
+    }
+
     /// One past the last window offset (saturating).
     pub fn end(&self) -> u64 {
         self.moffset.saturating_add(self.len)
@@ -278,7 +142,6 @@ fn bump(c: &AtomicU64) {
 /// spec wants it: `SHMEM_MAP` never lands on a live mapping (the old one is unmapped first, or
 /// reused when it already is what the guest asks for) and `SHMEM_UNMAP` always names one whole
 /// earlier mapping.
-#[derive(Debug)]
 pub struct DaxState {
     window_size: u64,
     chunk: u64,
@@ -287,7 +150,23 @@ pub struct DaxState {
     /// the frontend saw them.
     ops: Mutex<()>,
     table: RwLock<BTreeMap<u64, LiveMapping>>,
+    /// The files behind live chunks (changed with the request order held).
+    files: Mutex<Files>,
+    watch: RwLock<Arc<dyn FileWatch>>,
+    /// Decline mappings of files the watch cannot guard before a truncation.
+    require_guard: AtomicBool,
     counters: Counters,
+}
+
+impl std::fmt::Debug for DaxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaxState")
+            .field("window_size", &self.window_size)
+            .field("chunk", &self.chunk)
+            .field("frontend", &self.frontend())
+            .field("mappings", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DaxState {
@@ -300,8 +179,37 @@ impl DaxState {
             frontend: AtomicU8::new(FrontendMapping::Unknown.to_u8()),
             ops: Mutex::new(()),
             table: RwLock::new(BTreeMap::new()),
+            files: Mutex::new(Files::default()),
+            watch: RwLock::new(Arc::new(NoWatch)),
+            require_guard: AtomicBool::new(false),
             counters: Counters::default(),
         }
+    }
+
+    /// Watches the files behind live mappings with `watch` from now on (the truncation guard);
+    /// with `require_before`, a file `watch` cannot guard before a truncation is not mapped
+    /// (the SETUPMAPPING is declined). Set before the first mapping.
+    pub fn set_watch(&self, watch: Arc<dyn FileWatch>, require_before: bool) {
+        *self.watch.write().unwrap_or_else(|e| e.into_inner()) = watch;
+        self.require_guard.store(require_before, Ordering::Release);
+    }
+
+    fn watcher(&self) -> Arc<dyn FileWatch> {
+        Arc::clone(&self.watch.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(super) fn files(&self) -> MutexGuard<'_, Files> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of host files behind live mappings.
+    pub fn file_count(&self) -> usize {
+        self.files().len()
+    }
+
+    /// How the host file `id` is guarded against truncation, if a live mapping holds it.
+    pub fn guarding(&self, id: FileId) -> Option<Guarding> {
+        self.files().guarding(id)
     }
 
     /// State for a window of `window_size` bytes in the chunks Linux guests map
@@ -368,10 +276,14 @@ impl DaxState {
 
     /// Unmaps chunk `moffset` at the frontend and forgets it. Call with the request order held.
     fn unmap_chunk(&self, mapper: &dyn Mapper, moffset: u64) -> Result<(), DaxError> {
-        mapper
-            .unmap(moffset, self.chunk)
-            .map_err(DaxError::Mapper)?;
+        let Some(m) = self.read().get(&moffset).copied() else {
+            return Ok(());
+        };
+        for (mo, len) in m.pieces() {
+            mapper.unmap(mo, len).map_err(DaxError::Mapper)?;
+        }
         self.write().remove(&moffset);
+        self.files().drop_chunk(&*self.watcher(), m.file);
         bump(&self.counters.chunks_unmapped);
         Ok(())
     }
@@ -421,13 +333,48 @@ impl DaxState {
         if req.plan.map_writable && !req.file_writable {
             return Err(DaxError::NotWritable);
         }
+        let file_id = FileId::of(req.file).map_err(DaxError::Mapper)?;
         let _order = self.serialize();
         self.reap_orphans(mapper);
+        // Watched before anything is mapped: a truncation from now on waits for this request.
+        let watch = self.watcher();
+        let guarding = self
+            .files()
+            .hold(&*watch, file_id, req.file, req.file_writable)
+            .map_err(DaxError::Mapper)?;
+        let r = self.map_chunks(mapper, req, write, file_id, guarding);
+        self.files().release_if_unused(&*watch, file_id);
+        r
+    }
+
+    fn map_chunks(
+        &self,
+        mapper: &dyn Mapper,
+        req: &SetupMapping<'_>,
+        write: bool,
+        file_id: FileId,
+        guarding: Guarding,
+    ) -> Result<(), DaxError> {
+        if guarding != Guarding::Before && self.require_guard.load(Ordering::Acquire) {
+            return Err(DaxError::Declined(Decline::Unguarded));
+        }
+        if req.plan.inside_file {
+            // Again, now that a truncation waits for this request: what the frontend will see.
+            let size = req.file.metadata().map_err(DaxError::Mapper)?.len();
+            let end = req.foffset.saturating_add(req.len);
+            if size < end {
+                return Err(DaxError::Declined(Decline::PastEndOfFile { size, end }));
+            }
+        }
         for mo in (req.moffset..req.moffset + req.len).step_by(self.chunk as usize) {
             let fo = req.foffset + (mo - req.moffset);
             let existing = self.read().get(&mo).copied();
             if let Some(old) = existing {
-                let same = !old.orphaned && old.inode == req.inode && old.foffset == fo;
+                let same = !old.orphaned
+                    && old.cut.is_none()
+                    && old.inode == req.inode
+                    && old.file == file_id
+                    && old.foffset == fo;
                 if same && (!write || old.window_writable) {
                     let mut table = self.write();
                     if let Some(m) = table.get_mut(&mo) {
@@ -454,8 +401,11 @@ impl DaxState {
                     writable: write,
                     window_writable: req.plan.window_writable,
                     orphaned: false,
+                    file: file_id,
+                    cut: None,
                 },
             );
+            self.files().add_chunk(file_id);
         }
         Ok(())
     }
@@ -537,6 +487,7 @@ impl DaxState {
             }
         }
         self.write().clear();
+        self.files().clear(&*self.watcher());
         match first_error {
             Some(e) => Err(e),
             None => Ok(doomed.len()),
@@ -547,9 +498,13 @@ impl DaxState {
     /// frontend drops its mappings itself at a device reset); returns how many there were.
     pub fn clear(&self) -> usize {
         let _order = self.serialize();
-        let mut table = self.write();
-        let n = table.len();
-        table.clear();
+        let n = {
+            let mut table = self.write();
+            let n = table.len();
+            table.clear();
+            n
+        };
+        self.files().clear(&*self.watcher());
         n
     }
 
@@ -588,6 +543,9 @@ impl DaxState {
         self.read().is_empty()
     }
 }
+
+#[path = "shrink.rs"]
+pub mod shrink;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]

@@ -1,6 +1,13 @@
 //! Tests of the DAX state: validation tables and the live mapping table with a recording fake
 //! mapper.
 
+use std::io;
+
+use vfsdax_protocol::fuse::flags::SETUPMAPPING_FLAG_READ;
+
+use vfsdax_protocol::guard::{GuardAction, GuardedRange};
+
+use super::super::files::{FileWatch, Guarding};
 use super::super::testutil::{file, Call, Recorder};
 use super::*;
 
@@ -36,6 +43,7 @@ fn as_asked(write: bool) -> Plan {
         open_writable: write,
         map_writable: write,
         window_writable: write,
+        inside_file: false,
     }
 }
 
@@ -44,165 +52,6 @@ fn shape(s: &DaxState) -> Vec<(u64, u64, u64, u64)> {
         .iter()
         .map(|m| (m.moffset, m.len, m.foffset, m.inode))
         .collect()
-}
-
-#[test]
-fn validate_setup_table() {
-    let ws = 16 * MB2;
-    type Expect = Option<fn(&DaxError) -> bool>;
-    // (foffset, moffset, len, flags, handle_writable, expected error)
-    let cases: &[(u64, u64, u64, u64, bool, Expect)] = &[
-        // What a Linux guest sends.
-        (0, 0, MB2, R, false, None),
-        (4 * MB2, 15 * MB2, MB2, R | W, true, None),
-        (0, 0, P, 0, false, None),
-        (
-            0,
-            0,
-            0,
-            R,
-            true,
-            Some(|e| matches!(e, DaxError::ZeroLength)),
-        ),
-        (
-            1,
-            0,
-            P,
-            R,
-            true,
-            Some(|e| matches!(e, DaxError::Unaligned { .. })),
-        ),
-        (
-            0,
-            1,
-            P,
-            R,
-            true,
-            Some(|e| matches!(e, DaxError::Unaligned { .. })),
-        ),
-        (
-            0,
-            0,
-            P + 1,
-            R,
-            true,
-            Some(|e| matches!(e, DaxError::Unaligned { .. })),
-        ),
-        (
-            0,
-            ws,
-            P,
-            R,
-            true,
-            Some(|e| matches!(e, DaxError::OutOfWindow { .. })),
-        ),
-        (
-            0,
-            ws - P,
-            2 * P,
-            R,
-            true,
-            Some(|e| matches!(e, DaxError::OutOfWindow { .. })),
-        ),
-        (
-            0,
-            u64::MAX - P + 1,
-            P,
-            R,
-            true,
-            Some(|e| matches!(e, DaxError::Overflow { .. })),
-        ),
-        (
-            u64::MAX - P + 1,
-            0,
-            P,
-            R,
-            true,
-            Some(|e| matches!(e, DaxError::Overflow { .. })),
-        ),
-        (
-            1 << 63,
-            0,
-            P,
-            R,
-            true,
-            Some(|e| matches!(e, DaxError::Overflow { .. })),
-        ),
-        (
-            0,
-            0,
-            P,
-            4,
-            true,
-            Some(|e| matches!(e, DaxError::UnknownFlags { flags: 4 })),
-        ),
-        (
-            0,
-            0,
-            P,
-            R | W,
-            false,
-            Some(|e| matches!(e, DaxError::NotWritable)),
-        ),
-        (
-            0,
-            0,
-            P,
-            W,
-            false,
-            Some(|e| matches!(e, DaxError::NotWritable)),
-        ),
-    ];
-    for (i, &(fo, mo, len, flags, hw, expect)) in cases.iter().enumerate() {
-        match (validate_setup(ws, P, fo, mo, len, flags, hw), expect) {
-            (Ok(()), None) => {}
-            (Ok(()), Some(_)) => panic!("case {i} accepted"),
-            (Err(e), None) => panic!("case {i} refused: {e}"),
-            (Err(e), Some(is)) => assert!(is(&e), "case {i}: {e:?}"),
-        }
-    }
-    assert!(matches!(
-        validate_setup(0, P, 0, 0, P, R, true),
-        Err(DaxError::Disabled)
-    ));
-}
-
-#[test]
-fn validate_remove_table() {
-    let ws = 16 * P;
-    assert!(validate_remove(ws, P, 0, ws).is_ok());
-    assert!(validate_remove(ws, P, 15 * P, P).is_ok());
-    assert!(matches!(
-        validate_remove(ws, P, 0, 0),
-        Err(DaxError::ZeroLength)
-    ));
-    assert!(matches!(
-        validate_remove(ws, P, 3, P),
-        Err(DaxError::Unaligned { .. })
-    ));
-    assert!(matches!(
-        validate_remove(ws, P, ws, P),
-        Err(DaxError::OutOfWindow { .. })
-    ));
-    assert!(matches!(
-        validate_remove(ws, P, P, u64::MAX - P + 1),
-        Err(DaxError::Overflow { .. })
-    ));
-    assert!(matches!(
-        validate_remove(0, P, 0, P),
-        Err(DaxError::Disabled)
-    ));
-}
-
-#[test]
-fn errnos() {
-    assert_eq!(DaxError::Disabled.errno(), libc::ENOSYS);
-    assert_eq!(DaxError::ZeroLength.errno(), libc::EINVAL);
-    assert_eq!(DaxError::UnknownFlags { flags: 8 }.errno(), libc::EINVAL);
-    assert_eq!(DaxError::NotWritable.errno(), libc::EACCES);
-    let e = DaxError::Mapper(io::Error::from_raw_os_error(libc::ENOMEM));
-    assert_eq!(e.errno(), libc::ENOMEM);
-    assert_eq!(DaxError::Mapper(io::Error::other("x")).errno(), libc::EIO);
 }
 
 #[test]
@@ -231,6 +80,8 @@ fn setup_maps_chunk_by_chunk_and_records() {
             writable: true,
             window_writable: true,
             orphaned: false,
+            file: FileId::of(&f).unwrap(),
+            cut: None,
         }
     );
     assert!(s.lookup(6 * P).is_none());
@@ -384,6 +235,7 @@ fn a_chunk_already_mapped_as_asked_is_reused() {
         open_writable: true,
         map_writable: false,
         window_writable: true,
+        inside_file: false,
     };
     s.setup_mapping(&m, &ro_window_rw)
         .expect("read, window writable");
@@ -605,4 +457,212 @@ fn an_orphaned_chunk_is_never_reused_for_a_new_node_id() {
         [Call::Unmap(0, P), Call::Map(0, P, 0, false)]
     );
     assert!(!s.lookup(0).expect("live").orphaned);
+}
+
+const C4: u64 = 4 * P;
+
+fn four_page_chunks() -> DaxState {
+    DaxState::new(16 * C4, C4)
+}
+
+#[test]
+fn shrink_cuts_the_chunks_past_the_new_end() {
+    let s = four_page_chunks();
+    let m = Recorder::default();
+    let f = file();
+    let id = FileId::of(&f).unwrap();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 2 * C4, R))
+        .expect("two chunks");
+    let before = m.calls().len();
+    let out = s.shrink(&m, id, C4 + P + 10, GuardAction::Zero);
+    assert!(out.error.is_none());
+    // The first chunk lies inside the file; the second keeps two pages (the partial one too).
+    assert_eq!(
+        m.calls()[before..],
+        [
+            Call::Unmap(C4, C4),
+            Call::Map(C4, 2 * P, C4, false),
+            Call::Map(C4 + 2 * P, 2 * P, 0, true)
+        ]
+    );
+    assert_eq!(
+        out.ranges,
+        vec![GuardedRange {
+            window_offset: C4,
+            file_offset: C4,
+            len: C4,
+            kept: 2 * P
+        }]
+    );
+    let live = s.lookup(C4).expect("still live");
+    assert_eq!(
+        live.cut,
+        Some(Cut {
+            kept: 2 * P,
+            substituted: true
+        })
+    );
+    assert_eq!(live.pieces(), vec![(C4, 2 * P), (C4 + 2 * P, 2 * P)]);
+    // Shrinking less than that changes nothing; further shrinks cut again.
+    let n = m.calls().len();
+    assert!(s
+        .shrink(&m, id, 3 * C4, GuardAction::Zero)
+        .ranges
+        .is_empty());
+    assert!(s
+        .shrink(&m, id, C4 + 2 * P, GuardAction::Zero)
+        .ranges
+        .is_empty());
+    assert_eq!(m.calls().len(), n);
+    let out = s.shrink(&m, id, 0, GuardAction::Zero);
+    assert_eq!(out.ranges.len(), 2);
+    assert_eq!(
+        m.calls()[n..],
+        [
+            Call::Unmap(0, C4),
+            Call::Map(0, C4, 0, true),
+            Call::Unmap(C4, 2 * P),
+            Call::Unmap(C4 + 2 * P, 2 * P),
+            Call::Map(C4, C4, 0, true),
+        ]
+    );
+    // REMOVEMAPPING unmaps exactly the pieces.
+    let n = m.calls().len();
+    s.remove_mapping(&m, 0, 2 * C4).expect("remove");
+    assert_eq!(m.calls()[n..], [Call::Unmap(0, C4), Call::Unmap(C4, C4)]);
+    assert!(s.is_empty());
+    assert_eq!(s.file_count(), 0);
+}
+
+#[test]
+fn shrink_for_a_frontend_that_maps_inside_files_drops_the_partial_page_and_unmap_leaves_holes() {
+    let s = four_page_chunks();
+    s.set_frontend(FrontendMapping::InsideFileWritable);
+    let m = Recorder::default();
+    let f = file();
+    let id = FileId::of(&f).unwrap();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, C4, R))
+        .expect("map");
+    let n = m.calls().len();
+    let out = s.shrink(&m, id, P + 10, GuardAction::Unmap);
+    assert_eq!(out.ranges[0].kept, P);
+    assert_eq!(
+        m.calls()[n..],
+        [Call::Unmap(0, C4), Call::Map(0, P, 0, false)]
+    );
+    assert_eq!(s.lookup(0).expect("live").pieces(), vec![(0, P)]);
+    // A new SETUPMAPPING of the cut chunk replaces it whole.
+    let n = m.calls().len();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, C4, R))
+        .expect("map again");
+    assert_eq!(
+        m.calls()[n..],
+        [Call::Unmap(0, P), Call::Map(0, C4, 0, false)]
+    );
+    assert_eq!(s.lookup(0).expect("live").cut, None);
+}
+
+#[test]
+fn shrink_touches_only_that_file() {
+    let s = four_page_chunks();
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, C4, R))
+        .expect("map");
+    let other = FileId { dev: 0, ino: 1 };
+    let n = m.calls().len();
+    assert!(s.shrink(&m, other, 0, GuardAction::Zero).ranges.is_empty());
+    assert_eq!(m.calls().len(), n);
+}
+
+#[test]
+fn a_frontend_failure_while_cutting_leaves_the_table_equal_to_the_frontend() {
+    let s = four_page_chunks();
+    let m = Recorder::default();
+    let f = file();
+    let id = FileId::of(&f).unwrap();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, C4, R))
+        .expect("map");
+    struct FailMaps<'a>(&'a Recorder);
+    impl Mapper for FailMaps<'_> {
+        fn map(&self, _: u64, _: u64, _: &File, _: u64, _: bool) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        fn unmap(&self, a: u64, b: u64) -> io::Result<()> {
+            self.0.unmap(a, b)
+        }
+    }
+    let out = s.shrink(&FailMaps(&m), id, P, GuardAction::Zero);
+    assert!(out.error.is_some());
+    // Unmapped, the kept page could not be mapped again: the chunk holds nothing now.
+    let live = s.lookup(0).expect("still recorded");
+    assert!(live.pieces().is_empty(), "{live:?}");
+    let n = m.calls().len();
+    s.remove_mapping(&m, 0, C4).expect("remove sends nothing");
+    assert_eq!(m.calls().len(), n);
+    assert!(s.is_empty());
+}
+
+#[derive(Default)]
+struct Watches {
+    calls: Mutex<Vec<&'static str>>,
+    guarding: Mutex<Option<Guarding>>,
+}
+
+impl FileWatch for Watches {
+    fn watch(&self, _: FileId, _: &File) -> Guarding {
+        self.calls.lock().unwrap().push("watch");
+        self.guarding.lock().unwrap().unwrap_or(Guarding::Before)
+    }
+    fn unwatch(&self, _: FileId, _: &File) {
+        self.calls.lock().unwrap().push("unwatch");
+    }
+}
+
+#[test]
+fn files_are_watched_from_their_first_chunk_to_their_last() {
+    let s = four_page_chunks();
+    let w = std::sync::Arc::new(Watches::default());
+    s.set_watch(w.clone(), false);
+    let m = Recorder::default();
+    let f = file();
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 2 * C4, R))
+        .expect("two chunks");
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 4 * C4, C4, R))
+        .expect("a third");
+    assert_eq!(*w.calls.lock().unwrap(), ["watch"]);
+    assert_eq!(s.guarding(FileId::of(&f).unwrap()), Some(Guarding::Before));
+    s.remove_mapping(&m, 0, 2 * C4).expect("two gone");
+    assert_eq!(*w.calls.lock().unwrap(), ["watch"]);
+    s.remove_mapping(&m, 4 * C4, C4).expect("the last");
+    assert_eq!(*w.calls.lock().unwrap(), ["watch", "unwatch"]);
+    // A failed mapping does not keep the file watched.
+    m.fail_with(Some(libc::EIO));
+    assert!(s
+        .setup_mapping(&m, &setup(&f, 1, None, 0, 0, C4, R))
+        .is_err());
+    assert_eq!(
+        *w.calls.lock().unwrap(),
+        ["watch", "unwatch", "watch", "unwatch"]
+    );
+    assert_eq!(s.file_count(), 0);
+}
+
+#[test]
+fn a_required_guard_declines_files_it_cannot_guard_before() {
+    let s = four_page_chunks();
+    let w = std::sync::Arc::new(Watches::default());
+    *w.guarding.lock().unwrap() = Some(Guarding::After);
+    s.set_watch(w.clone(), true);
+    let m = Recorder::default();
+    let f = file();
+    let e = s
+        .setup_mapping(&m, &setup(&f, 1, None, 0, 0, C4, R))
+        .expect_err("declined");
+    assert_eq!(e.errno(), libc::EOPNOTSUPP);
+    assert!(m.calls().is_empty());
+    assert_eq!(s.file_count(), 0);
+    s.set_watch(w.clone(), false);
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, C4, R))
+        .expect("not required: mapped");
 }

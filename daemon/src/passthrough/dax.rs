@@ -44,6 +44,7 @@
 //! of 2 MiB has a last chunk such a frontend cannot map: reads there fail until the guest drops
 //! the inode (the flag is then cleared and the next LOOKUP uses the page cache).
 
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -56,7 +57,9 @@ use super::perm::check_access;
 use super::sys::{err, fstat};
 use super::{DaxPolicy, PassthroughFs};
 use crate::dax::frontend::{self, FrontendMapping};
-use crate::dax::{validate_setup, DaxError, DaxState, Mapper, SetupMapping};
+use crate::dax::{
+    validate_setup, DaxError, DaxState, FileId, Mapper, SetupMapping, TruncationHook,
+};
 use crate::filesystem::{Context, Entry, Handle, Inode};
 use crate::guest_log;
 
@@ -113,11 +116,50 @@ fn dax_err(e: DaxError) -> io::Error {
 impl PassthroughFs {
     /// The DAX bookkeeping (live mappings), when the share has a DAX window.
     pub fn dax_state(&self) -> Option<&DaxState> {
-        self.dax.as_ref()
+        self.dax.as_deref()
+    }
+
+    /// The DAX bookkeeping, shared (for the truncation guard).
+    pub fn dax_shared(&self) -> Option<Arc<DaxState>> {
+        self.dax.clone()
+    }
+
+    /// Tells `hook` of the guest's truncations of mapped files before they are carried out.
+    pub fn set_truncation_hook(&self, hook: Arc<dyn TruncationHook>) {
+        *self
+            .truncation_hook
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// The truncation hook, if one is set and `file` has live mappings.
+    fn hook_for(&self, file: &File) -> Option<Arc<dyn TruncationHook>> {
+        let dax = self.dax.as_ref()?;
+        let hook = self
+            .truncation_hook
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let id = FileId::of(file).ok()?;
+        dax.guarding(id).map(|_| hook)
+    }
+
+    /// The guest (caller `ctx`) is about to truncate `file` to `new_size`: the window is made
+    /// safe first when the file has live mappings.
+    pub(super) fn before_guest_truncate(&self, ctx_pid: u32, file: &File, new_size: u64) {
+        if let Some(hook) = self.hook_for(file) {
+            hook.before_truncate(file, new_size, ctx_pid);
+        }
+    }
+
+    /// Whether `file` has live mappings a truncation hook watches (an `O_TRUNC` open of it is
+    /// then split into an open and a guarded truncation).
+    pub(super) fn truncation_watched(&self, file: &File) -> bool {
+        self.hook_for(file).is_some()
     }
 
     fn dax_or_enosys(&self) -> io::Result<&DaxState> {
-        self.dax.as_ref().ok_or_else(|| err(libc::ENOSYS))
+        self.dax.as_deref().ok_or_else(|| err(libc::ENOSYS))
     }
 
     /// Whether the guest caller `ctx` may write a file with attributes `st` (the share is

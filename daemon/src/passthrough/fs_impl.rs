@@ -55,7 +55,7 @@ impl FileSystem for PassthroughFs {
         attr: &SetattrIn,
         handle: Option<Handle>,
     ) -> io::Result<AttrReply> {
-        let mut a = self.do_setattr(inode, attr, handle)?;
+        let mut a = self.do_setattr(ctx, inode, attr, handle)?;
         a.attr_flags |= self.dax_attr_flag(ctx, inode, &a.attr);
         Ok(a)
     }
@@ -129,12 +129,12 @@ impl FileSystem for PassthroughFs {
 
     fn open(
         &self,
-        _ctx: Context,
+        ctx: Context,
         inode: Inode,
         flags: u32,
         kill_priv: bool,
     ) -> io::Result<(Option<Handle>, u32)> {
-        self.do_open(inode, flags, kill_priv)
+        self.do_open(ctx, inode, flags, kill_priv)
     }
 
     fn create(

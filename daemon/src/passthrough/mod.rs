@@ -75,7 +75,7 @@ use vfsdax_protocol::fuse::ROOT_ID;
 pub use config::{CachePolicy, DaxPolicy, PassthroughConfig};
 pub use dax::{policy_wants_dax, FS_XFLAG_DAX, NO_HANDLE};
 
-use crate::dax::{DaxState, Mapper};
+use crate::dax::{DaxState, Mapper, TruncationHook};
 use crate::filesystem::{Context, Handle};
 use handle::HandleTable;
 use inode::{InodeData, InodeTable};
@@ -125,8 +125,11 @@ pub struct PassthroughFs {
     negotiated: AtomicU64,
     /// INIT was answered and no DESTROY came since.
     initialised: AtomicBool,
-    /// The DAX window's live mappings (`dax.rs`), when `cfg.dax_window > 0`.
-    dax: Option<DaxState>,
+    /// The DAX window's live mappings (`dax.rs`), when `cfg.dax_window > 0` (shared with the
+    /// truncation guard).
+    dax: Option<Arc<DaxState>>,
+    /// Told of the guest's truncations before they are carried out (the truncation guard).
+    truncation_hook: std::sync::RwLock<Option<Arc<dyn TruncationHook>>>,
     /// Tests: run where a racing guest or host could rename a name just created.
     #[cfg(test)]
     race_hook: std::sync::Mutex<Option<RaceHook>>,
@@ -190,7 +193,8 @@ impl PassthroughFs {
         .ok()
         .and_then(|s| perm::parse_umask(&s))
         .unwrap_or(0o777);
-        let dax = (cfg.dax_window > 0).then(|| DaxState::with_linux_chunks(cfg.dax_window));
+        let dax =
+            (cfg.dax_window > 0).then(|| Arc::new(DaxState::with_linux_chunks(cfg.dax_window)));
         Ok(PassthroughFs {
             cfg,
             inodes: InodeTable::new(root, &root_stat),
@@ -201,6 +205,7 @@ impl PassthroughFs {
             negotiated: AtomicU64::new(0),
             initialised: AtomicBool::new(false),
             dax,
+            truncation_hook: std::sync::RwLock::new(None),
             #[cfg(test)]
             race_hook: std::sync::Mutex::new(None),
         })

@@ -57,6 +57,7 @@ impl PassthroughFs {
 
     pub(super) fn do_setattr(
         &self,
+        ctx: Context,
         inode: Inode,
         a: &SetattrIn,
         handle: Option<Handle>,
@@ -79,8 +80,12 @@ impl PassthroughFs {
             sys::fchown_fd(data.fd(), uid, gid)?;
         }
         if v & fattr::SIZE != 0 {
+            // The window is made safe first if the file has live DAX mappings.
             match hd.as_ref().filter(|h| h.writable()) {
-                Some(h) => sys::ftruncate(h.fd(), a.size)?,
+                Some(h) => {
+                    self.before_guest_truncate(ctx.pid, &h.file, a.size);
+                    sys::ftruncate(h.fd(), a.size)?
+                }
                 None => {
                     if data.is_dir() {
                         return Err(err(libc::EISDIR));
@@ -89,6 +94,7 @@ impl PassthroughFs {
                         return Err(err(libc::EINVAL));
                     }
                     let f = self.reopen(&data, libc::O_WRONLY)?;
+                    self.before_guest_truncate(ctx.pid, &f, a.size);
                     sys::ftruncate(f.as_raw_fd(), a.size)?;
                 }
             }

@@ -25,6 +25,7 @@ impl PassthroughFs {
 
     pub(super) fn do_open(
         &self,
+        ctx: Context,
         inode: Inode,
         flags: u32,
         kill_priv: bool,
@@ -34,12 +35,44 @@ impl PassthroughFs {
         if open_writes(flags as i32) {
             self.check_writable()?;
         }
-        let file = self.reopen(&data, hflags)?;
+        let file = if hflags & libc::O_TRUNC != 0 && data.is_reg() {
+            // A file with live DAX mappings: opened without O_TRUNC, the window made safe,
+            // then emptied.
+            let f = self.reopen(&data, hflags & !libc::O_TRUNC)?;
+            if self.truncation_watched(&f) {
+                self.guest_truncate_to_zero(ctx, &f)?;
+                f
+            } else {
+                drop(f);
+                self.reopen(&data, hflags)?
+            }
+        } else {
+            self.reopen(&data, hflags)?
+        };
         if kill_priv && hflags & libc::O_TRUNC != 0 {
             self.kill_privs(&data)?;
         }
         let h = self.handles.insert(inode, file, hflags);
         Ok((Some(h), self.cfg.cache.open_flags(data.is_dir())))
+    }
+
+    /// Empties the regular file open as `file` (whatever its access mode) through a
+    /// write-only reopen of it.
+    fn truncate_to_zero(&self, file: &File) -> io::Result<()> {
+        let w = sys::openat(
+            self.proc_self_fd.as_raw_fd(),
+            &sys::fd_name(file.as_raw_fd()),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+            0,
+        )?;
+        sys::ftruncate(w.as_raw_fd(), 0)
+    }
+
+    /// The guest's `O_TRUNC` of a file with live DAX mappings: the window is made safe, then
+    /// the file emptied.
+    fn guest_truncate_to_zero(&self, ctx: Context, file: &File) -> io::Result<()> {
+        self.before_guest_truncate(ctx.pid, file, 0);
+        self.truncate_to_zero(file)
     }
 
     /// Opens the existing `name` in `parent` (CREATE without `O_EXCL` lost the race to an
@@ -84,7 +117,16 @@ impl PassthroughFs {
             match sys::openat(p.fd(), name, excl, mode) {
                 Ok(f) => (f, true),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !guest_excl => {
-                    (self.open_existing(&p, name, hflags)?, false)
+                    let f = self.open_existing(&p, name, hflags & !libc::O_TRUNC)?;
+                    if hflags & libc::O_TRUNC != 0 {
+                        // As OPEN with O_TRUNC: the window first, if the file is mapped.
+                        if self.truncation_watched(&f) {
+                            self.guest_truncate_to_zero(ctx, &f)?;
+                        } else {
+                            self.truncate_to_zero(&f)?;
+                        }
+                    }
+                    (f, false)
                 }
                 Err(e) => return Err(e),
             }

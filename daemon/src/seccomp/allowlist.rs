@@ -78,8 +78,12 @@ pub(super) const ALLOWED: &[(&str, c_long)] = syscalls![
     SYS_accept4,
     SYS_recvmsg,
     SYS_sendmsg,
-    // The DAX probe at INIT maps a sealed memfd (dax::frontend::probe_file).
+    // The DAX probe at INIT maps a sealed memfd (dax::frontend::probe_file); the truncation
+    // guard substitutes zero memfds, marks and unmarks mapped files, and waits on its groups.
     SYS_memfd_create,
+    SYS_fanotify_mark,
+    SYS_poll,
+    SYS_ppoll,
     SYS_getsockopt,
     SYS_shutdown,
     SYS_epoll_create1,

@@ -1,0 +1,574 @@
+//! The truncation guard: keeps the VMM alive when a file behind a live DAX mapping shrinks,
+//! whatever the VMM. Before a truncation takes effect (or as soon as the kernel allows after),
+//! the window chunks that would reach past the file's new end are cut there
+//! ([`DaxState::shrink`]): the part still inside the file stays mapped from it, the rest gets
+//! zero pages from a fresh memfd ([`GuardAction::Zero`]) or nothing ([`GuardAction::Unmap`]),
+//! through `SHMEM_UNMAP`/`SHMEM_MAP`. Then the truncation goes on, and one [`GuardReport`]
+//! says what happened.
+//!
+//! How the guard learns of a truncation, per file (see [`fanotify`]):
+//! - a fanotify group of the pre-content class marks the file with `FAN_PRE_ACCESS`, which the
+//!   kernel raises before `truncate(2)` and `ftruncate(2)` change the size (range
+//!   `(new size, 0)`), holding the truncating process until the guard answers; and with
+//!   `FAN_OPEN_PERM`, raised before every open, where an opener's `O_TRUNC` is read from
+//!   `/proc/<pid>/syscall` ([`caller`]) when the opener is visible in the daemon's PID
+//!   namespace. A truncation to a size that is not page aligned is reported as the page around
+//!   the new end, like a one-page write: the caller's call and its length are read the same way
+//!   (so only a visible caller's unaligned truncation is caught before; the others after).
+//!   Filesystems without pre-content events (tmpfs) refuse the first mark;
+//! - a group of the notification class marks it with `FAN_MODIFY`, raised after every write or
+//!   truncation: the size is checked then, and a shrink the first group did not announce is
+//!   handled after the fact (a short window in which the guest can touch a lost page);
+//! - the guest's own truncations through FUSE reach the guard first ([`TruncationHook`]).
+//!
+//! Two threads: the listener answers every permission event at once (reads, writes and mmaps
+//! of marked files by any process, the VMM included, must never wait behind a truncation the
+//! guard is handling) and hands truncations to the worker, which changes the window (the
+//! truncating process waits for that answer) and reports. The guard never refuses an access.
+
+pub mod caller;
+pub mod fanotify;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use vfsdax_protocol::guard::{GuardAction, GuardReport, GuardTrigger};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::dax::{DaxState, FileId, FileWatch, Guarding, Mapper, Shrunk, TruncationHook};
+use caller::OpenIntent;
+use fanotify::{Event, Group, FAN_MODIFY, FAN_OPEN_PERM, FAN_PRE_ACCESS};
+
+/// Errors starting the guard.
+#[derive(Debug, Error)]
+pub enum GuardError {
+    /// The stop event could not be created.
+    #[error("cannot create the guard's stop event")]
+    StopEvent(#[source] io::Error),
+    /// A thread could not be started.
+    #[error("cannot start the guard's threads")]
+    Thread(#[source] io::Error),
+}
+
+/// Whether and how strictly the guard runs (`--truncate-guard`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardMode {
+    /// No guard: a truncation under a live mapping reaches the VMM as it is.
+    Off,
+    /// Guard every mapped file as well as the kernel allows (before the fact where it can,
+    /// after the fact elsewhere); files that cannot be guarded at all are logged once.
+    On,
+    /// As `On`, and a file that cannot be guarded before a truncation is not mapped (the
+    /// SETUPMAPPING is declined: the guest uses no page the guard cannot protect).
+    Required,
+}
+
+/// What the guard tells the daemon (which logs it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuardEvent {
+    /// The guard acted on a truncation.
+    Report(GuardReport),
+    /// A mapped file the guard can only protect after the fact, or not at all.
+    Unguarded {
+        /// The file.
+        file: FileId,
+        /// Its path as the daemon names it, if known.
+        path: Option<String>,
+        /// How it is guarded.
+        guarding: Guarding,
+        /// Why not better.
+        reason: String,
+    },
+    /// The frontend refused a request while the guard cut a chunk.
+    Failed {
+        /// The file.
+        file: FileId,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// Where [`GuardEvent`]s go.
+pub type EventSink = Box<dyn Fn(GuardEvent) + Send + Sync>;
+
+/// Counters of what the guard did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardStats {
+    /// Truncations handled before they took effect (pre-content, open, guest).
+    pub before: u64,
+    /// Shrinks handled after the fact.
+    pub after: u64,
+    /// Window chunks cut.
+    pub chunks_cut: u64,
+    /// Frontend failures while cutting.
+    pub failures: u64,
+    /// Mapped files that could not be guarded before a truncation.
+    pub unguarded_files: u64,
+    /// Permission events answered (every access to a marked file by any process).
+    pub events: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    before: AtomicU64,
+    after: AtomicU64,
+    chunks_cut: AtomicU64,
+    failures: AtomicU64,
+    unguarded_files: AtomicU64,
+    events: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The size a file is going to have, or has.
+#[derive(Clone, Copy, Debug)]
+enum NewSize {
+    /// This many bytes.
+    Exact(u64),
+    /// This many bytes shorter than now (a collapsed range).
+    Shorter(u64),
+    /// What it is now (after the fact).
+    Current,
+}
+
+/// A truncation for the worker: the event (answered once the window is safe, for a permission
+/// event), the new size, how it was learnt, when.
+struct Work {
+    event: Event,
+    new_size: NewSize,
+    trigger: GuardTrigger,
+    at: Instant,
+}
+
+struct Shared {
+    pre: Option<Group>,
+    notif: Option<Group>,
+    dax: Arc<DaxState>,
+    mapper: Arc<dyn Mapper>,
+    action: GuardAction,
+    own_pid: i32,
+    page: u64,
+    sink: EventSink,
+    counters: Counters,
+    told_unguarded: Mutex<HashSet<FileId>>,
+}
+
+/// The running guard. Dropping it stops its threads.
+pub struct TruncationGuard {
+    shared: Arc<Shared>,
+    stop: EventFd,
+    listener: Option<JoinHandle<()>>,
+    worker: Option<JoinHandle<()>>,
+    setup_errors: Vec<String>,
+}
+
+impl std::fmt::Debug for TruncationGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TruncationGuard")
+            .field("pre_content", &self.shared.pre.is_some())
+            .field("notification", &self.shared.notif.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn path_of(file: &File) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl TruncationGuard {
+    /// Starts guarding the files behind `dax`'s live mappings, changing the window through
+    /// `mapper`, with `action` as the substitute; `required` declines mappings of files that
+    /// cannot be guarded before a truncation. Creating the fanotify groups needs
+    /// `CAP_SYS_ADMIN`: start the guard before dropping it. A group that cannot be created
+    /// leaves the guard weaker, not absent ([`TruncationGuard::setup_errors`]).
+    pub fn start(
+        dax: Arc<DaxState>,
+        mapper: Arc<dyn Mapper>,
+        action: GuardAction,
+        required: bool,
+        sink: EventSink,
+    ) -> Result<TruncationGuard, GuardError> {
+        let mut setup_errors = Vec::new();
+        let pre = Group::pre_content()
+            .map_err(|e| setup_errors.push(format!("fanotify pre-content group: {e}")))
+            .ok();
+        let notif = Group::notification()
+            .map_err(|e| setup_errors.push(format!("fanotify notification group: {e}")))
+            .ok();
+        let shared = Arc::new(Shared {
+            pre,
+            notif,
+            dax: Arc::clone(&dax),
+            mapper,
+            action,
+            own_pid: std::process::id() as i32,
+            page: crate::dax::host_page_size(),
+            sink,
+            counters: Counters::default(),
+            told_unguarded: Mutex::new(HashSet::new()),
+        });
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(GuardError::StopEvent)?;
+        let stop_listener = stop.try_clone().map_err(GuardError::StopEvent)?;
+        let (tx, rx) = mpsc::channel::<Work>();
+        let s = Arc::clone(&shared);
+        let worker = std::thread::Builder::new()
+            .name("vfsdax-guard-worker".into())
+            .spawn(move || s.work(rx))
+            .map_err(GuardError::Thread)?;
+        let s = Arc::clone(&shared);
+        let listener = std::thread::Builder::new()
+            .name("vfsdax-guard".into())
+            .spawn(move || s.listen(&stop_listener, tx))
+            .map_err(GuardError::Thread)?;
+        dax.set_watch(Arc::clone(&shared) as Arc<dyn FileWatch>, required);
+        Ok(TruncationGuard {
+            shared,
+            stop,
+            listener: Some(listener),
+            worker: Some(worker),
+            setup_errors,
+        })
+    }
+
+    /// What could not be set up (the guard then works with less).
+    pub fn setup_errors(&self) -> &[String] {
+        &self.setup_errors
+    }
+
+    /// Whether truncations can be learnt of before they take effect (the pre-content group
+    /// exists; each file's filesystem must still accept the mark).
+    pub fn can_guard_before(&self) -> bool {
+        self.shared.pre.is_some()
+    }
+
+    /// The hook for the guest's own truncations.
+    pub fn hook(&self) -> Arc<dyn TruncationHook> {
+        Arc::clone(&self.shared) as Arc<dyn TruncationHook>
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> GuardStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        GuardStats {
+            before: get(&c.before),
+            after: get(&c.after),
+            chunks_cut: get(&c.chunks_cut),
+            failures: get(&c.failures),
+            unguarded_files: get(&c.unguarded_files),
+            events: get(&c.events),
+        }
+    }
+}
+
+impl Drop for TruncationGuard {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.listener.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.worker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    /// The listener: answers at once what needs no change of the window, hands the rest to the
+    /// worker.
+    fn listen(&self, stop: &EventFd, tx: Sender<Work>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let groups: Vec<&Group> = self.pre.iter().chain(self.notif.iter()).collect();
+        loop {
+            let mut fds: Vec<libc::pollfd> = groups
+                .iter()
+                .map(|g| libc::pollfd {
+                    fd: g.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            fds.push(libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            // SAFETY: poll reads and writes the `fds.len()` entries of `fds`, a live vector.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            if fds.last().is_some_and(|p| p.revents != 0) {
+                return;
+            }
+            for (g, p) in groups.iter().zip(&fds) {
+                if p.revents == 0 {
+                    continue;
+                }
+                let Ok(events) = g.read(&mut buf) else {
+                    continue;
+                };
+                for ev in events {
+                    self.dispatch(g, ev, &tx);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, group: &Group, event: Event, tx: &Sender<Work>) {
+        let raw = event.raw;
+        let at = Instant::now();
+        let is_pre = self.pre.as_ref().is_some_and(|p| std::ptr::eq(p, group));
+        if !is_pre {
+            if raw.mask & FAN_MODIFY != 0 && event.file.is_some() {
+                let _ = tx.send(Work {
+                    event,
+                    new_size: NewSize::Current,
+                    trigger: GuardTrigger::AfterTheFact,
+                    at,
+                });
+            }
+            return;
+        }
+        bump(&self.counters.events, 1);
+        let truncation = if raw.mask & FAN_PRE_ACCESS != 0 {
+            match raw.range {
+                Some((size, 0)) => Some((NewSize::Exact(size), GuardTrigger::PreContent)),
+                // Maybe a truncation to a size inside this page, maybe a one-page write: the
+                // caller's call says which (the daemon's own are guarded where they are made).
+                Some((off, count)) if count == self.page && off % self.page == 0 => {
+                    match self.intent(raw.pid) {
+                        OpenIntent::TruncatesTo(size) => {
+                            Some((NewSize::Exact(size), GuardTrigger::PreContent))
+                        }
+                        OpenIntent::Collapses(len) => {
+                            Some((NewSize::Shorter(len), GuardTrigger::PreContent))
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        } else if raw.mask & FAN_OPEN_PERM != 0 && self.intent(raw.pid) == OpenIntent::Truncates {
+            Some((NewSize::Exact(0), GuardTrigger::OpenTruncate))
+        } else {
+            None
+        };
+        match truncation {
+            Some((new_size, trigger)) if event.file.is_some() => {
+                let work = Work {
+                    event,
+                    new_size,
+                    trigger,
+                    at,
+                };
+                if let Err(mpsc::SendError(w)) = tx.send(work) {
+                    self.answer(&w.event);
+                }
+            }
+            _ => self.answer(&event),
+        }
+    }
+
+    /// What process `pid` is doing (not the daemon's own calls: those are guarded where they
+    /// are made).
+    fn intent(&self, pid: i32) -> OpenIntent {
+        if pid == self.own_pid {
+            return OpenIntent::Unknown;
+        }
+        caller::intent_of_pid(pid)
+    }
+
+    /// Lets the access behind a permission event go on.
+    fn answer(&self, event: &Event) {
+        if let (Some(pre), Some(f)) = (&self.pre, &event.file) {
+            if event.raw.mask & (FAN_PRE_ACCESS | FAN_OPEN_PERM) != 0 {
+                let _ = pre.allow(f.as_raw_fd());
+            }
+        }
+    }
+
+    /// The worker: makes the window safe, then answers.
+    fn work(&self, rx: Receiver<Work>) {
+        for w in rx {
+            let Some(file) = &w.event.file else {
+                continue;
+            };
+            let size_now = file.metadata().map(|m| m.len()).ok();
+            let new_size = match w.new_size {
+                NewSize::Exact(n) => Some(n),
+                NewSize::Shorter(n) => size_now.map(|s| s.saturating_sub(n)),
+                NewSize::Current => size_now,
+            };
+            if let (Ok(id), Some(new_size)) = (FileId::of(file), new_size) {
+                let before = match w.new_size {
+                    NewSize::Current => None,
+                    _ => size_now,
+                };
+                let shrunk = self.dax.shrink(&*self.mapper, id, new_size, self.action);
+                self.answer(&w.event);
+                self.reported(
+                    id,
+                    path_of(file),
+                    before,
+                    new_size,
+                    w.trigger,
+                    w.event.raw.pid.max(0) as u32,
+                    w.at,
+                    shrunk,
+                );
+            } else {
+                self.answer(&w.event);
+            }
+        }
+    }
+
+    /// Counts and reports what [`DaxState::shrink`] did (nothing if it cut nothing).
+    #[allow(clippy::too_many_arguments)]
+    fn reported(
+        &self,
+        id: FileId,
+        path: Option<String>,
+        size_before: Option<u64>,
+        size_after: u64,
+        trigger: GuardTrigger,
+        pid: u32,
+        at: Instant,
+        shrunk: Shrunk,
+    ) {
+        let latency_us = at.elapsed().as_micros() as u64;
+        if let Some(e) = shrunk.error {
+            bump(&self.counters.failures, 1);
+            (self.sink)(GuardEvent::Failed {
+                file: id,
+                error: e.to_string(),
+            });
+        }
+        if shrunk.ranges.is_empty() {
+            return;
+        }
+        bump(&self.counters.chunks_cut, shrunk.ranges.len() as u64);
+        bump(
+            if trigger == GuardTrigger::AfterTheFact {
+                &self.counters.after
+            } else {
+                &self.counters.before
+            },
+            1,
+        );
+        (self.sink)(GuardEvent::Report(GuardReport {
+            time_us: now_us(),
+            dev: id.dev,
+            ino: id.ino,
+            path,
+            size_before,
+            size_after,
+            trigger,
+            action: self.action,
+            ranges: shrunk.ranges,
+            pid,
+            latency_us,
+        }));
+    }
+}
+
+impl FileWatch for Shared {
+    fn watch(&self, id: FileId, file: &File) -> Guarding {
+        let mut reasons = Vec::new();
+        let before = match &self.pre {
+            Some(g) => match g.mark(file, FAN_PRE_ACCESS | FAN_OPEN_PERM) {
+                Ok(()) => true,
+                Err(e) => {
+                    reasons.push(format!("no pre-content events ({e})"));
+                    // Opens with O_TRUNC can still be seen before (tmpfs takes this mark).
+                    let _ = g.mark(file, FAN_OPEN_PERM);
+                    false
+                }
+            },
+            None => {
+                reasons.push("no pre-content group".to_string());
+                false
+            }
+        };
+        let after = match &self.notif {
+            Some(g) => g
+                .mark(file, FAN_MODIFY)
+                .map_err(|e| reasons.push(format!("no modification events ({e})")))
+                .is_ok(),
+            None => false,
+        };
+        let guarding = if before {
+            Guarding::Before
+        } else if after {
+            Guarding::After
+        } else {
+            Guarding::Unguarded
+        };
+        if guarding != Guarding::Before
+            && self
+                .told_unguarded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id)
+        {
+            bump(&self.counters.unguarded_files, 1);
+            (self.sink)(GuardEvent::Unguarded {
+                file: id,
+                path: path_of(file),
+                guarding,
+                reason: reasons.join("; "),
+            });
+        }
+        guarding
+    }
+
+    fn unwatch(&self, _id: FileId, file: &File) {
+        if let Some(g) = &self.pre {
+            let _ = g.unmark(file, FAN_PRE_ACCESS | FAN_OPEN_PERM);
+        }
+        if let Some(g) = &self.notif {
+            let _ = g.unmark(file, FAN_MODIFY);
+        }
+    }
+}
+
+impl TruncationHook for Shared {
+    fn before_truncate(&self, file: &File, new_size: u64, pid: u32) {
+        let Ok(id) = FileId::of(file) else { return };
+        let at = Instant::now();
+        let size_before = file.metadata().map(|m| m.len()).ok();
+        let shrunk = self.dax.shrink(&*self.mapper, id, new_size, self.action);
+        self.reported(
+            id,
+            path_of(file),
+            size_before,
+            new_size,
+            GuardTrigger::Guest,
+            pid,
+            at,
+            shrunk,
+        );
+    }
+}
