@@ -69,14 +69,18 @@ pub struct TempDir {
 impl TempDir {
     /// Creates a fresh, empty directory whose name starts with `prefix`.
     pub fn new(prefix: &str) -> Result<Self, HarnessError> {
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// Creates a fresh, empty directory under `parent` whose name starts with `prefix`.
+    pub fn new_in(parent: &Path, prefix: &str) -> Result<Self, HarnessError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path =
-            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos:x}", std::process::id()));
+        let path = parent.join(format!("{prefix}-{}-{n}-{nanos:x}", std::process::id()));
         std::fs::create_dir(&path).map_err(|source| HarnessError::TempDir {
             path: path.clone(),
             source,
@@ -139,6 +143,9 @@ pub struct DaemonOptions {
     pub xattr: bool,
     /// More arguments.
     pub extra_args: Vec<String>,
+    /// Where the temporary directory (share, socket, log) is made (default: the system temp
+    /// dir; say `/dev/shm` for a share on tmpfs).
+    pub temp_in: Option<PathBuf>,
 }
 
 /// A running daemon on a temporary socket, sharing a temporary directory.
@@ -155,7 +162,10 @@ impl Daemon {
     /// Starts the daemon and waits for its socket.
     pub fn start(opts: &DaemonOptions) -> Result<Self, HarnessError> {
         let program = daemon_program()?;
-        let tmp = TempDir::new("vfsdax-harness")?;
+        let tmp = match &opts.temp_in {
+            Some(parent) => TempDir::new_in(parent, "vfsdax-harness")?,
+            None => TempDir::new("vfsdax-harness")?,
+        };
         let share = tmp.path().join("share");
         let socket = tmp.path().join("vhost.sock");
         let log = tmp.path().join("daemon.log");

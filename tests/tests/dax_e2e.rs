@@ -17,159 +17,18 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use vfsdax_protocol::fuse::flags::{init, SETUPMAPPING_FLAG_READ, SETUPMAPPING_FLAG_WRITE};
-use vfsdax_protocol::fuse::{RemoveMappingOne, SetupMappingIn, ROOT_ID};
-use vfsdax_tests::dax::{count_dir, fd_count, maps_count, perms_at, serialized};
-use vfsdax_tests::harness::{error_chain, expect_errno, pattern, DaemonOptions, Session};
-use vfsdax_vmm_glue::dax::{connect, ConnectOptions, DaxConnection, FileIdentity};
+use vfsdax_protocol::fuse::flags::init;
+use vfsdax_protocol::fuse::{SetupMappingIn, ROOT_ID};
+use vfsdax_tests::dax::{
+    count_dir, fd_count, maps_count, perms_at, serialized, start_dax as start_with,
+    DaxSession as Dax, MIB2, NO_FH, R, W, WINDOW,
+};
+use vfsdax_tests::harness::{expect_errno, pattern, DaemonOptions, Session};
+use vfsdax_vmm_glue::dax::FileIdentity;
 use vfsdax_vmm_glue::driver::ClientOptions;
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-
-const MIB2: u64 = 2 << 20;
-const WINDOW: u64 = 64 << 20;
-const R: u64 = SETUPMAPPING_FLAG_READ;
-const W: u64 = SETUPMAPPING_FLAG_WRITE;
-/// The `fh` of a Linux guest's SETUPMAPPING.
-const NO_FH: u64 = u64::MAX;
-
-/// A daemon with a 64 MiB window, an initialised driver and the glue's window connected.
-struct Dax {
-    // Dropped first: the request thread stops before the daemon is killed.
-    conn: DaxConnection,
-    s: Session,
-}
-
-fn start_with(extra: &[&str], init_flags: u64) -> Dax {
-    let mut args = vec!["--cache-size".to_string(), "64M".to_string()];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let dopts = DaemonOptions {
-        extra_args: args,
-        ..Default::default()
-    };
-    let mut s = Session::start_with(&dopts, ClientOptions::default());
-    let proto = s.client.frontend().protocol_features();
-    for f in [
-        VhostUserProtocolFeatures::SHMEM,
-        VhostUserProtocolFeatures::BACKEND_REQ,
-        VhostUserProtocolFeatures::BACKEND_SEND_FD,
-        VhostUserProtocolFeatures::REPLY_ACK,
-    ] {
-        assert!(proto.contains(f), "{f:?} not negotiated: {proto:?}");
-    }
-    let conn = connect(
-        s.client.frontend_mut().frontend_mut(),
-        ConnectOptions {
-            reply_ack: true,
-            observer: None,
-        },
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "dax::connect: {}\ndaemon log:\n{}",
-            error_chain(&e),
-            s.daemon.log_text()
-        )
-    });
-    assert_eq!(conn.window().size(), WINDOW, "GET_SHMEM_CONFIG region 0");
-    if init_flags != 0 {
-        s.client
-            .init_with(7, 38, init_flags)
-            .expect("INIT with the given flags");
-    }
-    Dax { conn, s }
-}
 
 fn start() -> Dax {
     start_with(&[], 0)
-}
-
-impl Dax {
-    fn base(&self) -> u64 {
-        self.conn.window().host_addr()
-    }
-
-    /// A host file `name` in the share holding `bytes`, looked up: (node id, host file).
-    fn file(&mut self, name: &str, bytes: &[u8]) -> (u64, File) {
-        let p = self.s.host(name);
-        std::fs::write(&p, bytes).expect("write host file");
-        let e = self
-            .s
-            .client
-            .lookup(ROOT_ID, name.as_bytes())
-            .expect("LOOKUP");
-        (e.nodeid, File::open(&p).expect("open host file"))
-    }
-
-    fn open(&mut self, node: u64, flags: i32) -> u64 {
-        self.s.client.open(node, flags as u32).expect("OPEN").fh
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn map(
-        &mut self,
-        node: u64,
-        fh: u64,
-        foffset: u64,
-        moffset: u64,
-        len: u64,
-        flags: u64,
-    ) -> Result<(), i32> {
-        let arg = SetupMappingIn {
-            fh,
-            foffset,
-            len,
-            flags,
-            moffset,
-        };
-        self.s.client.setupmapping(node, &arg).map_err(|e| {
-            e.errno().unwrap_or_else(|| {
-                panic!(
-                    "SETUPMAPPING: {}\ndaemon log:\n{}",
-                    error_chain(&e),
-                    self.s.daemon.log_text()
-                )
-            })
-        })
-    }
-
-    fn unmap(&mut self, ranges: &[(u64, u64)]) -> Result<(), i32> {
-        let items: Vec<RemoveMappingOne> = ranges
-            .iter()
-            .map(|&(moffset, len)| RemoveMappingOne { moffset, len })
-            .collect();
-        self.s
-            .client
-            .removemapping(ROOT_ID, &items)
-            .map_err(|e| e.errno().expect("an error reply"))
-    }
-
-    /// The window's bytes at `moffset` (must be mapped readable).
-    fn window_bytes(&self, moffset: u64, len: u64) -> &[u8] {
-        assert!(moffset + len <= WINDOW);
-        // SAFETY: the caller mapped [moffset, moffset+len) readable with an acknowledged
-        // SETUPMAPPING; the window stays reserved while `self.conn` lives, which the returned
-        // borrow of `self` guarantees.
-        unsafe { std::slice::from_raw_parts((self.base() + moffset) as *const u8, len as usize) }
-    }
-
-    /// The glue's table as (window offset, len, file offset, writable, identity).
-    fn table(&self) -> Vec<(u64, u64, u64, bool, FileIdentity)> {
-        self.conn
-            .window()
-            .table()
-            .snapshot()
-            .iter()
-            .map(|m| {
-                (
-                    m.window_offset,
-                    m.len,
-                    m.file_offset,
-                    m.writable,
-                    m.identity,
-                )
-            })
-            .collect()
-    }
 }
 
 fn identity(f: &File) -> FileIdentity {

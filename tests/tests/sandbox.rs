@@ -31,6 +31,7 @@ fn options(sandbox: &str, extra: &[&str]) -> DaemonOptions {
     DaemonOptions {
         xattr: true,
         extra_args,
+        ..Default::default()
     }
 }
 

@@ -33,7 +33,11 @@ fn skip_for_peer() -> bool {
 fn options(mode: &str, xattr: bool, extra: &[&str]) -> DaemonOptions {
     let mut extra_args = vec!["--seccomp".to_string(), mode.to_string()];
     extra_args.extend(extra.iter().map(|a| a.to_string()));
-    DaemonOptions { xattr, extra_args }
+    DaemonOptions {
+        xattr,
+        extra_args,
+        ..Default::default()
+    }
 }
 
 /// `Seccomp:` and `Seccomp_filters:` of `/proc/<pid>/status` (`pid` 0: this process).

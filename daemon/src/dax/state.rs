@@ -207,6 +207,11 @@ impl DaxState {
         self.files().len()
     }
 
+    /// The descriptor kept for the host file `id`, if a live mapping holds it.
+    pub fn kept_file(&self, id: FileId) -> Option<Arc<File>> {
+        self.files().file(id).map(|(f, _)| f)
+    }
+
     /// How the host file `id` is guarded against truncation, if a live mapping holds it.
     pub fn guarding(&self, id: FileId) -> Option<Guarding> {
         self.files().guarding(id)

@@ -21,8 +21,6 @@ pub enum ParseError {
     Version(u8),
 }
 
-/// `FAN_MODIFY`: a file was modified (written or truncated), after the fact.
-pub const FAN_MODIFY: u64 = 0x0000_0002;
 /// `FAN_OPEN_PERM`: a file is being opened; the opener waits for the answer.
 pub const FAN_OPEN_PERM: u64 = 0x0001_0000;
 /// `FAN_PRE_ACCESS`: a file's content is about to be accessed (read, written, truncated,
@@ -144,11 +142,6 @@ impl Group {
     /// `CAP_SYS_ADMIN`).
     pub fn pre_content() -> io::Result<Group> {
         Self::init(libc::FAN_CLASS_PRE_CONTENT)
-    }
-
-    /// A group of the notification class (events after the fact).
-    pub fn notification() -> io::Result<Group> {
-        Self::init(libc::FAN_CLASS_NOTIF)
     }
 
     fn mark_op(&self, op: u32, file: &File, mask: u64) -> io::Result<()> {
@@ -285,7 +278,7 @@ mod tests {
 
     #[test]
     fn refuses_broken_records() {
-        let good = record(FAN_MODIFY, 3, 1, None);
+        let good = record(FAN_OPEN_PERM, 3, 1, None);
         assert_eq!(parse_events(&good[..10]), Err(ParseError::Truncated(0)));
         let mut v = good.clone();
         v[4] = 2;

@@ -16,9 +16,9 @@
 //!   the new end, like a one-page write: the caller's call and its length are read the same way
 //!   (so only a visible caller's unaligned truncation is caught before; the others after).
 //!   Filesystems without pre-content events (tmpfs) refuse the first mark;
-//! - a group of the notification class marks it with `FAN_MODIFY`, raised after every write or
-//!   truncation: the size is checked then, and a shrink the first group did not announce is
-//!   handled after the fact (a short window in which the guest can touch a lost page);
+//! - an inotify watch ([`inotify`]) raises `IN_MODIFY` after every write or size change: the
+//!   size is checked then, and a shrink the kernel did not announce before is handled after the
+//!   fact (a short window in which the guest can touch a lost page);
 //! - the guest's own truncations through FUSE reach the guard first ([`TruncationHook`]).
 //!
 //! Two threads: the listener answers every permission event at once (reads, writes and mmaps
@@ -28,11 +28,12 @@
 
 pub mod caller;
 pub mod fanotify;
+pub mod inotify;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::dax::{DaxState, FileId, FileWatch, Guarding, Mapper, Shrunk, TruncationHook};
 use caller::OpenIntent;
-use fanotify::{Event, Group, FAN_MODIFY, FAN_OPEN_PERM, FAN_PRE_ACCESS};
+use fanotify::{Event, Group, FAN_OPEN_PERM, FAN_PRE_ACCESS};
+use inotify::Inotify;
 
 /// Errors starting the guard.
 #[derive(Debug, Error)]
@@ -141,10 +143,17 @@ enum NewSize {
     Current,
 }
 
-/// A truncation for the worker: the event (answered once the window is safe, for a permission
-/// event), the new size, how it was learnt, when.
+/// What the worker is told of.
+enum Source {
+    /// A fanotify permission event (answered once the window is safe).
+    Permission(Event),
+    /// An inotify modification of the file (after the fact).
+    Modified(FileId),
+}
+
+/// A truncation for the worker: where it was learnt, the new size, how, when.
 struct Work {
-    event: Event,
+    source: Source,
     new_size: NewSize,
     trigger: GuardTrigger,
     at: Instant,
@@ -152,7 +161,9 @@ struct Work {
 
 struct Shared {
     pre: Option<Group>,
-    notif: Option<Group>,
+    ino: Option<Inotify>,
+    /// Inotify watch descriptors of the watched files, both ways.
+    wds: Mutex<(HashMap<i32, FileId>, HashMap<FileId, i32>)>,
     dax: Arc<DaxState>,
     mapper: Arc<dyn Mapper>,
     action: GuardAction,
@@ -176,9 +187,14 @@ impl std::fmt::Debug for TruncationGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TruncationGuard")
             .field("pre_content", &self.shared.pre.is_some())
-            .field("notification", &self.shared.notif.is_some())
+            .field("inotify", &self.shared.ino.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// A second descriptor of an event's file, to keep past the event (`None` if dup fails).
+fn clone_or_nothing(f: &File) -> Option<File> {
+    f.try_clone().ok()
 }
 
 fn path_of(file: &File) -> Option<String> {
@@ -211,12 +227,13 @@ impl TruncationGuard {
         let pre = Group::pre_content()
             .map_err(|e| setup_errors.push(format!("fanotify pre-content group: {e}")))
             .ok();
-        let notif = Group::notification()
-            .map_err(|e| setup_errors.push(format!("fanotify notification group: {e}")))
+        let ino = Inotify::new()
+            .map_err(|e| setup_errors.push(format!("inotify: {e}")))
             .ok();
         let shared = Arc::new(Shared {
             pre,
-            notif,
+            ino,
+            wds: Mutex::new((HashMap::new(), HashMap::new())),
             dax: Arc::clone(&dax),
             mapper,
             action,
@@ -297,22 +314,21 @@ impl Shared {
     /// worker.
     fn listen(&self, stop: &EventFd, tx: Sender<Work>) {
         let mut buf = vec![0u8; 64 * 1024];
-        let groups: Vec<&Group> = self.pre.iter().chain(self.notif.iter()).collect();
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let pollfd = |fd: RawFd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        fds.push(pollfd(stop.as_raw_fd()));
+        fds.push(pollfd(self.pre.as_ref().map_or(-1, |g| g.as_raw_fd())));
+        fds.push(pollfd(self.ino.as_ref().map_or(-1, |i| i.as_raw_fd())));
         loop {
-            let mut fds: Vec<libc::pollfd> = groups
-                .iter()
-                .map(|g| libc::pollfd {
-                    fd: g.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            fds.push(libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            // SAFETY: poll reads and writes the `fds.len()` entries of `fds`, a live vector.
+            for p in &mut fds {
+                p.revents = 0;
+            }
+            // SAFETY: poll reads and writes the `fds.len()` entries of `fds`, a live vector;
+            // entries with a negative descriptor are ignored.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
@@ -320,38 +336,52 @@ impl Shared {
                 }
                 return;
             }
-            if fds.last().is_some_and(|p| p.revents != 0) {
+            if fds[0].revents != 0 {
                 return;
             }
-            for (g, p) in groups.iter().zip(&fds) {
-                if p.revents == 0 {
-                    continue;
+            if fds[1].revents != 0 {
+                if let Some(g) = &self.pre {
+                    if let Ok(events) = g.read(&mut buf) {
+                        for ev in events {
+                            self.dispatch(ev, &tx);
+                        }
+                    }
                 }
-                let Ok(events) = g.read(&mut buf) else {
-                    continue;
-                };
-                for ev in events {
-                    self.dispatch(g, ev, &tx);
+            }
+            if fds[2].revents != 0 {
+                if let Some(ino) = &self.ino {
+                    if let Ok(events) = ino.read(&mut buf) {
+                        self.modified(&events, &tx);
+                    }
                 }
             }
         }
     }
 
-    fn dispatch(&self, group: &Group, event: Event, tx: &Sender<Work>) {
+    /// Inotify modifications: each watched file's size is checked by the worker (once per
+    /// read, however many writes it reports).
+    fn modified(&self, events: &[(i32, u32)], tx: &Sender<Work>) {
+        let ids: HashSet<FileId> = {
+            let wds = self.wds.lock().unwrap_or_else(|e| e.into_inner());
+            events
+                .iter()
+                .filter(|(_, mask)| mask & libc::IN_MODIFY != 0)
+                .filter_map(|(wd, _)| wds.0.get(wd).copied())
+                .collect()
+        };
+        for id in ids {
+            let _ = tx.send(Work {
+                source: Source::Modified(id),
+                new_size: NewSize::Current,
+                trigger: GuardTrigger::AfterTheFact,
+                at: Instant::now(),
+            });
+        }
+    }
+
+    fn dispatch(&self, event: Event, tx: &Sender<Work>) {
         let raw = event.raw;
         let at = Instant::now();
-        let is_pre = self.pre.as_ref().is_some_and(|p| std::ptr::eq(p, group));
-        if !is_pre {
-            if raw.mask & FAN_MODIFY != 0 && event.file.is_some() {
-                let _ = tx.send(Work {
-                    event,
-                    new_size: NewSize::Current,
-                    trigger: GuardTrigger::AfterTheFact,
-                    at,
-                });
-            }
-            return;
-        }
         bump(&self.counters.events, 1);
         let truncation = if raw.mask & FAN_PRE_ACCESS != 0 {
             match raw.range {
@@ -379,13 +409,15 @@ impl Shared {
         match truncation {
             Some((new_size, trigger)) if event.file.is_some() => {
                 let work = Work {
-                    event,
+                    source: Source::Permission(event),
                     new_size,
                     trigger,
                     at,
                 };
                 if let Err(mpsc::SendError(w)) = tx.send(work) {
-                    self.answer(&w.event);
+                    if let Source::Permission(e) = &w.source {
+                        self.answer(e);
+                    }
                 }
             }
             _ => self.answer(&event),
@@ -413,35 +445,56 @@ impl Shared {
     /// The worker: makes the window safe, then answers.
     fn work(&self, rx: Receiver<Work>) {
         for w in rx {
-            let Some(file) = &w.event.file else {
-                continue;
+            let (file, id, pid) = match &w.source {
+                Source::Permission(e) => {
+                    let Some(f) = e.file.as_ref() else { continue };
+                    match FileId::of(f) {
+                        Ok(id) => (
+                            clone_or_nothing(f).map(Arc::new),
+                            id,
+                            e.raw.pid.max(0) as u32,
+                        ),
+                        Err(_) => {
+                            self.answer(e);
+                            continue;
+                        }
+                    }
+                }
+                Source::Modified(id) => match self.dax.kept_file(*id) {
+                    Some(f) => (Some(f), *id, 0),
+                    None => continue,
+                },
             };
-            let size_now = file.metadata().map(|m| m.len()).ok();
+            let size_now = file
+                .as_deref()
+                .and_then(|f| f.metadata().ok())
+                .map(|m| m.len());
             let new_size = match w.new_size {
                 NewSize::Exact(n) => Some(n),
                 NewSize::Shorter(n) => size_now.map(|s| s.saturating_sub(n)),
                 NewSize::Current => size_now,
             };
-            if let (Ok(id), Some(new_size)) = (FileId::of(file), new_size) {
-                let before = match w.new_size {
-                    NewSize::Current => None,
-                    _ => size_now,
-                };
-                let shrunk = self.dax.shrink(&*self.mapper, id, new_size, self.action);
-                self.answer(&w.event);
-                self.reported(
-                    id,
-                    path_of(file),
-                    before,
-                    new_size,
-                    w.trigger,
-                    w.event.raw.pid.max(0) as u32,
-                    w.at,
-                    shrunk,
-                );
-            } else {
-                self.answer(&w.event);
+            let shrunk = new_size.map(|n| self.dax.shrink(&*self.mapper, id, n, self.action));
+            if let Source::Permission(e) = &w.source {
+                self.answer(e);
             }
+            let (Some(new_size), Some(shrunk)) = (new_size, shrunk) else {
+                continue;
+            };
+            let before = match w.new_size {
+                NewSize::Current => None,
+                _ => size_now,
+            };
+            self.reported(
+                id,
+                file.as_deref().and_then(path_of),
+                before,
+                new_size,
+                w.trigger,
+                pid,
+                w.at,
+                shrunk,
+            );
         }
     }
 
@@ -512,11 +565,19 @@ impl FileWatch for Shared {
                 false
             }
         };
-        let after = match &self.notif {
-            Some(g) => g
-                .mark(file, FAN_MODIFY)
-                .map_err(|e| reasons.push(format!("no modification events ({e})")))
-                .is_ok(),
+        let after = match &self.ino {
+            Some(ino) => match ino.watch(file) {
+                Ok(wd) => {
+                    let mut wds = self.wds.lock().unwrap_or_else(|e| e.into_inner());
+                    wds.0.insert(wd, id);
+                    wds.1.insert(id, wd);
+                    true
+                }
+                Err(e) => {
+                    reasons.push(format!("no inotify watch ({e})"));
+                    false
+                }
+            },
             None => false,
         };
         let guarding = if before {
@@ -544,12 +605,22 @@ impl FileWatch for Shared {
         guarding
     }
 
-    fn unwatch(&self, _id: FileId, file: &File) {
+    fn unwatch(&self, id: FileId, file: &File) {
         if let Some(g) = &self.pre {
             let _ = g.unmark(file, FAN_PRE_ACCESS | FAN_OPEN_PERM);
         }
-        if let Some(g) = &self.notif {
-            let _ = g.unmark(file, FAN_MODIFY);
+        if let Some(ino) = &self.ino {
+            let wd = {
+                let mut wds = self.wds.lock().unwrap_or_else(|e| e.into_inner());
+                let wd = wds.1.remove(&id);
+                if let Some(wd) = wd {
+                    wds.0.remove(&wd);
+                }
+                wd
+            };
+            if let Some(wd) = wd {
+                ino.unwatch(wd);
+            }
         }
     }
 }

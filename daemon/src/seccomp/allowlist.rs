@@ -82,6 +82,8 @@ pub(super) const ALLOWED: &[(&str, c_long)] = syscalls![
     // guard substitutes zero memfds, marks and unmarks mapped files, and waits on its groups.
     SYS_memfd_create,
     SYS_fanotify_mark,
+    SYS_inotify_add_watch,
+    SYS_inotify_rm_watch,
     SYS_poll,
     SYS_ppoll,
     SYS_getsockopt,

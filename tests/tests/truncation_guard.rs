@@ -1,0 +1,393 @@
+//! The daemon's truncation guard without a VM: the real `vfsdaxd --cache-size 64M` (guard on by
+//! default, zero pages), the host-side driver as its frontend and the glue's `DaxWindow` as the
+//! VMM. Files are mapped with FUSE SETUPMAPPING; a host process (or the guest, through FUSE)
+//! shrinks them; the test then reads every byte of the window in its own process: a page lost
+//! to the truncation would raise SIGBUS and kill the test, so a passing test is a VMM that
+//! survived. The window must show the file's bytes up to the new end and zeros after it, and the
+//! daemon must have written one report per truncation.
+//!
+//! The share lies under the system temp dir (ext4 here, where the kernel announces truncations
+//! before they happen); one test puts it on tmpfs (`/dev/shm`), where it does not.
+
+use std::fs::{File, OpenOptions};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vfsdax_protocol::fuse::flags::fattr;
+use vfsdax_protocol::fuse::SetattrIn;
+use vfsdax_tests::dax::{
+    count_dir, fd_count, guard_reports, maps_count, perms_at, serialized, start_dax,
+    start_dax_with, DaxSession, MIB2, NO_FH, R, W,
+};
+use vfsdax_tests::harness::{pattern, DaemonOptions};
+
+/// Reads `[moffset, moffset + len)` of the window into a vector (a lost page kills the test).
+fn read_window(d: &DaxSession, moffset: u64, len: u64) -> Vec<u8> {
+    d.window_bytes(moffset, len).to_vec()
+}
+
+/// The daemon's guard reports, waiting up to `timeout` for at least `n` of them.
+fn reports(d: &DaxSession, n: usize, timeout: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = guard_reports(&d.s.daemon.log_text());
+        if r.len() >= n || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Exactly one report, with `trigger`, the new size, and the chunks it cut as (window offset,
+/// kept bytes).
+#[track_caller]
+fn one_report(d: &DaxSession, trigger: &str, size_after: u64, cut: &[(u64, u64)]) -> Value {
+    let r = reports(d, 1, Duration::from_secs(5));
+    let log = d.s.daemon.log_text();
+    assert_eq!(r.len(), 1, "one guard report expected: {r:?}\n{log}");
+    let r = r[0].clone();
+    assert_eq!(r["trigger"], trigger, "{r}");
+    assert_eq!(r["size_after"].as_u64(), Some(size_after), "{r}");
+    let got: Vec<(u64, u64)> = r["ranges"]
+        .as_array()
+        .expect("ranges")
+        .iter()
+        .map(|g| {
+            (
+                g["window_offset"].as_u64().unwrap(),
+                g["kept"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, cut, "{r}");
+    r
+}
+
+/// The file `name` of `chunks` 2 MiB chunks of pattern bytes, mapped chunk i at window offset
+/// i * 2 MiB with SETUPMAPPING (fh = -1, as Linux); its bytes and host path.
+fn mapped_file(d: &mut DaxSession, name: &str, chunks: u64) -> (Vec<u8>, std::path::PathBuf) {
+    let data = pattern((chunks * MIB2) as usize, 9);
+    let (node, _) = d.file(name, &data);
+    for i in 0..chunks {
+        d.map(node, NO_FH, i * MIB2, i * MIB2, MIB2, R)
+            .expect("SETUPMAPPING");
+    }
+    (data, d.s.host(name))
+}
+
+fn host_truncate(path: &std::path::Path, size: u64) {
+    // A separate host process, as a user would do it.
+    let st = Command::new("truncate")
+        .args(["-s", &size.to_string()])
+        .arg(path)
+        .status()
+        .expect("run truncate");
+    assert!(st.success());
+}
+
+#[test]
+fn a_host_truncation_below_mapped_chunks_leaves_the_file_part_and_zeros() {
+    let _alone = serialized();
+    let mut d = start_dax(&[], 0);
+    let (data, path) = mapped_file(&mut d, "f", 4);
+    let new_size = 3 * (1 << 20) + 100;
+    host_truncate(&path, new_size);
+    // Not page aligned: the kernel announces the page around the new end; the guard read the
+    // exact size from the truncating process.
+    let r = one_report(
+        &d,
+        "pre-content",
+        new_size,
+        &[(MIB2, (1 << 20) + 4096), (2 * MIB2, 0), (3 * MIB2, 0)],
+    );
+    assert_eq!(r["size_before"].as_u64(), Some(4 * MIB2), "{r}");
+    assert_eq!(r["action"], "zero");
+    assert!(
+        r["path"].as_str().unwrap_or_default().ends_with("/f"),
+        "{r}"
+    );
+    let window = read_window(&d, 0, 4 * MIB2);
+    let n = new_size as usize;
+    assert!(window[..n] == data[..n], "the bytes up to the new end");
+    assert!(window[n..].iter().all(|&b| b == 0), "zeros after it");
+    // The glue holds the file up to the page after the new end, then zero memfds.
+    let t = d.table();
+    assert_eq!(t[0].0, 0);
+    assert_eq!(t[1].0, MIB2);
+    assert_eq!(t[1].1, (1 << 20) + 4096);
+    assert_eq!(t[0].4, t[1].4, "the same file");
+    assert_ne!(t[2].4, t[0].4, "the rest is another (memfd) file");
+    // The guest's REMOVEMAPPING of every chunk unmaps exactly what is mapped.
+    d.unmap(&[(0, 4 * MIB2)]).expect("REMOVEMAPPING");
+    assert!(d.table().is_empty());
+    assert_eq!(perms_at(d.base() + MIB2).as_deref(), Some("---p"));
+    d.s.assert_serving();
+}
+
+#[test]
+fn an_open_with_o_trunc_by_a_host_process_is_guarded_before() {
+    let _alone = serialized();
+    let mut d = start_dax(&[], 0);
+    let (_, path) = mapped_file(&mut d, "f", 2);
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(": > '{}'", path.display()))
+        .status()
+        .expect("run sh");
+    assert!(st.success());
+    one_report(&d, "open-truncate", 0, &[(0, 0), (MIB2, 0)]);
+    assert!(read_window(&d, 0, 2 * MIB2).iter().all(|&b| b == 0));
+    d.s.assert_serving();
+}
+
+#[test]
+fn ftruncate_through_a_descriptor_opened_before_the_mapping_is_guarded_before() {
+    let _alone = serialized();
+    let mut d = start_dax(&[], 0);
+    let data = pattern((2 * MIB2) as usize, 3);
+    let (node, _) = d.file("f", &data);
+    let early = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(d.s.host("f"))
+        .expect("open before the mapping");
+    d.map(node, NO_FH, 0, 0, 2 * MIB2, R | W).expect("map");
+    early.set_len(4096).expect("ftruncate");
+    one_report(&d, "pre-content", 4096, &[(0, 4096), (MIB2, 0)]);
+    let w = read_window(&d, 0, 2 * MIB2);
+    assert_eq!(w[..4096], data[..4096]);
+    assert!(w[4096..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn truncations_that_keep_the_mapped_range_change_nothing() {
+    let _alone = serialized();
+    let mut d = start_dax(&[], 0);
+    let data = pattern((4 * MIB2) as usize, 5);
+    let (node, _) = d.file("f", &data);
+    d.map(node, NO_FH, 0, 0, MIB2, R)
+        .expect("map the first chunk");
+    let table = d.table();
+    host_truncate(&d.s.host("f"), 2 * MIB2); // above the mapped range
+    host_truncate(&d.s.host("f"), 8 * MIB2); // growing
+    let f = OpenOptions::new()
+        .write(true)
+        .open(d.s.host("f"))
+        .expect("open");
+    f.set_len(3 * MIB2).expect("ftruncate above the range");
+    // A punched hole does not shrink the file: the page reads as zeros, nothing is lost.
+    // SAFETY: fallocate on an open descriptor with integer arguments.
+    let r = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            8192,
+            4096,
+        )
+    };
+    assert_eq!(r, 0, "punch a hole");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        guard_reports(&d.s.daemon.log_text()).is_empty(),
+        "{}",
+        d.s.daemon.log_text()
+    );
+    assert_eq!(d.table(), table, "the window is as it was");
+    let w = read_window(&d, 0, MIB2);
+    assert_eq!(w[..8192], data[..8192]);
+    assert!(w[8192..12288].iter().all(|&b| b == 0), "the hole");
+    assert_eq!(w[12288..], data[12288..MIB2 as usize]);
+}
+
+#[test]
+fn the_guests_own_truncation_is_guarded_before_it_is_made() {
+    let _alone = serialized();
+    let mut d = start_dax(&[], 0);
+    let data = pattern((2 * MIB2) as usize, 6);
+    let (node, _) = d.file("f", &data);
+    d.map(node, NO_FH, 0, 0, 2 * MIB2, R).expect("map");
+    let arg = SetattrIn {
+        valid: fattr::SIZE,
+        size: MIB2 + 10,
+        ..Default::default()
+    };
+    d.s.client.setattr(node, &arg).expect("SETATTR size");
+    one_report(&d, "guest", MIB2 + 10, &[(MIB2, 4096)]);
+    let w = read_window(&d, 0, 2 * MIB2);
+    let n = (MIB2 + 10) as usize;
+    assert_eq!(w[..n], data[..n]);
+    assert!(w[n..].iter().all(|&b| b == 0));
+    // OPEN with O_TRUNC of the mapped file: guarded the same way.
+    let h = d.open(node, libc::O_RDWR | libc::O_TRUNC);
+    let r = reports(&d, 2, Duration::from_secs(5));
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1]["trigger"], "guest");
+    assert_eq!(r[1]["size_after"].as_u64(), Some(0));
+    assert!(read_window(&d, 0, 2 * MIB2).iter().all(|&b| b == 0));
+    assert_eq!(std::fs::metadata(d.s.host("f")).unwrap().len(), 0);
+    d.s.client.release(node, h, 0).expect("RELEASE");
+}
+
+#[test]
+fn with_the_unmap_action_the_lost_range_is_left_unmapped() {
+    let _alone = serialized();
+    let mut d = start_dax(&["--truncate-guard-action", "unmap"], 0);
+    let (_, path) = mapped_file(&mut d, "f", 2);
+    host_truncate(&path, 4096);
+    let r = one_report(&d, "pre-content", 4096, &[(0, 4096), (MIB2, 0)]);
+    assert_eq!(r["action"], "unmap");
+    assert_eq!(perms_at(d.base() + 8192).as_deref(), Some("---p"));
+    assert_eq!(perms_at(d.base() + MIB2).as_deref(), Some("---p"));
+    // The glue remembers what was there, for a report naming the file.
+    let gone = d
+        .conn
+        .window()
+        .table()
+        .lookup_unmapped(MIB2)
+        .expect("remembered");
+    assert_eq!(gone.file_offset, MIB2);
+    assert_eq!(d.table().len(), 1, "only the page still inside the file");
+}
+
+#[test]
+fn with_the_guard_off_the_truncation_reaches_the_window() {
+    let _alone = serialized();
+    let mut d = start_dax(&["--truncate-guard", "off"], 0);
+    let (_, path) = mapped_file(&mut d, "f", 1);
+    let table = d.table();
+    host_truncate(&path, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(guard_reports(&d.s.daemon.log_text()).is_empty());
+    // The glue still maps the (now empty) file there: reading it would kill this process.
+    assert_eq!(d.table(), table);
+    assert!(d.s.daemon.log_text().contains("truncation guard off"));
+}
+
+/// `fanotify` marks the daemon holds, from its `/proc/<pid>/fdinfo`.
+fn daemon_marks(pid: u32) -> usize {
+    let dir = format!("/proc/{pid}/fdinfo");
+    std::fs::read_dir(&dir)
+        .expect("fdinfo")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .map(|t| t.lines().filter(|l| l.starts_with("fanotify ino:")).count())
+        .sum()
+}
+
+/// The daemon's memfds (the probe's and the guard's zero pages).
+fn daemon_memfds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("/memfd:"))
+        .count()
+}
+
+#[test]
+fn map_truncate_remap_cycles_leak_nothing() {
+    const CYCLES: u64 = 10_000;
+    let _alone = serialized();
+    let mut d = start_dax(&[], 0);
+    let (node, _) = d.file("f", &pattern(MIB2 as usize, 1));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(d.s.host("f"))
+        .expect("open");
+    let pid = d.s.daemon.pid();
+    let cycle = |d: &mut DaxSession, f: &File, i: u64| {
+        f.set_len(MIB2).expect("extend");
+        let slot = (i * 7 % 31) * MIB2;
+        d.map(node, NO_FH, 0, slot, MIB2, R).expect("map");
+        f.set_len(i % 3 * 4096).expect("truncate under the mapping");
+        d.unmap(&[(slot, MIB2)]).expect("unmap");
+    };
+    for i in 0..16 {
+        cycle(&mut d, &f, i);
+    }
+    d.conn.window().table().forget_unmapped();
+    let before = (
+        fd_count(),
+        maps_count(),
+        count_dir(&format!("/proc/{pid}/fd")),
+        daemon_marks(pid),
+        daemon_memfds(pid),
+    );
+    let t0 = Instant::now();
+    for i in 0..CYCLES {
+        cycle(&mut d, &f, i);
+    }
+    let took = t0.elapsed();
+    d.conn.window().table().forget_unmapped();
+    let after = (
+        fd_count(),
+        maps_count(),
+        count_dir(&format!("/proc/{pid}/fd")),
+        daemon_marks(pid),
+        daemon_memfds(pid),
+    );
+    println!(
+        "{CYCLES} map/truncate/unmap cycles in {took:?}: (VMM fds, VMM maps, daemon fds, daemon \
+         fanotify marks, daemon memfds) {before:?} -> {after:?}"
+    );
+    assert_eq!(after, before, "something leaked");
+    assert_eq!(before.3, 0, "no file is mapped, none is marked");
+    // Every cycle cut a chunk; the log is rate limited, so only the first ones are written.
+    assert!(!guard_reports(&d.s.daemon.log_text()).is_empty());
+    assert!(d.table().is_empty());
+    d.s.assert_serving();
+}
+
+#[test]
+fn a_file_on_tmpfs_is_guarded_after_the_fact_and_required_declines_it() {
+    let _alone = serialized();
+    if !std::path::Path::new("/dev/shm").is_dir() {
+        assert!(std::env::var_os("CI").is_none(), "no /dev/shm under CI");
+        eprintln!("SKIPPED: no /dev/shm (tmpfs) on this machine");
+        return;
+    }
+    let opts = DaemonOptions {
+        temp_in: Some("/dev/shm".into()),
+        ..Default::default()
+    };
+    let mut d = start_dax_with(&opts, 0);
+    let (data, _) = mapped_file(&mut d, "f", 1);
+    let log = d.s.daemon.log_text();
+    assert!(
+        log.contains("can be guarded only after a truncation took effect"),
+        "the unguardable file is reported\n{log}"
+    );
+    // The test process truncates; the guard sees it afterwards and cuts the chunk.
+    let f = OpenOptions::new()
+        .write(true)
+        .open(d.s.host("f"))
+        .expect("open");
+    let t0 = Instant::now();
+    f.set_len(4096).expect("ftruncate");
+    let r = reports(&d, 1, Duration::from_secs(5));
+    let window = t0.elapsed();
+    assert_eq!(r.len(), 1, "{}", d.s.daemon.log_text());
+    assert_eq!(r[0]["trigger"], "after-the-fact");
+    assert_eq!(r[0]["size_before"], Value::Null);
+    println!("tmpfs: the window was unsafe for {window:?} after the truncation (until the report)");
+    let w = read_window(&d, 0, MIB2);
+    assert_eq!(w[..4096], data[..4096]);
+    assert!(w[4096..].iter().all(|&b| b == 0));
+    drop(d);
+
+    // --truncate-guard required: no DAX for a file that cannot be guarded before.
+    let opts = DaemonOptions {
+        temp_in: Some("/dev/shm".into()),
+        extra_args: vec!["--truncate-guard".into(), "required".into()],
+        ..Default::default()
+    };
+    let mut d = start_dax_with(&opts, 0);
+    let (node, _) = d.file("g", &pattern(MIB2 as usize, 2));
+    assert_eq!(d.map(node, NO_FH, 0, 0, MIB2, R), Err(libc::EOPNOTSUPP));
+    assert!(d.table().is_empty());
+    // And on the ext4 share of the default daemon the same mapping works.
+    let mut e = start_dax(&["--truncate-guard", "required"], 0);
+    let (node, _) = e.file("g", &pattern(MIB2 as usize, 2));
+    e.map(node, NO_FH, 0, 0, MIB2, R)
+        .expect("guardable: mapped");
+}
