@@ -9,7 +9,14 @@
 # DAX; another client of the share truncates the file (FUSE SETATTR through vfsdaxd); the guest
 # touches the page again. Three runs: a guest that opted in to apf errors (its task gets
 # SIGBUS), one that did not (machine check at the page's address), and `--policy stop` (the
-# VMM stops with a precise diagnostic instead of KVM_RUN's "Bad address").
+# VMM stops with a precise diagnostic instead of KVM_RUN's "Bad address"). vfsdaxd's truncation
+# guard runs with --truncate-guard-action unmap there: it unmaps the lost range before the
+# truncation, and the glue reports the guest's access with its policy.
+#
+# Then the same event with a stock VMM: a real Linux guest under QEMU 11.1 (Debian sid's, which
+# scripts/deps.sh installs) maps a DAX file through vfsdaxd, a host process truncates it, the
+# guest touches it again: without the guard QEMU dies of SIGBUS, with it (the default) the VM
+# lives and the guest task reads zeros.
 #
 # Needs /dev/kvm. Installs what the project needs first (scripts/deps.sh). Extra arguments go to
 # every vfsdax-vmm run (e.g. `--access store`; see `vfsdax-vmm --help`). The QEMU guest demo (a
@@ -52,7 +59,8 @@ make_file() {
 start_daemon() {
     rm -f "$sock"
     "$bin/vfsdaxd" --socket-path "$sock" --shared-dir "$share" --cache-size 64M \
-        --sandbox none --seccomp none --log-level info >"$work/vfsdaxd.log" 2>&1 &
+        --truncate-guard-action unmap --sandbox none --seccomp none --log-level info \
+        >"$work/vfsdaxd.log" 2>&1 &
     daemon_pid=$!
     for _ in $(seq 100); do
         [ -S "$sock" ] && return 0
@@ -71,7 +79,7 @@ run_case() {
     echo "=== $title"
     make_file
     start_daemon
-    echo "\$ vfsdaxd --socket-path $sock --shared-dir $share --cache-size 64M --sandbox none --seccomp none &"
+    echo "\$ vfsdaxd --socket-path $sock --shared-dir $share --cache-size 64M --truncate-guard-action unmap --sandbox none --seccomp none &"
     echo "\$ vfsdax-vmm --daemon-socket $sock --path $file $*"
     local status=0
     RUST_LOG=warn "$bin/vfsdax-vmm" --daemon-socket "$sock" --path "$file" "$@" \
@@ -94,7 +102,29 @@ run_case "guest opted in to apf errors" --opt-in "$@"
 run_case "guest did not opt in (policy mce)" --policy mce "$@"
 run_case "policy stop" --policy stop "$@"
 
+# A stock VMM: QEMU 11.1 with a real Linux guest (tests/src/guest/repro.rs).
+qemu_case() {
+    local title=$1
+    shift
+    echo
+    echo "=== $title"
+    echo "\$ scripts/repro-truncate-qemu.sh -- $*"
+    local line
+    line=$("$bin/guest-repro" -- "$@" | grep '^repro-truncate-qemu:' || true)
+    echo "${line:-repro-truncate-qemu: the run failed}"
+    summary+=("$(printf '%-34s %s' "$title" "${line#repro-truncate-qemu: }")")
+}
+
+if "$bin/guest-repro" --help >/dev/null 2>&1 && [ -x "${VFSDAX_QEMU_DAX:-target/qemu-sid/vfsdax-qemu}" ]; then
+    qemu_case "QEMU 11.1, --truncate-guard off" --truncate-guard off
+    qemu_case "QEMU 11.1, guard on (default)"
+else
+    echo
+    echo "=== QEMU 11.1: not installed (scripts/deps.sh installs it from Debian sid); skipped"
+fi
+
 echo
 echo "=== summary"
 printf '%s\n' "${summary[@]}"
-echo "Without vfsdax, KVM_RUN fails with EFAULT (\"Bad address\") on such an access and the VMM dies."
+echo "Without vfsdax, KVM_RUN fails with EFAULT (\"Bad address\") on such an access and the VMM dies;"
+echo "QEMU with a DAX window dies of SIGBUS (exit 135), unless vfsdaxd's truncation guard is on."
