@@ -276,7 +276,8 @@ fn start_truncation_guard(
         ),
     });
     let required = opts.truncate_guard == TruncateGuard::Required;
-    match TruncationGuard::start(dax, backend.mapper(), action, required, sink) {
+    let proc_self_fd = server.fs().proc_self_fd().ok();
+    match TruncationGuard::start(dax, backend.mapper(), action, required, proc_self_fd, sink) {
         Ok(g) => {
             for e in g.setup_errors() {
                 log::warn!("truncation guard: {e}");

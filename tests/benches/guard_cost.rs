@@ -58,7 +58,6 @@ fn build_daemon() -> Result<(), String> {
 
 /// A daemon with a 4 GiB window.
 fn daemon(guard: &str) -> DaxSession {
-    // start_dax asks for 64 MiB; a later --cache-size wins.
     start_dax(&["--cache-size", "4G", "--truncate-guard", guard], 0)
 }
 

@@ -100,9 +100,15 @@ pub fn start_dax(extra: &[&str], init_flags: u64) -> DaxSession {
     )
 }
 
-/// [`start_dax`] with every daemon option (`extra_args` after `--cache-size 64M`).
+/// [`start_dax`] with every daemon option (`extra_args` after `--cache-size 64M`, unless they
+/// give a `--cache-size` of their own).
 pub fn start_dax_with(opts: &DaemonOptions, init_flags: u64) -> DaxSession {
-    let mut args = vec!["--cache-size".to_string(), "64M".to_string()];
+    let own_size = opts.extra_args.iter().any(|a| a == "--cache-size");
+    let mut args = if own_size {
+        Vec::new()
+    } else {
+        vec!["--cache-size".to_string(), "64M".to_string()]
+    };
     args.extend(opts.extra_args.iter().cloned());
     let dopts = DaemonOptions {
         extra_args: args,
@@ -132,7 +138,9 @@ pub fn start_dax_with(opts: &DaemonOptions, init_flags: u64) -> DaxSession {
             s.daemon.log_text()
         )
     });
-    assert_eq!(conn.window().size(), WINDOW, "GET_SHMEM_CONFIG region 0");
+    if !own_size {
+        assert_eq!(conn.window().size(), WINDOW, "GET_SHMEM_CONFIG region 0");
+    }
     if init_flags != 0 {
         s.client
             .init_with(7, 38, init_flags)
@@ -206,7 +214,7 @@ impl DaxSession {
 
     /// The window's bytes at `moffset` (must be mapped readable).
     pub fn window_bytes(&self, moffset: u64, len: u64) -> &[u8] {
-        assert!(moffset + len <= WINDOW);
+        assert!(moffset + len <= self.conn.window().size());
         // SAFETY: the caller mapped [moffset, moffset+len) readable with an acknowledged
         // SETUPMAPPING; the window stays reserved while `self.conn` lives, which the returned
         // borrow of `self` guarantees.

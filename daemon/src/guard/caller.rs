@@ -10,6 +10,9 @@
 //! namespace (and root, or ptrace rights); when it is not, the intent is
 //! [`OpenIntent::Unknown`] and the guard relies on the event after the fact.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 
 /// What a caller is doing.
@@ -106,16 +109,42 @@ pub fn intent_of(syscall: &str, read_u64: impl FnOnce(u64) -> Option<u64>) -> Op
     flags.map_or(OpenIntent::Unknown, truncates)
 }
 
-/// The intent of process `pid` (0: not visible), from its `/proc` entries.
-pub fn intent_of_pid(pid: i32) -> OpenIntent {
+/// Opens `/proc/<pid>/<entry>` read-only: through `proc_self_fd` (a descriptor of
+/// `/proc/self/fd`, reachable inside the sandbox: `../../<pid>/<entry>`), else by path.
+fn open_proc(proc_self_fd: Option<&File>, pid: i32, entry: &str) -> Option<File> {
+    match proc_self_fd {
+        Some(dir) => {
+            let name = std::ffi::CString::new(format!("../../{pid}/{entry}")).ok()?;
+            // SAFETY: `name` is NUL-terminated and alive for the call; `dir` is an open
+            // directory descriptor.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+            // SAFETY: a descriptor openat just returned, owned by nothing else.
+            (fd >= 0).then(|| unsafe { File::from_raw_fd(fd) })
+        }
+        None => File::open(format!("/proc/{pid}/{entry}")).ok(),
+    }
+}
+
+/// The intent of process `pid` (0: not visible), from its `/proc` entries (see
+/// [`open_proc`] for `proc_self_fd`).
+pub fn intent_of_pid(proc_self_fd: Option<&File>, pid: i32) -> OpenIntent {
     if pid <= 0 {
         return OpenIntent::Unknown;
     }
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) else {
+    let mut text = String::new();
+    let read =
+        open_proc(proc_self_fd, pid, "syscall").and_then(|mut f| f.read_to_string(&mut text).ok());
+    if read.is_none() {
         return OpenIntent::Unknown;
-    };
+    }
     intent_of(&text, |addr| {
-        let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+        let mem = open_proc(proc_self_fd, pid, "mem")?;
         let mut b = [0u8; 8];
         mem.read_exact_at(&mut b, addr).ok()?;
         Some(u64::from_ne_bytes(b))
@@ -186,14 +215,19 @@ mod tests {
         for line in ["running", "-1 0x7fff 0x7fff", "426 0x3 0x1 0x0", "", "257"] {
             assert_eq!(intent_of(line, never), OpenIntent::Unknown, "{line:?}");
         }
-        assert_eq!(intent_of_pid(0), OpenIntent::Unknown);
+        assert_eq!(intent_of_pid(None, 0), OpenIntent::Unknown);
     }
 
     #[test]
     fn a_running_process_is_not_in_an_open() {
         // This thread is running, so its syscall file says so (or is not readable).
         assert_eq!(
-            intent_of_pid(std::process::id() as i32),
+            intent_of_pid(None, std::process::id() as i32),
+            OpenIntent::Unknown
+        );
+        let proc_fd = File::open("/proc/self/fd").unwrap();
+        assert_eq!(
+            intent_of_pid(Some(&proc_fd), std::process::id() as i32),
             OpenIntent::Unknown
         );
     }

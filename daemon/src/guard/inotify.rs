@@ -51,17 +51,27 @@ impl Inotify {
         Ok(Inotify { fd })
     }
 
-    /// Watches the file open as `file` for `IN_MODIFY`; its watch descriptor.
-    pub fn watch(&self, file: &File) -> io::Result<i32> {
-        let path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .map_err(io::Error::other)?;
-        // SAFETY: `path` is a NUL-terminated string alive for the call; the rest are integers.
-        let wd =
-            unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) };
-        if wd < 0 {
-            return Err(io::Error::last_os_error());
+    /// Watches the file open as `file` for `IN_MODIFY`; its watch descriptor. The file is
+    /// named `<n>` inside `proc_self_fd` (a descriptor of `/proc/self/fd`, reachable in every
+    /// sandbox) when given, else `/proc/self/fd/<n>`.
+    pub fn watch(&self, proc_self_fd: Option<&File>, file: &File) -> io::Result<i32> {
+        let add = |path: &str| {
+            let path = std::ffi::CString::new(path).map_err(io::Error::other)?;
+            // SAFETY: `path` is a NUL-terminated string alive for the call; the rest are
+            // integers.
+            let wd = unsafe {
+                libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY)
+            };
+            if wd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(wd)
+        };
+        let n = file.as_raw_fd();
+        match proc_self_fd {
+            Some(dir) => crate::passthrough::sys::in_dir(dir.as_raw_fd(), || add(&n.to_string())),
+            None => add(&format!("/proc/self/fd/{n}")),
         }
-        Ok(wd)
     }
 
     /// Stops watch `wd`.
@@ -125,7 +135,9 @@ mod tests {
         std::fs::write(&path, vec![1u8; 8192]).unwrap();
         let ino = Inotify::new().unwrap();
         let f = File::open(&path).unwrap();
-        let wd = ino.watch(&f).unwrap();
+        let wd = ino.watch(None, &f).unwrap();
+        let proc_fd = File::open("/proc/self/fd").unwrap();
+        assert_eq!(ino.watch(Some(&proc_fd), &f).unwrap(), wd, "the same inode");
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)

@@ -160,6 +160,8 @@ struct Work {
 }
 
 struct Shared {
+    /// `/proc/self/fd`, reachable inside the sandbox (paths, callers, inotify watches).
+    proc_self_fd: Option<File>,
     pre: Option<Group>,
     ino: Option<Inotify>,
     /// Inotify watch descriptors of the watched files, both ways.
@@ -197,10 +199,36 @@ fn clone_or_nothing(f: &File) -> Option<File> {
     f.try_clone().ok()
 }
 
-fn path_of(file: &File) -> Option<String> {
-    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
+/// The path of `file` as the daemon names it: its `/proc/self/fd` link, read through
+/// `proc_self_fd` when given (reachable inside the sandbox).
+fn path_of(proc_self_fd: Option<&File>, file: &File) -> Option<String> {
+    let n = file.as_raw_fd();
+    let link = match proc_self_fd {
+        Some(dir) => {
+            let name = std::ffi::CString::new(n.to_string()).ok()?;
+            let mut buf = vec![0u8; 4096];
+            // SAFETY: readlinkat writes at most `buf.len()` bytes into `buf`; `name` is
+            // NUL-terminated; `dir` is an open directory descriptor.
+            let len = unsafe {
+                libc::readlinkat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if len < 0 {
+                return None;
+            }
+            buf.truncate(len as usize);
+            String::from_utf8_lossy(&buf).into_owned()
+        }
+        None => std::fs::read_link(format!("/proc/self/fd/{n}"))
+            .ok()?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    Some(link)
 }
 
 fn now_us() -> u64 {
@@ -213,7 +241,8 @@ fn now_us() -> u64 {
 impl TruncationGuard {
     /// Starts guarding the files behind `dax`'s live mappings, changing the window through
     /// `mapper`, with `action` as the substitute; `required` declines mappings of files that
-    /// cannot be guarded before a truncation. Creating the fanotify groups needs
+    /// cannot be guarded before a truncation. `proc_self_fd` is a descriptor of `/proc/self/fd`
+    /// reachable inside the sandbox (without it, `/proc` is used by path). Creating the fanotify groups needs
     /// `CAP_SYS_ADMIN`: start the guard before dropping it. A group that cannot be created
     /// leaves the guard weaker, not absent ([`TruncationGuard::setup_errors`]).
     pub fn start(
@@ -221,6 +250,7 @@ impl TruncationGuard {
         mapper: Arc<dyn Mapper>,
         action: GuardAction,
         required: bool,
+        proc_self_fd: Option<File>,
         sink: EventSink,
     ) -> Result<TruncationGuard, GuardError> {
         let mut setup_errors = Vec::new();
@@ -231,6 +261,7 @@ impl TruncationGuard {
             .map_err(|e| setup_errors.push(format!("inotify: {e}")))
             .ok();
         let shared = Arc::new(Shared {
+            proc_self_fd,
             pre,
             ino,
             wds: Mutex::new((HashMap::new(), HashMap::new())),
@@ -430,7 +461,7 @@ impl Shared {
         if pid == self.own_pid {
             return OpenIntent::Unknown;
         }
-        caller::intent_of_pid(pid)
+        caller::intent_of_pid(self.proc_self_fd.as_ref(), pid)
     }
 
     /// Lets the access behind a permission event go on.
@@ -487,7 +518,8 @@ impl Shared {
             };
             self.reported(
                 id,
-                file.as_deref().and_then(path_of),
+                file.as_deref()
+                    .and_then(|f| path_of(self.proc_self_fd.as_ref(), f)),
                 before,
                 new_size,
                 w.trigger,
@@ -566,7 +598,7 @@ impl FileWatch for Shared {
             }
         };
         let after = match &self.ino {
-            Some(ino) => match ino.watch(file) {
+            Some(ino) => match ino.watch(self.proc_self_fd.as_ref(), file) {
                 Ok(wd) => {
                     let mut wds = self.wds.lock().unwrap_or_else(|e| e.into_inner());
                     wds.0.insert(wd, id);
@@ -597,7 +629,7 @@ impl FileWatch for Shared {
             bump(&self.counters.unguarded_files, 1);
             (self.sink)(GuardEvent::Unguarded {
                 file: id,
-                path: path_of(file),
+                path: path_of(self.proc_self_fd.as_ref(), file),
                 guarding,
                 reason: reasons.join("; "),
             });
@@ -633,7 +665,7 @@ impl TruncationHook for Shared {
         let shrunk = self.dax.shrink(&*self.mapper, id, new_size, self.action);
         self.reported(
             id,
-            path_of(file),
+            path_of(self.proc_self_fd.as_ref(), file),
             size_before,
             new_size,
             GuardTrigger::Guest,

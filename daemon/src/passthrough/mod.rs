@@ -59,7 +59,7 @@ mod ops_entry;
 mod ops_file;
 mod ops_xattr;
 mod perm;
-mod sys;
+pub(crate) mod sys;
 #[cfg(test)]
 mod tests;
 
@@ -291,6 +291,12 @@ impl PassthroughFs {
             &sys::fd_name(data.fd()),
             mode,
         )
+    }
+
+    /// A descriptor of the `/proc/self/fd` directory the filesystem reopens files through
+    /// (reachable inside every sandbox), for the truncation guard.
+    pub fn proc_self_fd(&self) -> io::Result<File> {
+        self.proc_self_fd.try_clone()
     }
 
     /// Forgets everything a guest kernel held: DAX mappings (unmapped through `mapper`),

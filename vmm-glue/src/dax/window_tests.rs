@@ -324,7 +324,8 @@ fn dropped_mappings_release_their_file_descriptors() {
     // Remembered as unmapped (for a fault report naming the file) until mapped again.
     assert_eq!(Arc::strong_count(&dup), 2);
     let g = tmpfile(&pattern(page as usize, 5));
-    w.map(0, page, &g, 0, false).expect("map another file there");
+    w.map(0, page, &g, 0, false)
+        .expect("map another file there");
     assert_eq!(Arc::strong_count(&dup), 1);
     w.unmap(0, page).expect("unmap");
     w.table().forget_unmapped();
