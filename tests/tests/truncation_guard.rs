@@ -391,3 +391,40 @@ fn a_file_on_tmpfs_is_guarded_after_the_fact_and_required_declines_it() {
     e.map(node, NO_FH, 0, 0, MIB2, R)
         .expect("guardable: mapped");
 }
+
+/// An unaligned truncation by this process under `--sandbox <mode>`: how the guard learnt of it.
+fn unaligned_truncation_under(mode: &str) -> Value {
+    let mut d = start_dax(&["--sandbox", mode], 0);
+    let (data, _) = mapped_file(&mut d, "f", 1);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(d.s.host("f"))
+        .expect("open");
+    f.set_len(100).expect("ftruncate");
+    let r = reports(&d, 1, Duration::from_secs(5));
+    assert_eq!(r.len(), 1, "{}", d.s.daemon.log_text());
+    // Safe now, whichever way it was learnt.
+    let w = read_window(&d, 0, MIB2);
+    assert_eq!(w[..100], data[..100]);
+    assert!(w[100..].iter().all(|&b| b == 0));
+    assert!(
+        r[0]["path"].as_str().is_some_and(|p| p.ends_with("/f")),
+        "the report names the file inside the sandbox: {}",
+        r[0]
+    );
+    r[0].clone()
+}
+
+#[test]
+fn in_a_chroot_sandbox_the_caller_is_still_seen() {
+    let _alone = serialized();
+    let r = unaligned_truncation_under("chroot");
+    assert_eq!(r["trigger"], "pre-content", "{r}");
+}
+
+#[test]
+fn in_a_namespace_sandbox_a_hidden_caller_is_caught_after_the_fact() {
+    let _alone = serialized();
+    let r = unaligned_truncation_under("namespace");
+    assert_eq!(r["trigger"], "after-the-fact", "{r}");
+}

@@ -111,7 +111,7 @@ pub fn intent_of(syscall: &str, read_u64: impl FnOnce(u64) -> Option<u64>) -> Op
 
 /// Opens `/proc/<pid>/<entry>` read-only: through `proc_self_fd` (a descriptor of
 /// `/proc/self/fd`, reachable inside the sandbox: `../../<pid>/<entry>`), else by path.
-fn open_proc(proc_self_fd: Option<&File>, pid: i32, entry: &str) -> Option<File> {
+pub(crate) fn open_proc(proc_self_fd: Option<&File>, pid: i32, entry: &str) -> Option<File> {
     match proc_self_fd {
         Some(dir) => {
             let name = std::ffi::CString::new(format!("../../{pid}/{entry}")).ok()?;
@@ -131,8 +131,9 @@ fn open_proc(proc_self_fd: Option<&File>, pid: i32, entry: &str) -> Option<File>
     }
 }
 
-/// The intent of process `pid` (0: not visible), from its `/proc` entries (see
-/// [`open_proc`] for `proc_self_fd`).
+/// The intent of thread `pid` (0: not visible), from its `/proc` entries (see [`open_proc`]
+/// for `proc_self_fd`). It must be the thread that made the call (fanotify reports it with
+/// `FAN_REPORT_TID`): `/proc/<tgid>/syscall` shows only the main thread's.
 pub fn intent_of_pid(proc_self_fd: Option<&File>, pid: i32) -> OpenIntent {
     if pid <= 0 {
         return OpenIntent::Unknown;

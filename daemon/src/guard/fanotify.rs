@@ -28,6 +28,8 @@ pub const FAN_OPEN_PERM: u64 = 0x0001_0000;
 pub const FAN_PRE_ACCESS: u64 = 0x0010_0000;
 /// `FAN_EVENT_INFO_TYPE_RANGE`: the info record of a [`FAN_PRE_ACCESS`] event.
 pub const FAN_EVENT_INFO_TYPE_RANGE: u8 = 6;
+/// `FAN_REPORT_TID`: events carry the thread id, not the thread group's.
+const FAN_REPORT_TID: u32 = 0x0000_0100;
 /// `FANOTIFY_METADATA_VERSION`.
 const METADATA_VERSION: u8 = 3;
 /// `sizeof(struct fanotify_event_metadata)`.
@@ -42,7 +44,8 @@ pub struct RawEvent {
     pub mask: u64,
     /// The descriptor the kernel opened for the listener (negative: none).
     pub fd: i32,
-    /// The process that caused the event (0: not visible in the listener's PID namespace).
+    /// The thread that caused the event (`FAN_REPORT_TID`; 0: not visible in the listener's
+    /// PID namespace).
     pub pid: i32,
     /// The range of a [`FAN_PRE_ACCESS`] event: `(offset, count)`; a truncation has count 0
     /// and the new size as offset.
@@ -126,7 +129,9 @@ pub struct Group {
 
 impl Group {
     fn init(class: u32) -> io::Result<Group> {
-        let flags = class | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
+        // FAN_REPORT_TID: the event names the thread that made the call, whose
+        // /proc/<tid>/syscall tells what it is doing.
+        let flags = class | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | FAN_REPORT_TID;
         let event_flags = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32;
         // SAFETY: fanotify_init takes two integers and returns a new descriptor or -1.
         let fd = unsafe { libc::fanotify_init(flags, event_flags) };

@@ -458,10 +458,29 @@ impl Shared {
     /// What process `pid` is doing (not the daemon's own calls: those are guarded where they
     /// are made).
     fn intent(&self, pid: i32) -> OpenIntent {
-        if pid == self.own_pid {
+        if self.own_threads(pid) {
             return OpenIntent::Unknown;
         }
         caller::intent_of_pid(self.proc_self_fd.as_ref(), pid)
+    }
+
+    /// Whether thread `tid` belongs to the daemon (its `/proc/<tid>/status` names the daemon's
+    /// thread group).
+    fn own_threads(&self, tid: i32) -> bool {
+        if tid == self.own_pid {
+            return true;
+        }
+        let Some(mut f) = caller::open_proc(self.proc_self_fd.as_ref(), tid, "status") else {
+            return false;
+        };
+        let mut text = String::new();
+        if std::io::Read::read_to_string(&mut f, &mut text).is_err() {
+            return false;
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            == Some(self.own_pid)
     }
 
     /// Lets the access behind a permission event go on.
