@@ -191,6 +191,11 @@ pub struct Options {
     /// Tell the guest about submounts so it gives them their own st_dev.
     #[arg(long)]
     pub announce_submounts: bool,
+    /// Refuse the guest's MKNOD of character and block devices (whiteouts stay allowed). The
+    /// daemon never opens a device node for the guest either way; without this flag, mount the
+    /// share `nodev` on the host if host users must not open the nodes a guest makes.
+    #[arg(long)]
+    pub deny_device_nodes: bool,
     /// Let the guest open files with O_DIRECT.
     #[arg(long)]
     pub allow_direct_io: bool,

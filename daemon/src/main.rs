@@ -40,11 +40,20 @@ fn main() -> ExitCode {
         .filter_level(opts.log_level)
         .format_target(false)
         .init();
+    // A request that panics is answered EIO and the queue goes on (the server contains it);
+    // the guest may cause many, so their lines are rate-limited like every guest-triggered one.
+    std::panic::set_hook(Box::new(|info| {
+        vfsdax_daemon::guest_log!(log::Level::Error, "{info}");
+    }));
     match run(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
-            eprintln!("vfsdaxd: {e}");
+            // Once, on stderr: through the logger unless it is off.
+            if log::log_enabled!(log::Level::Error) {
+                log::error!("{e}");
+            } else {
+                eprintln!("vfsdaxd: {e}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -71,6 +80,10 @@ fn run(opts: Options) -> Result<(), String> {
     // The socket and its lock live outside the share: made before the sandbox, they last
     // until the daemon exits.
     let mut listening = listen(&opts)?;
+    // From here on files are created with the guest's mode and umask alone (as virtiofsd):
+    // a fix-up after the fact would have to find the file again by name.
+    // SAFETY: umask only sets this process's file mode creation mask; it cannot fail.
+    unsafe { libc::umask(0) };
     let sandboxed = opts.sandbox != SandboxMode::None;
     if sandboxed {
         // systemd's notify socket is a path (or an abstract name) outside the sandbox.
@@ -105,6 +118,7 @@ fn run(opts: Options) -> Result<(), String> {
         announce_submounts: opts.announce_submounts,
         writeback: opts.writeback,
         allow_direct_io: opts.allow_direct_io,
+        deny_device_nodes: opts.deny_device_nodes,
         dax_window: opts.cache_size,
         dax_policy: opts.dax_policy,
         ..PassthroughConfig::new(sandbox.share)

@@ -12,6 +12,10 @@ pub const DAX_CHUNK_SHIFT: u32 = 21;
 /// chunks at a chunk-aligned window and file offset.
 pub const DAX_CHUNK_SIZE: u64 = 1 << DAX_CHUNK_SHIFT;
 
+/// The most `(moffset, len)` entries one `FUSE_REMOVEMAPPING` carries: Linux's
+/// `FUSE_REMOVEMAPPING_MAX_ENTRY` (a 4 KiB page of 16-byte entries).
+pub const REMOVEMAPPING_MAX_ENTRIES: u32 = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,11 +179,13 @@ impl<F: FileSystem + 'static> FsBackend<F> {
             return None;
         }
         self.pool
-            .get_or_init(|| match WorkerPool::new(self.pool_size) {
-                Ok(pool) => Some(pool),
-                Err(e) => {
-                    log::error!("cannot start the worker pool, serving inline: {e}");
-                    None
+            .get_or_init(|| {
+                match WorkerPool::new(self.pool_size, usize::from(self.config.queue_size)) {
+                    Ok(pool) => Some(pool),
+                    Err(e) => {
+                        log::error!("cannot start the worker pool, serving inline: {e}");
+                        None
+                    }
                 }
             })
             .as_ref()

@@ -2,24 +2,26 @@
 //! served on these threads, so one request queue can have several requests in flight.
 
 use std::io;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 /// A unit of work.
 pub type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// A fixed set of threads taking jobs from one channel.
+/// A fixed set of threads taking jobs from one bounded channel.
 pub struct WorkerPool {
-    tx: Mutex<Sender<Job>>,
+    tx: Mutex<SyncSender<Job>>,
 }
 
 impl WorkerPool {
-    /// Starts `size` (at least 1) worker threads.
+    /// Starts `size` (at least 1) worker threads taking jobs from a queue of at most `backlog`
+    /// (at least 1) waiting jobs: [`WorkerPool::execute`] blocks while it is full, so a queue
+    /// thread stops popping chains a guest keeps posting faster than they are served.
     ///
     /// Threads inherit the signal mask of the thread that creates them: create the pool after
     /// SIGTERM/SIGINT are blocked, so they reach the signal thread.
-    pub fn new(size: usize) -> io::Result<Self> {
-        let (tx, rx) = channel::<Job>();
+    pub fn new(size: usize, backlog: usize) -> io::Result<Self> {
+        let (tx, rx) = sync_channel::<Job>(backlog.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..size.max(1) {
             let rx = rx.clone();
@@ -30,7 +32,7 @@ impl WorkerPool {
         Ok(WorkerPool { tx: Mutex::new(tx) })
     }
 
-    /// Queues `job`; it runs on the next free worker.
+    /// Queues `job`, waiting while the backlog is full; it runs on the next free worker.
     pub fn execute(&self, job: Job) {
         // The receiver lives as long as any worker, and workers only end when the sender is
         // dropped, so sending cannot fail while the pool exists.
@@ -56,7 +58,7 @@ mod tests {
 
     #[test]
     fn jobs_run_concurrently_on_every_worker() {
-        let pool = WorkerPool::new(4).unwrap();
+        let pool = WorkerPool::new(4, 4).unwrap();
         // Four jobs that can only all finish if four run at the same time.
         let barrier = Arc::new(Barrier::new(5));
         let done = Arc::new(AtomicUsize::new(0));
@@ -73,5 +75,28 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(done.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_full_backlog_holds_the_submitter_back() {
+        let pool = Arc::new(WorkerPool::new(1, 1).unwrap());
+        let gate = Arc::new(Barrier::new(2));
+        let g = gate.clone();
+        // The worker is busy until the gate opens; one more job fills the backlog.
+        pool.execute(Box::new(move || {
+            g.wait();
+        }));
+        pool.execute(Box::new(|| {}));
+        let submitted = Arc::new(AtomicUsize::new(0));
+        let (p, s) = (pool.clone(), submitted.clone());
+        let t = std::thread::spawn(move || {
+            p.execute(Box::new(|| {}));
+            s.store(1, Ordering::SeqCst);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(submitted.load(Ordering::SeqCst), 0, "the third job waits");
+        gate.wait();
+        t.join().unwrap();
+        assert_eq!(submitted.load(Ordering::SeqCst), 1);
     }
 }

@@ -77,6 +77,10 @@ pub struct PassthroughConfig {
     /// Which regular files are marked `FUSE_ATTR_DAX` for a guest mounted with `dax=inode`
     /// (only with a DAX window).
     pub dax_policy: DaxPolicy,
+    /// Refuse MKNOD of character and block devices (`EPERM`; whiteouts stay allowed). Off by
+    /// default, as in virtiofsd: the daemon never opens a device node itself, and a share
+    /// mounted `nodev` keeps host users from opening those the guest made.
+    pub deny_device_nodes: bool,
 }
 
 impl PassthroughConfig {
@@ -94,6 +98,7 @@ impl PassthroughConfig {
             allow_direct_io: false,
             dax_window: 0,
             dax_policy: DaxPolicy::Auto,
+            deny_device_nodes: false,
         }
     }
 

@@ -73,44 +73,6 @@ impl PassthroughFs {
         Ok(self.make_entry(&data, st.st, parent))
     }
 
-    /// Looks up a name just created by `ctx` with `mode` (guest umask applied) and, when the
-    /// host umask took `rwx` bits the guest asked for, restores them, keeping the set-id bits
-    /// the kernel chose. The name may have been replaced since it was created (a racing
-    /// rename): the fix is only applied to a file the caller owns, so it never grants more
-    /// than the caller's own SETATTR could.
-    pub(super) fn finish_create(
-        &self,
-        ctx: Context,
-        parent: &InodeData,
-        name: &CStr,
-        mode: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
-        let mut entry = self.lookup_in(parent, name)?;
-        let Some(wanted) = perm::umask_fixup(mode, umask, self.host_umask) else {
-            return Ok(entry);
-        };
-        if self.switch_creds && entry.attr.st_uid != ctx.uid {
-            return Ok(entry);
-        }
-        let fixed = self.inode(entry.inode).and_then(|d| {
-            if d.is_symlink() {
-                return Ok(entry.attr);
-            }
-            let cur = entry.attr.st_mode & 0o7000;
-            self.chmod_inode(&d, cur | wanted)?;
-            sys::fstat(d.fd())
-        });
-        match fixed {
-            Ok(st) => entry.attr = st,
-            Err(e) => {
-                self.inodes.forget(entry.inode, 1);
-                return Err(e);
-            }
-        }
-        Ok(entry)
-    }
-
     pub(super) fn do_mknod(
         &self,
         ctx: Context,
@@ -122,14 +84,18 @@ impl PassthroughFs {
     ) -> io::Result<Entry> {
         self.check_writable()?;
         names::check_new_name(name)?;
-        perm::check_mknod(mode, rdev)?;
+        if self.cfg.deny_device_nodes {
+            perm::check_mknod(mode, rdev)?;
+        }
         let p = self.inode(parent)?;
         let mode = mode & !(umask & 0o7777);
         {
             let _creds = self.creds(ctx)?;
             sys::mknodat(p.fd(), name, mode, rdev.into())?;
         }
-        self.finish_create(ctx, &p, name, mode, umask)
+        // The mode is the one asked for: the daemon runs with umask 0 (no fix-up by name, which
+        // a host user could swap for another file).
+        self.lookup_in(&p, name)
     }
 
     pub(super) fn do_mkdir(
@@ -148,7 +114,7 @@ impl PassthroughFs {
             let _creds = self.creds(ctx)?;
             sys::mkdirat(p.fd(), name, mode)?;
         }
-        self.finish_create(ctx, &p, name, mode, umask)
+        self.lookup_in(&p, name)
     }
 
     pub(super) fn do_symlink(

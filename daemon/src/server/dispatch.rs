@@ -201,11 +201,25 @@ impl<F: FileSystem> Server<F> {
             gid: h.gid,
             pid: h.pid,
         };
-        match self.execute(ctx, &h, req, r, w, mapper) {
-            Ok(Outcome::Reply(body)) => send(w, h.unique, 0, &body),
-            Ok(Outcome::Written(n)) => Ok(n),
-            Ok(Outcome::NoReply) => Ok(0),
-            Err(errno) => fail(w, errno),
+        // A panic in the filesystem is contained to its request: the reply room is written
+        // again from its start with EIO, the queue goes on, and a rate-limited line says so.
+        let start = w.clone();
+        let run = std::panic::AssertUnwindSafe(|| self.execute(ctx, &h, req, r, w, mapper));
+        match std::panic::catch_unwind(run) {
+            Ok(Ok(Outcome::Reply(body))) => send(w, h.unique, 0, &body),
+            Ok(Ok(Outcome::Written(n))) => Ok(n),
+            Ok(Ok(Outcome::NoReply)) => Ok(0),
+            Ok(Err(errno)) => fail(w, errno),
+            Err(_) => {
+                crate::guest_log!(
+                    log::Level::Error,
+                    "request {} (opcode {}) panicked; answered EIO",
+                    h.unique,
+                    h.opcode
+                );
+                let mut w = start;
+                fail(&mut w, libc::EIO)
+            }
         }
     }
 
@@ -329,7 +343,7 @@ impl<F: FileSystem> Server<F> {
             Request::Read(arg) => return self.read(ctx, h, arg, w),
             Request::Write(arg) => {
                 let size = arg.size as usize;
-                if size > r.available_bytes() {
+                if size > r.available_bytes() || arg.size > self.max_write() {
                     return Err(libc::EINVAL);
                 }
                 r.truncate(size);
@@ -487,6 +501,14 @@ impl<F: FileSystem> Server<F> {
         }
     }
 
+    /// The largest WRITE the guest was told it may send.
+    fn max_write(&self) -> u32 {
+        match self.opts.max_write {
+            0 => super::DEFAULT_MAX_WRITE,
+            n => n,
+        }
+    }
+
     /// READDIR / READDIRPLUS: records packed into at most what the guest asked for.
     fn readdir<B: BitmapSlice>(
         &self,
@@ -496,7 +518,9 @@ impl<F: FileSystem> Server<F> {
         plus: bool,
         w: &mut Writer<'_, B>,
     ) -> Result<Outcome, Errno> {
-        let limit = (arg.size as usize).min(w.available_bytes().saturating_sub(OUT_HEADER_SIZE));
+        let limit = (arg.size as usize)
+            .min(w.available_bytes().saturating_sub(OUT_HEADER_SIZE))
+            .min(vfsdax_protocol::fuse::MAX_READDIR_REPLY);
         let mut buf = DirentBuf::new(limit, plus);
         let res = self.fs.readdir(
             ctx,

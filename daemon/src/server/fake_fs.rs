@@ -74,6 +74,9 @@ impl FileSystem for Fake {
         if name.to_bytes() == b"missing" {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
+        if name.to_bytes() == b"panic" {
+            panic!("the fake filesystem panics on LOOKUP of \"panic\"");
+        }
         self.lookups.fetch_add(1, Ordering::SeqCst);
         Ok(self.entry(42))
     }

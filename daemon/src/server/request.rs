@@ -385,6 +385,10 @@ pub fn decode(opcode: u32, args: &[u8], setxattr_ext: bool) -> Result<Request<'_
         Opcode::SetupMapping => Request::SetupMapping(a.obj()?),
         Opcode::RemoveMapping => {
             let head: RemoveMappingIn = a.obj()?;
+            // Bounded as Linux bounds it: the batch is handled with the DAX requests held.
+            if head.count > vfsdax_protocol::dax::REMOVEMAPPING_MAX_ENTRIES {
+                return Err(libc::EINVAL);
+            }
             Request::RemoveMapping(a.array(head.count)?)
         }
         Opcode::Syncfs => Request::Syncfs,

@@ -608,3 +608,92 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_write_larger_than_max_write_is_refused() {
+    let (s, g) = started(ServerOptions {
+        max_write: 4096,
+        ..opts()
+    });
+    let data = vec![1u8; 4097];
+    let w = WriteIn {
+        fh: 1,
+        offset: 0,
+        size: 4097,
+        ..Default::default()
+    };
+    let r = send(&s, &g, &req(Opcode::Write, 1, 2, &cat(w, &data)), 64).unwrap();
+    assert_eq!(errno(&r), libc::EINVAL);
+    assert!(!s.fs().calls().iter().any(|c| c.starts_with("write")));
+    let w = WriteIn { size: 4096, ..w };
+    let r = send(
+        &s,
+        &g,
+        &req(Opcode::Write, 2, 2, &cat(w, &data[..4096])),
+        64,
+    )
+    .unwrap();
+    assert_eq!(errno(&r), 0);
+}
+
+#[test]
+fn a_removemapping_batch_larger_than_linux_sends_is_refused() {
+    let (s, g) = started(ServerOptions {
+        dax_window_size: 1 << 30,
+        ..opts()
+    });
+    let m = RecordingMapper::default();
+    let n = vfsdax_protocol::dax::REMOVEMAPPING_MAX_ENTRIES;
+    let batch = |count: u32| {
+        let mut b = RemoveMappingIn { count }.as_slice().to_vec();
+        for i in 0..count {
+            b.extend_from_slice(
+                RemoveMappingOne {
+                    moffset: u64::from(i) << 21,
+                    len: 2 << 20,
+                }
+                .as_slice(),
+            );
+        }
+        b
+    };
+    let r = send_with(
+        &s,
+        &g,
+        &req(Opcode::RemoveMapping, 1, 7, &batch(n + 1)),
+        64,
+        &m,
+    )
+    .unwrap();
+    assert_eq!(errno(&r), libc::EINVAL);
+    assert!(m.calls.lock().unwrap().is_empty());
+    let r = send_with(&s, &g, &req(Opcode::RemoveMapping, 2, 7, &batch(n)), 64, &m).unwrap();
+    assert_eq!(errno(&r), 0);
+}
+
+#[test]
+fn a_huge_readdir_buffer_is_capped() {
+    let (s, g) = started(opts());
+    let arg = read_in(0, u32::MAX);
+    // All the room the test memory has (1.5 MiB), more than the cap.
+    let room = (super::testutil::MEM_END - super::testutil::REPLY_ADDR) as u32;
+    let r = send(&s, &g, &req(Opcode::Readdir, 1, 1, arg.as_slice()), room).unwrap();
+    assert_eq!(errno(&r), 0);
+    let asked = s
+        .fs()
+        .calls()
+        .into_iter()
+        .find(|c| c.starts_with("readdir "))
+        .unwrap();
+    let size: usize = asked.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(size <= vfsdax_protocol::fuse::MAX_READDIR_REPLY, "{asked}");
+}
+
+#[test]
+fn a_panic_in_the_filesystem_is_answered_with_eio_and_the_server_goes_on() {
+    let (s, g) = started(opts());
+    let r = send(&s, &g, &req(Opcode::Lookup, 7, 1, b"panic\0"), 4096).unwrap();
+    assert_eq!((errno(&r), r.header.unique, r.used), (libc::EIO, 7, 16));
+    let r = send(&s, &g, &req(Opcode::Lookup, 8, 1, b"file\0"), 4096).unwrap();
+    assert_eq!(errno(&r), 0, "the next request is served");
+}

@@ -29,6 +29,10 @@ pub const COMPAT_INIT_IN_SIZE: usize = 16;
 /// Size of `fuse_setxattr_in` when `FUSE_SETXATTR_EXT` was not negotiated.
 pub const COMPAT_SETXATTR_IN_SIZE: usize = 8;
 
+/// The largest directory listing one `READDIR`/`READDIRPLUS` reply carries, whatever buffer the
+/// guest offers: 1 MiB (the most a guest asks for with `max_pages` of 4 KiB pages).
+pub const MAX_READDIR_REPLY: usize = 1 << 20;
+
 /// Declares plain-data wire structures and implements [`vm_memory::ByteValued`] for them.
 macro_rules! wire_structs {
     ($($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* })*) => {

@@ -62,6 +62,9 @@ pub(super) struct Share {
 }
 
 pub(super) fn share_with(f: impl FnOnce(&mut PassthroughConfig)) -> Share {
+    // As vfsdaxd does once its socket is bound: the guest's mode and umask decide alone.
+    // SAFETY: umask only changes the process's file mode creation mask.
+    unsafe { libc::umask(0) };
     let dir = TempDir::new();
     let mut cfg = PassthroughConfig::new(dir.path());
     f(&mut cfg);
