@@ -59,7 +59,7 @@ make_file() {
 start_daemon() {
     rm -f "$sock"
     "$bin/vfsdaxd" --socket-path "$sock" --shared-dir "$share" --cache-size 64M \
-        --truncate-guard-action unmap --sandbox none --seccomp none --log-level info \
+        --truncate-guard-action unmap --log-level info \
         >"$work/vfsdaxd.log" 2>&1 &
     daemon_pid=$!
     for _ in $(seq 100); do
@@ -79,7 +79,7 @@ run_case() {
     echo "=== $title"
     make_file
     start_daemon
-    echo "\$ vfsdaxd --socket-path $sock --shared-dir $share --cache-size 64M --truncate-guard-action unmap --sandbox none --seccomp none &"
+    echo "\$ vfsdaxd --socket-path $sock --shared-dir $share --cache-size 64M --truncate-guard-action unmap &"
     echo "\$ vfsdax-vmm --daemon-socket $sock --path $file $*"
     local status=0
     RUST_LOG=warn "$bin/vfsdax-vmm" --daemon-socket "$sock" --path "$file" "$@" \

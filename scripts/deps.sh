@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, only what is missing, and says what it did:
-#  - Debian packages: qemu-system-x86, busybox-static, cpio, libseccomp-dev, libcap-ng-dev;
+#  - Debian packages: qemu-system-x86, busybox-static, cpio, libseccomp-dev, libcap-ng-dev, and
+#    systemd for systemd-analyze and systemd-socket-activate (tests/tests/systemd.rs and
+#    package.rs check the units offline: systemd need not run);
 #  - a Debian 6.1 cloud kernel (vmlinuz + modules), extracted into a cache directory:
 #    $VFSDAX_GUEST_DIR, or target/guest-kernel/ under the repository;
 #  - a QEMU >= 11.1 from Debian sid for the DAX tests (the generic vhost-user device with a
@@ -103,7 +105,7 @@ apt_install() {
 # 1. Debian packages.
 install_packages() {
     local pkg missing=()
-    local pkgs=(qemu-system-x86 busybox-static cpio libseccomp-dev libcap-ng-dev)
+    local pkgs=(qemu-system-x86 busybox-static cpio libseccomp-dev libcap-ng-dev systemd)
     for pkg in "${pkgs[@]}"; do
         is_installed "$pkg" || missing+=("$pkg")
     done

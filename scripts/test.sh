@@ -2,7 +2,8 @@
 # Runs the whole test suite, after installing what the tests need if it is missing
 # (scripts/deps.sh: QEMU, busybox-static, the guest kernel). Extra arguments go to `cargo test`.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-# The real-guest tests start target/debug/vfsdaxd: build the binaries first.
+# Every binary, the guest-* tools of the scripts included (the tests would build vfsdaxd and
+# vfsdax-vmm themselves when missing or stale: tests/src/bins.rs).
 cargo build --workspace --bins
 cargo test --workspace "$@"
 # Style gates CI holds every change to (skip locally with VFSDAX_NO_LINT=1).

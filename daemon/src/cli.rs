@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use thiserror::Error;
 
+use crate::capabilities::{self, Modification};
+use crate::passthrough::xattrmap::{XattrMap, XattrMapError};
 use crate::sandbox::SandboxMode;
 use crate::seccomp::SeccompMode;
 
@@ -77,6 +79,20 @@ pub enum CliError {
     /// Neither a socket path nor a file descriptor was given.
     #[error("either --socket-path or --fd is needed")]
     NoSocket,
+}
+
+/// Parses `--xattrmap` ([`XattrMap::parse`]).
+pub fn parse_xattrmap(s: &str) -> Result<XattrMap, XattrMapError> {
+    XattrMap::parse(s)
+}
+
+/// `--modcaps`: changes to the default capability set, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModCaps(pub Vec<Modification>);
+
+/// Parses `--modcaps` ([`capabilities::parse_modcaps`]).
+pub fn parse_modcaps(s: &str) -> Result<ModCaps, capabilities::CapabilitiesError> {
+    capabilities::parse_modcaps(s).map(ModCaps)
 }
 
 /// Parses a size with an optional binary suffix (`K`, `M`, `G`, `T`, case-insensitive, with or
@@ -185,6 +201,13 @@ pub struct Options {
     /// Enable extended attributes.
     #[arg(long)]
     pub xattr: bool,
+    /// Which extended attribute names the guest may use and their host names, virtiofsd's
+    /// rules (e.g. `:map::user.virtiofs.:` keeps every guest attribute under
+    /// `user.virtiofs.` on the host); implies `--xattr`. Without it: `user.*`, POSIX ACLs and
+    /// `security.capability` pass, `trusted.*` is refused, other `security.*` and `system.*`
+    /// are unsupported.
+    #[arg(long, value_name = "MAP", value_parser = parse_xattrmap)]
+    pub xattrmap: Option<XattrMap>,
     /// Refuse every write to the share.
     #[arg(long)]
     pub readonly: bool,
@@ -211,14 +234,21 @@ pub struct Options {
     /// Print the vhost-user backend capabilities as JSON and exit.
     #[arg(long, exclusive = true)]
     pub print_capabilities: bool,
-    /// Process sandbox before serving: `namespace` (new mount, PID, network and IPC namespaces
-    /// with the share as the root; needs CAP_SYS_ADMIN), `chroot` (chroot into the share) or
-    /// `none` (the last value given wins).
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxMode::None, overrides_with = "sandbox")]
+    /// Process sandbox before serving: `namespace` (the default: new mount, PID, network and
+    /// IPC namespaces with the share as the root; needs CAP_SYS_ADMIN), `chroot` (chroot into
+    /// the share; needs CAP_SYS_CHROOT) or `none` (the last value given wins).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxMode::Namespace, overrides_with = "sandbox")]
     pub sandbox: SandboxMode,
+    /// Change the capabilities the daemon keeps once it serves (by default virtiofsd's set:
+    /// chown, dac_override, fowner, fsetid, mknod, setfcap, setgid, setuid), e.g.
+    /// `--modcaps=+sys_ptrace:-mknod`.
+    #[arg(long, value_name = "CAPS", value_parser = parse_modcaps, default_value = "")]
+    pub modcaps: ModCaps,
     /// Seccomp filter: what happens to a system call outside the daemon's allowlist once it
-    /// waits for the frontend (x86_64 only; the last value given wins).
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::None, overrides_with = "seccomp")]
+    /// waits for the frontend: `kill` the process (the default), `trap` (log it, fail the
+    /// call), `log` (allow and have the kernel log it) or `none` (x86_64 only; the last value
+    /// given wins).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Kill, overrides_with = "seccomp")]
     pub seccomp: SeccompMode,
 }
 
@@ -234,7 +264,7 @@ impl Options {
 
 /// The JSON `--print-capabilities` prints (vhost-user "backend program conventions").
 pub fn capabilities_json() -> &'static str {
-    "{\n  \"type\": \"fs\",\n  \"features\": [\n  ]\n}"
+    "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}"
 }
 
 #[cfg(test)]
@@ -319,16 +349,20 @@ mod tests {
             assert_eq!(o.sandbox, mode, "--sandbox {arg}");
         }
         let o = parse(&["--socket-path=/s", "--shared-dir=/"]).unwrap();
-        assert_eq!(o.sandbox, SandboxMode::None, "the default");
+        assert_eq!(
+            o.sandbox,
+            SandboxMode::Namespace,
+            "the default, as virtiofsd's"
+        );
         // A later value replaces an earlier one (wrappers append to a default command line).
         let o = parse(&[
             "--socket-path=/s",
             "--shared-dir=/",
-            "--sandbox=none",
             "--sandbox=namespace",
+            "--sandbox=none",
         ])
         .unwrap();
-        assert_eq!(o.sandbox, SandboxMode::Namespace, "the last value wins");
+        assert_eq!(o.sandbox, SandboxMode::None, "the last value wins");
         let e = parse(&["--socket-path=/s", "--shared-dir=/", "--sandbox", "jail"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
     }
@@ -346,15 +380,15 @@ mod tests {
             assert_eq!(o.seccomp, mode, "--seccomp {arg}");
         }
         let o = parse(&["--socket-path=/s", "--shared-dir=/"]).unwrap();
-        assert_eq!(o.seccomp, SeccompMode::None, "the default");
+        assert_eq!(o.seccomp, SeccompMode::Kill, "the default, as virtiofsd's");
         let o = parse(&[
             "--socket-path=/s",
             "--shared-dir=/",
-            "--seccomp=none",
             "--seccomp=kill",
+            "--seccomp=none",
         ])
         .unwrap();
-        assert_eq!(o.seccomp, SeccompMode::Kill, "the last value wins");
+        assert_eq!(o.seccomp, SeccompMode::None, "the last value wins");
         let e = parse(&["--socket-path=/s", "--shared-dir=/", "--seccomp", "allow"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
     }

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod capabilities;
 pub mod cli;
 pub mod dax;
 pub mod filesystem;

@@ -12,11 +12,13 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use vfsdax_daemon::backend::{DeviceConfig, FsBackend};
+use vfsdax_daemon::capabilities;
 use vfsdax_daemon::cli::{self, CacheMode, Options, TruncateGuard, TruncateGuardAction};
 use vfsdax_daemon::dax::Guarding;
 use vfsdax_daemon::filesystem::FileSystem;
-use vfsdax_daemon::guard::{EventSink, GuardEvent, TruncationGuard};
+use vfsdax_daemon::guard::{EventSink, GuardEvent, GuardSetup, TruncationGuard};
 use vfsdax_daemon::guest_log;
+use vfsdax_daemon::passthrough::xattrmap::XattrMap;
 use vfsdax_daemon::passthrough::{CachePolicy, PassthroughConfig, PassthroughFs};
 use vfsdax_daemon::sandbox::{self, SandboxMode, SocketFiles};
 use vfsdax_daemon::seccomp::Filter;
@@ -98,7 +100,20 @@ fn run(opts: Options) -> Result<(), String> {
             files.remove();
         }
     };
-    let sandbox = sandbox::enter(opts.sandbox, &shared_dir, &on_exit).map_err(|e| chain(&e))?;
+    // The guard's fanotify group needs CAP_SYS_ADMIN: made before the capabilities go.
+    let mut guard_setup =
+        (opts.cache_size > 0 && opts.truncate_guard != TruncateGuard::Off).then(GuardSetup::open);
+    // Under namespace the supervisor reads the guard's events: it sees the truncating host
+    // processes the daemon's PID namespace hides.
+    let duty: Option<Box<dyn sandbox::SupervisorDuty>> = match guard_setup.as_mut() {
+        Some(setup) if opts.sandbox == SandboxMode::Namespace => setup
+            .relay()
+            .map_err(|e| format!("cannot relay the truncation guard's events: {e}"))?
+            .map(|r| Box::new(r) as Box<dyn sandbox::SupervisorDuty>),
+        _ => None,
+    };
+    let sandbox =
+        sandbox::enter(opts.sandbox, &shared_dir, &on_exit, duty).map_err(|e| chain(&e))?;
     if sandboxed {
         log::info!(
             "sandbox entered (--sandbox {}): {} is the root",
@@ -106,6 +121,13 @@ fn run(opts: Options) -> Result<(), String> {
             shared_dir.display()
         );
     }
+    // Still one thread: every thread started from here on inherits the reduced sets.
+    let keep = capabilities::keep(&opts.modcaps.0);
+    capabilities::drop_all_but(&keep, sandbox.proc_self_fd.as_ref()).map_err(|e| chain(&e))?;
+    log::info!(
+        "capabilities kept: {}",
+        capabilities::names(&keep).join(" ")
+    );
     let fs_cfg = PassthroughConfig {
         cache: match opts.cache {
             CacheMode::Auto => CachePolicy::Auto,
@@ -113,7 +135,11 @@ fn run(opts: Options) -> Result<(), String> {
             CacheMode::Never => CachePolicy::Never,
             CacheMode::Metadata => CachePolicy::Metadata,
         },
-        xattr: opts.xattr,
+        xattr: opts.xattr || opts.xattrmap.is_some(),
+        xattr_map: opts
+            .xattrmap
+            .clone()
+            .unwrap_or_else(XattrMap::default_policy),
         readonly: opts.readonly,
         announce_submounts: opts.announce_submounts,
         writeback: opts.writeback,
@@ -136,7 +162,7 @@ fn run(opts: Options) -> Result<(), String> {
             max_write: MAX_WRITE,
             writeback: opts.writeback,
             announce_submounts: opts.announce_submounts,
-            xattr: opts.xattr,
+            xattr: opts.xattr || opts.xattrmap.is_some(),
             inode_dax: opts.cache_size > 0,
         },
     ));
@@ -154,7 +180,7 @@ fn run(opts: Options) -> Result<(), String> {
 
     // Before seccomp (and before capabilities go): creating the fanotify groups needs
     // CAP_SYS_ADMIN.
-    let _guard = start_truncation_guard(&opts, &server, &backend);
+    let _guard = start_truncation_guard(guard_setup, &opts, &server, &backend);
 
     if !sandboxed {
         notify_ready();
@@ -181,9 +207,10 @@ fn run(opts: Options) -> Result<(), String> {
     log::info!(
         "sharing {} on {}, waiting for the frontend",
         shared_dir.display(),
-        opts.socket_path
-            .as_deref()
-            .map_or_else(|| format!("fd {:?}", opts.fd), |p| p.display().to_string())
+        opts.socket_path.as_deref().map_or_else(
+            || format!("fd {}", opts.fd.unwrap_or(-1)),
+            |p| p.display().to_string()
+        )
     );
     daemon
         .start(&mut listening.socket.listener)
@@ -243,10 +270,10 @@ impl Drop for Listening {
     }
 }
 
-/// Binds `--socket-path` (giving it to `--socket-group`) or takes over `--fd`.
 /// Starts the truncation guard for a DAX window (`--truncate-guard`, on by default); its
 /// reports are logged as JSON lines, rate-limited (a guest can trigger them).
 fn start_truncation_guard(
+    setup: Option<GuardSetup>,
     opts: &Options,
     server: &Server<PassthroughFs>,
     backend: &FsBackend<PassthroughFs>,
@@ -256,6 +283,7 @@ fn start_truncation_guard(
         log::info!("truncation guard off (--truncate-guard off): a host truncation under a live DAX mapping reaches the VMM");
         return None;
     }
+    let setup = setup?;
     let action = match opts.truncate_guard_action {
         TruncateGuardAction::Zero => GuardAction::Zero,
         TruncateGuardAction::Unmap => GuardAction::Unmap,
@@ -291,7 +319,15 @@ fn start_truncation_guard(
     });
     let required = opts.truncate_guard == TruncateGuard::Required;
     let proc_self_fd = server.fs().proc_self_fd().ok();
-    match TruncationGuard::start(dax, backend.mapper(), action, required, proc_self_fd, sink) {
+    match TruncationGuard::start(
+        setup,
+        dax,
+        backend.mapper(),
+        action,
+        required,
+        proc_self_fd,
+        sink,
+    ) {
         Ok(g) => {
             for e in g.setup_errors() {
                 log::warn!("truncation guard: {e}");
@@ -334,6 +370,7 @@ fn log_dax_stats(server: &Server<PassthroughFs>) {
     }
 }
 
+/// Binds `--socket-path` (giving it to `--socket-group`) or takes over `--fd`.
 fn listen(opts: &Options) -> Result<Listening, String> {
     match (&opts.socket_path, opts.fd) {
         (Some(path), _) => {

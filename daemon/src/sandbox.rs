@@ -1,5 +1,5 @@
-//! Process sandbox (`--sandbox namespace|chroot|none`, virtiofsd's values; the default here
-//! is `none`).
+//! Process sandbox (`--sandbox namespace|chroot|none`, virtiofsd's values and default,
+//! `namespace`).
 //!
 //! - `namespace`: new mount, PID, network and IPC namespaces (`unshare`). The daemon forks
 //!   into the new PID namespace and the parent stays outside as a supervisor
@@ -33,16 +33,16 @@ use thiserror::Error;
 
 mod supervisor;
 
-pub use supervisor::{exit_as, ExitAs};
+pub use supervisor::{exit_as, ExitAs, SupervisorDuty};
 
 /// How the daemon confines itself before it serves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SandboxMode {
     /// No sandbox.
-    #[default]
     None,
     /// New mount, PID, network and IPC namespaces with the share as the root (needs
-    /// `CAP_SYS_ADMIN`).
+    /// `CAP_SYS_ADMIN`); the default.
+    #[default]
     Namespace,
     /// `chroot` into the share (needs `CAP_SYS_CHROOT`).
     Chroot,
@@ -143,11 +143,13 @@ pub struct Sandbox {
 /// call inside the sandbox; the parent never returns: it forwards SIGTERM and SIGINT to the
 /// child, runs `on_exit` once the child ended and exits the same way ([`exit_as`]). The
 /// parent enters no namespace but the child's PID one (as its parent, not its member) and
-/// keeps the host's root, so paths still mean what they meant for `on_exit`.
+/// keeps the host's root, so paths still mean what they meant for `on_exit`. It also serves
+/// `duty` (ignored by the other modes, which have no supervisor); the child closes it.
 pub fn enter(
     mode: SandboxMode,
     shared_dir: &Path,
     on_exit: &dyn Fn(),
+    mut duty: Option<Box<dyn SupervisorDuty>>,
 ) -> Result<Sandbox, SandboxError> {
     if mode == SandboxMode::None {
         return Ok(Sandbox {
@@ -199,8 +201,11 @@ pub fn enter(
             }
             Step::ForkPidNamespace => {
                 match supervisor::fork().map_err(step_err("fork into the PID namespace".into()))? {
-                    supervisor::Forked::Child => {}
-                    supervisor::Forked::Parent(child) => supervisor::supervise(child, on_exit),
+                    // The duty's descriptors are the supervisor's alone.
+                    supervisor::Forked::Child => drop(duty.take()),
+                    supervisor::Forked::Parent(child) => {
+                        supervisor::supervise(child, on_exit, duty.take())
+                    }
                 }
             }
             Step::MountProc => mount(
@@ -243,6 +248,36 @@ pub fn enter(
 /// How many threads the process runs (entries of `/proc/self/task`).
 pub fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// How many threads the process runs, read through `proc_self_fd` (a descriptor of
+/// `/proc/self/fd`, reachable inside the sandbox) when given, else by path.
+pub fn thread_count_at(proc_self_fd: Option<&File>) -> io::Result<usize> {
+    let Some(dir) = proc_self_fd else {
+        return thread_count();
+    };
+    // SAFETY: openat reads the NUL-terminated name; `dir` is an open directory descriptor.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c"../status".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    let status = io::read_to_string(unsafe { File::from_raw_fd(fd) })?;
+    threads_in_status(&status).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The `Threads:` field of a `/proc/<pid>/status` text.
+pub fn threads_in_status(status: &str) -> Option<usize> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A file's identity: its `(st_dev, st_ino)`.
@@ -409,7 +444,7 @@ mod tests {
     #[test]
     fn none_does_nothing() {
         assert!(steps(SandboxMode::None).is_empty());
-        let s = enter(SandboxMode::None, Path::new("relative/share"), &|| {}).expect("none");
+        let s = enter(SandboxMode::None, Path::new("relative/share"), &|| {}, None).expect("none");
         assert!(s.proc_self_fd.is_none());
         assert_eq!(s.share, Path::new("relative/share"));
     }
@@ -480,7 +515,7 @@ mod tests {
         assert!(thread_count().expect("count") > 1);
         let dir = std::env::temp_dir();
         for mode in [SandboxMode::Namespace, SandboxMode::Chroot] {
-            match enter(mode, &dir, &|| {}) {
+            match enter(mode, &dir, &|| {}, None) {
                 Err(SandboxError::Threads(n)) => assert!(n > 1),
                 other => panic!("{mode:?}: expected Threads, got {other:?}"),
             }
@@ -489,7 +524,8 @@ mod tests {
             enter(
                 SandboxMode::Chroot,
                 Path::new("/no/such/vfsdax/share"),
-                &|| {}
+                &|| {},
+                None
             ),
             Err(SandboxError::Share(..))
         ));

@@ -1,58 +1,52 @@
-//! Seccomp confinement (`--seccomp none|log|trap|kill`, virtiofsd's values).
+//! Seccomp confinement (`--seccomp kill|trap|log|none`, virtiofsd's values and default,
+//! `kill`).
 //!
-//! The filter is a classic-BPF program built here by hand: it checks that the system call comes
-//! from the x86_64 ABI, then compares the call number against an allowlist
-//! ([`allowed_syscalls`]) of what the daemon does once the share is open and the socket bound.
-//! A listed call is allowed; anything else (or another ABI) gets the mode's action: logged and
-//! allowed (`log`), refused with `SIGSYS` (`trap`; the daemon reports the call on stderr and the
-//! call fails with `ENOSYS`), or the whole process killed (`kill`).
+//! The filter is built with rust-vmm's `seccompiler` from the allowlist ([`allowlist`]) of what
+//! the daemon does once the share is open and the socket bound: calls of another architecture
+//! (or x86_64's x32 ABI) and unlisted calls get the mode's action: logged and allowed (`log`),
+//! refused with `SIGSYS` (`trap`; the daemon reports the call on stderr and the call fails with
+//! `ENOSYS`), or the whole process killed (`kill`). `ioctl`, `clone` and `prctl` are allowed
+//! only with the arguments the daemon uses. A second, one-call filter makes `clone3` fail with
+//! `ENOSYS`: its flags lie in memory no filter can read, and the C library then uses `clone`,
+//! whose flags the first filter checks (only threads, no new process).
 //!
-//! [`Filter::new`] builds the program (pure, allocates); [`Filter::apply`] installs it for every
-//! thread of the process (`SECCOMP_FILTER_FLAG_TSYNC`) after `PR_SET_NO_NEW_PRIVS`, without
-//! allocating.
+//! [`Filter::new`] builds both programs (pure, allocates); [`Filter::apply`] installs them for
+//! every thread of the process (`SECCOMP_FILTER_FLAG_TSYNC`, after `PR_SET_NO_NEW_PRIVS`),
+//! without allocating.
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod allowlist;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::io;
-use std::mem::offset_of;
 
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
 use thiserror::Error;
-
-/// `AUDIT_ARCH_X86_64` (`EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`), the `arch` a
-/// 64-bit x86 system call carries in `seccomp_data`.
-pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-
-/// The x32 ABI's bit in the system call number (same `arch` as x86_64); never allowed.
-pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-
-/// Longest allowlist [`build_program`] encodes: a BPF jump offset is one byte.
-pub const MAX_ALLOWED: usize = 255;
 
 /// What happens to a system call that is not on the allowlist.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SeccompMode {
     /// No filter.
-    #[default]
     None,
     /// Allow the call and have the kernel log it (audit type 1326).
     Log,
     /// Refuse the call with SIGSYS: vfsdaxd reports it on stderr and the call fails with ENOSYS.
     Trap,
-    /// Kill the whole process.
+    /// Kill the whole process; the default.
+    #[default]
     Kill,
 }
 
 impl SeccompMode {
-    /// The filter's return value for a call that is not allowed, or `None` without a filter.
-    pub fn default_action(self) -> Option<u32> {
+    /// The action for a call that is not allowed, or `None` without a filter.
+    pub fn mismatch_action(self) -> Option<SeccompAction> {
         match self {
             SeccompMode::None => None,
-            SeccompMode::Log => Some(libc::SECCOMP_RET_LOG),
-            SeccompMode::Trap => Some(libc::SECCOMP_RET_TRAP),
-            SeccompMode::Kill => Some(libc::SECCOMP_RET_KILL_PROCESS),
+            SeccompMode::Log => Some(SeccompAction::Log),
+            SeccompMode::Trap => Some(SeccompAction::Trap),
+            SeccompMode::Kill => Some(SeccompAction::KillProcess),
         }
     }
 }
@@ -60,172 +54,135 @@ impl SeccompMode {
 /// Errors building or installing the filter.
 #[derive(Debug, Error)]
 pub enum SeccompError {
-    /// The allowlist is only written for x86_64.
-    #[error("seccomp filters are only built for x86_64, not {0}; run with --seccomp none")]
+    /// No allowlist is written for this architecture.
+    #[error(
+        "seccomp filters are only built for x86_64 and aarch64, not {0}; run with --seccomp none"
+    )]
     UnsupportedArch(&'static str),
-    /// Too many system calls for the one-byte jump offsets of the linear program.
-    #[error("the allowlist has {0} system calls, more than the {MAX_ALLOWED} one filter holds")]
-    TooManySyscalls(usize),
-    /// `prctl(PR_SET_NO_NEW_PRIVS)` failed.
-    #[error("cannot set no_new_privs before installing the seccomp filter")]
-    NoNewPrivs(#[source] io::Error),
+    /// The rules do not make a filter.
+    #[error("cannot build the seccomp filter")]
+    Build(#[source] seccompiler::BackendError),
     /// The `SIGSYS` handler for `trap` could not be installed.
     #[error("cannot install the SIGSYS handler for --seccomp trap")]
     TrapHandler(#[source] io::Error),
-    /// `seccomp(SECCOMP_SET_MODE_FILTER)` failed.
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` or `seccomp(SECCOMP_SET_MODE_FILTER)` failed.
     #[error("cannot install the seccomp filter")]
-    Install(#[source] io::Error),
-    /// `SECCOMP_FILTER_FLAG_TSYNC` could not synchronise this thread id (which runs another
-    /// filter).
-    #[error("cannot apply the seccomp filter to thread {0}")]
-    Tsync(libc::c_long),
+    Install(#[source] seccompiler::Error),
 }
 
-/// Byte offset of the system call number in `struct seccomp_data`.
-pub const NR_OFFSET: u32 = offset_of!(libc::seccomp_data, nr) as u32;
-/// Byte offset of the audit architecture in `struct seccomp_data`.
-pub const ARCH_OFFSET: u32 = offset_of!(libc::seccomp_data, arch) as u32;
+/// A call allowed only with some arguments: its name, number and rules (any rule matching
+/// allows it).
+pub type ArgRules = (&'static str, libc::c_long, Vec<SeccompRule>);
 
-/// `BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offset)`: load the 32-bit word at `offset`.
-fn load(offset: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-        jt: 0,
-        jf: 0,
-        k: offset,
-    }
+/// Every allowed call by name and number: those allowed whatever their arguments, then those
+/// allowed with some ([`allowed_with_arguments`]).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub fn allowed_syscalls() -> Vec<(&'static str, libc::c_long)> {
+    allowlist::COMMON
+        .iter()
+        .chain(allowlist::ARCH)
+        .copied()
+        .collect()
 }
 
-/// `BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, k, jt, jf)`.
-fn jump_eq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    }
+/// The calls allowed only with some arguments, with their rules.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub fn allowed_with_arguments() -> Result<Vec<ArgRules>, SeccompError> {
+    allowlist::conditional().map_err(SeccompError::Build)
 }
 
-/// `BPF_STMT(BPF_RET | BPF_K, action)`.
-fn ret(action: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: action,
-    }
+/// This binary's architecture for seccompiler.
+fn target_arch() -> Result<TargetArch, SeccompError> {
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|_| SeccompError::UnsupportedArch(std::env::consts::ARCH))
 }
 
-/// Builds the filter: calls of architecture `arch` whose number is in `allowed` return
-/// `SECCOMP_RET_ALLOW`, everything else `default_action`.
-///
-/// Layout (`n` = `allowed.len()`, `n + 6` instructions):
-/// ```text
-/// 0      ld  [arch]
-/// 1      jeq #arch, 1, 0        ; skip the next instruction on a match
-/// 2      ret #default           ; another ABI
-/// 3      ld  [nr]
-/// 4+k    jeq #allowed[k], n-k, 0  ; to "ret #ALLOW"
-/// 4+n    ret #default
-/// 5+n    ret #ALLOW
-/// ```
-pub fn build_program(
-    arch: u32,
-    allowed: &[u32],
-    default_action: u32,
-) -> Result<Vec<libc::sock_filter>, SeccompError> {
-    let n = allowed.len();
-    if n > MAX_ALLOWED {
-        return Err(SeccompError::TooManySyscalls(n));
-    }
-    let mut prog = Vec::with_capacity(n + 6);
-    prog.push(load(ARCH_OFFSET));
-    prog.push(jump_eq(arch, 1, 0));
-    prog.push(ret(default_action));
-    prog.push(load(NR_OFFSET));
-    for (k, &nr) in allowed.iter().enumerate() {
-        // n - k <= n <= MAX_ALLOWED = u8::MAX, checked above.
-        prog.push(jump_eq(nr, (n - k) as u8, 0));
-    }
-    prog.push(ret(default_action));
-    prog.push(ret(libc::SECCOMP_RET_ALLOW));
-    Ok(prog)
+/// The main filter: `rules` allowed, everything else `mismatch`.
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    on_match: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    SeccompFilter::new(rules, mismatch, on_match, target_arch()?)
+        .and_then(BpfProgram::try_from)
+        .map_err(SeccompError::Build)
 }
 
-/// The system calls the daemon makes after [`Filter::apply`], by name and x86_64 number.
-#[cfg(target_arch = "x86_64")]
-pub fn allowed_syscalls() -> &'static [(&'static str, libc::c_long)] {
-    allowlist::ALLOWED
-}
-
-/// A built filter, ready to install.
+/// The built filters, ready to install.
 #[derive(Debug)]
 pub struct Filter {
     mode: SeccompMode,
-    program: Vec<libc::sock_filter>,
+    program: BpfProgram,
+    clone3: BpfProgram,
 }
 
 impl Filter {
-    /// Builds the filter for `mode`; `None` for [`SeccompMode::None`].
+    /// Builds the filters for `mode`; `None` for [`SeccompMode::None`].
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub fn new(mode: SeccompMode) -> Result<Option<Filter>, SeccompError> {
-        let Some(action) = mode.default_action() else {
+        let Some(mismatch) = mode.mismatch_action() else {
             return Ok(None);
         };
-        let program = build_program(AUDIT_ARCH_X86_64, &native_allowlist()?, action)?;
-        Ok(Some(Filter { mode, program }))
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
+            .into_iter()
+            .map(|(_, nr)| (nr, Vec::new()))
+            .collect();
+        for (_, nr, r) in allowed_with_arguments()? {
+            rules.insert(nr, r);
+        }
+        let program = compile(rules, mismatch, SeccompAction::Allow)?;
+        let clone3 = compile(
+            [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+        )?;
+        Ok(Some(Filter {
+            mode,
+            program,
+            clone3,
+        }))
     }
 
-    /// The BPF program.
+    /// No allowlist for this architecture.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    pub fn new(mode: SeccompMode) -> Result<Option<Filter>, SeccompError> {
+        match mode {
+            SeccompMode::None => Ok(None),
+            _ => Err(SeccompError::UnsupportedArch(std::env::consts::ARCH)),
+        }
+    }
+
+    /// The main BPF program.
     pub fn program(&self) -> &[libc::sock_filter] {
-        &self.program
+        // seccompiler's instruction is `struct sock_filter`, field for field.
+        as_sock_filters(&self.program)
     }
 
-    /// Installs the filter for every thread of the process (and the threads they start).
+    /// The `clone3` program.
+    pub fn clone3_program(&self) -> &[libc::sock_filter] {
+        as_sock_filters(&self.clone3)
+    }
+
+    /// Installs the filters for every thread of the process (and the threads they start).
     /// Allocates nothing, so it may run in a child between `fork` and `_exit`.
     pub fn apply(&self) -> Result<(), SeccompError> {
-        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only and changes no memory.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(SeccompError::NoNewPrivs(io::Error::last_os_error()));
-        }
         if self.mode == SeccompMode::Trap {
             install_sigsys_handler().map_err(SeccompError::TrapHandler)?;
         }
-        let prog = libc::sock_fprog {
-            // At most MAX_ALLOWED + 6 instructions (build_program), which fits in u16.
-            len: self.program.len() as libc::c_ushort,
-            filter: self.program.as_ptr().cast_mut(),
-        };
-        // SAFETY: `prog` points to `len` initialised instructions that outlive the call; the
-        // kernel copies the program and never writes through the pointer.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_TSYNC,
-                &prog as *const libc::sock_fprog,
-            )
-        };
-        match r {
-            0 => Ok(()),
-            r if r > 0 => Err(SeccompError::Tsync(r)),
-            _ => Err(SeccompError::Install(io::Error::last_os_error())),
-        }
+        seccompiler::apply_filter_all_threads(&self.clone3).map_err(SeccompError::Install)?;
+        seccompiler::apply_filter_all_threads(&self.program).map_err(SeccompError::Install)
     }
 }
 
-/// The allowlist's numbers for the architecture this binary runs on.
-#[cfg(target_arch = "x86_64")]
-fn native_allowlist() -> Result<Vec<u32>, SeccompError> {
-    // x86_64 system call numbers are small and positive.
-    Ok(allowed_syscalls()
-        .iter()
-        .map(|&(_, nr)| nr as u32)
-        .collect())
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn native_allowlist() -> Result<Vec<u32>, SeccompError> {
-    Err(SeccompError::UnsupportedArch(std::env::consts::ARCH))
+/// A seccompiler program as the kernel's instruction type.
+fn as_sock_filters(p: &BpfProgram) -> &[libc::sock_filter] {
+    const _: () = assert!(
+        std::mem::size_of::<seccompiler::sock_filter>() == std::mem::size_of::<libc::sock_filter>()
+    );
+    // SAFETY: both are `#[repr(C)]` `struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; }`
+    // (same size, checked above, same field order and types), so the slice reinterprets the
+    // same initialised memory for the same length and lifetime.
+    unsafe { std::slice::from_raw_parts(p.as_ptr().cast::<libc::sock_filter>(), p.len()) }
 }
 
 /// Installs the `SIGSYS` handler of `--seccomp trap`.

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         ConnectOptions {
             reply_ack: true,
             observer: None,
+            ..Default::default()
         },
     ) {
         Ok(c) => c,

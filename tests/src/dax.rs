@@ -114,42 +114,50 @@ pub fn start_dax_with(opts: &DaemonOptions, init_flags: u64) -> DaxSession {
         extra_args: args,
         ..opts.clone()
     };
-    let mut s = Session::start_with(&dopts, ClientOptions::default());
-    let proto = s.client.frontend().protocol_features();
-    for f in [
-        VhostUserProtocolFeatures::SHMEM,
-        VhostUserProtocolFeatures::BACKEND_REQ,
-        VhostUserProtocolFeatures::BACKEND_SEND_FD,
-        VhostUserProtocolFeatures::REPLY_ACK,
-    ] {
-        assert!(proto.contains(f), "{f:?} not negotiated: {proto:?}");
-    }
-    let conn = connect(
-        s.client.frontend_mut().frontend_mut(),
-        ConnectOptions {
-            reply_ack: true,
-            observer: None,
-        },
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "dax::connect: {}\ndaemon log:\n{}",
-            error_chain(&e),
-            s.daemon.log_text()
-        )
-    });
+    let s = Session::start_with(&dopts, ClientOptions::default());
+    let mut d = DaxSession::attach(s);
     if !own_size {
-        assert_eq!(conn.window().size(), WINDOW, "GET_SHMEM_CONFIG region 0");
+        assert_eq!(d.conn.window().size(), WINDOW, "GET_SHMEM_CONFIG region 0");
     }
     if init_flags != 0 {
-        s.client
+        d.s.client
             .init_with(7, 38, init_flags)
             .expect("INIT with the given flags");
     }
-    DaxSession { conn, s }
+    d
 }
 
 impl DaxSession {
+    /// Connects the glue's window to the daemon of an initialised session (`vfsdaxd
+    /// --cache-size`) as the backend request handler.
+    pub fn attach(mut s: Session) -> DaxSession {
+        let proto = s.client.frontend().protocol_features();
+        for f in [
+            VhostUserProtocolFeatures::SHMEM,
+            VhostUserProtocolFeatures::BACKEND_REQ,
+            VhostUserProtocolFeatures::BACKEND_SEND_FD,
+            VhostUserProtocolFeatures::REPLY_ACK,
+        ] {
+            assert!(proto.contains(f), "{f:?} not negotiated: {proto:?}");
+        }
+        let conn = connect(
+            s.client.frontend_mut().frontend_mut(),
+            ConnectOptions {
+                reply_ack: true,
+                observer: None,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "dax::connect: {}\ndaemon log:\n{}",
+                error_chain(&e),
+                s.daemon.log_text()
+            )
+        });
+        DaxSession { conn, s }
+    }
+
     /// The window's host address.
     pub fn base(&self) -> u64 {
         self.conn.window().host_addr()

@@ -2,8 +2,9 @@
 //! start the real daemon on a temporary socket and share, connect the host-side driver
 //! ([`vfsdax_vmm_glue::driver`]) to it, and compare replies with the host filesystem.
 //!
-//! The daemon is `<target dir>/debug/vfsdaxd` next to the test binary, or the program named by
-//! the environment variable `VFSDAX_DAEMON` (e.g. the reference peer virtiofsd).
+//! The daemon is `vfsdaxd` in the cargo profile directory of the test binary (built first when it
+//! is missing or stale, [`crate::bins`]), or the program named by the environment variable
+//! `VFSDAX_DAEMON` (e.g. the reference peer virtiofsd).
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -20,12 +21,12 @@ pub const DAEMON_ENV: &str = "VFSDAX_DAEMON";
 /// Errors of the harness set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    /// The daemon binary was not found.
-    #[error("daemon binary {0} not found: build it first (`cargo build -p vfsdax-daemon`) or set VFSDAX_DAEMON")]
+    /// The daemon named by `VFSDAX_DAEMON` does not exist.
+    #[error("daemon binary {0} (VFSDAX_DAEMON) not found")]
     NoDaemon(PathBuf),
-    /// The test binary's own path is unknown.
-    #[error("cannot locate the test binary")]
-    CurrentExe(#[source] std::io::Error),
+    /// `vfsdaxd` could not be built.
+    #[error("cannot provide vfsdaxd")]
+    Build(#[source] crate::bins::BuildError),
     /// A temporary directory could not be made.
     #[error("cannot create the temporary directory {path}")]
     TempDir {
@@ -100,8 +101,9 @@ impl Drop for TempDir {
     }
 }
 
-/// The daemon program: `$VFSDAX_DAEMON`, else `vfsdaxd` in the target directory's `debug/`
-/// (test binaries run from `target/debug/deps`).
+/// The daemon program: `$VFSDAX_DAEMON`, else `vfsdaxd` in the test binary's cargo profile
+/// directory (test binaries run from `target/debug/deps`), built first if it is missing or
+/// older than its sources.
 pub fn daemon_program() -> Result<PathBuf, HarnessError> {
     if let Some(p) = std::env::var_os(DAEMON_ENV) {
         let p = PathBuf::from(p);
@@ -111,17 +113,7 @@ pub fn daemon_program() -> Result<PathBuf, HarnessError> {
             Err(HarnessError::NoDaemon(p))
         };
     }
-    let exe = std::env::current_exe().map_err(HarnessError::CurrentExe)?;
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
-    let p = dir.join("vfsdaxd");
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(HarnessError::NoDaemon(p))
-    }
+    crate::bins::built(crate::bins::Bin::Vfsdaxd).map_err(HarnessError::Build)
 }
 
 /// Whether the daemon under test is the reference peer virtiofsd (for printing known
@@ -148,27 +140,29 @@ pub struct DaemonOptions {
     pub temp_in: Option<PathBuf>,
 }
 
-/// A running daemon on a temporary socket, sharing a temporary directory.
+/// The temporary directory of one daemon: the share (`share/`, empty), a directory next to it
+/// (`outside/`), and the paths of the socket (`vhost.sock`) and of the daemon's log
+/// (`daemon.log`). Removed with the [`Daemon`] that gets it.
 #[derive(Debug)]
-pub struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    share: PathBuf,
-    log: PathBuf,
-    tmp: TempDir,
+pub struct DaemonDirs {
+    /// The directory holding the rest.
+    pub tmp: TempDir,
+    /// The share.
+    pub share: PathBuf,
+    /// The vhost-user socket.
+    pub socket: PathBuf,
+    /// The daemon's output.
+    pub log: PathBuf,
 }
 
-impl Daemon {
-    /// Starts the daemon and waits for its socket.
-    pub fn start(opts: &DaemonOptions) -> Result<Self, HarnessError> {
-        let program = daemon_program()?;
-        let tmp = match &opts.temp_in {
+impl DaemonDirs {
+    /// Makes them under `parent` (default: the system temp dir).
+    pub fn new(parent: Option<&Path>) -> Result<Self, HarnessError> {
+        let tmp = match parent {
             Some(parent) => TempDir::new_in(parent, "vfsdax-harness")?,
             None => TempDir::new("vfsdax-harness")?,
         };
         let share = tmp.path().join("share");
-        let socket = tmp.path().join("vhost.sock");
-        let log = tmp.path().join("daemon.log");
         let mk = |p: &Path| {
             std::fs::create_dir(p).map_err(|source| HarnessError::TempDir {
                 path: p.to_path_buf(),
@@ -177,6 +171,89 @@ impl Daemon {
         };
         mk(&share)?;
         mk(&tmp.path().join("outside"))?;
+        Ok(DaemonDirs {
+            share,
+            socket: tmp.path().join("vhost.sock"),
+            log: tmp.path().join("daemon.log"),
+            tmp,
+        })
+    }
+}
+
+/// A running daemon on a temporary socket, sharing a temporary directory.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    share: PathBuf,
+    log: PathBuf,
+    tmp: TempDir,
+    /// Under `--sandbox namespace` the process started supervises the one that serves.
+    supervised: bool,
+}
+
+/// The `--sandbox` mode `args` select (the last one given; the default is `namespace`, for
+/// vfsdaxd as for virtiofsd).
+pub fn sandbox_mode(args: &[String]) -> String {
+    let mut mode = "namespace".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--sandbox" {
+            if let Some(v) = it.next() {
+                mode = v.clone();
+            }
+        } else if let Some(v) = a.strip_prefix("--sandbox=") {
+            mode = v.to_string();
+        }
+    }
+    mode
+}
+
+/// Whether the tests run as root (the daemon then holds capabilities to drop).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The children of process `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+impl Daemon {
+    /// Starts the daemon and waits for its socket.
+    pub fn start(opts: &DaemonOptions) -> Result<Self, HarnessError> {
+        let program = daemon_program()?;
+        let dirs = DaemonDirs::new(opts.temp_in.as_deref())?;
+        let mut cmd = Command::new(&program);
+        cmd.arg("--socket-path")
+            .arg(&dirs.socket)
+            .arg("--shared-dir")
+            .arg(&dirs.share)
+            .args(["--cache", "never"])
+            .args(["--log-level", "debug"]);
+        if opts.xattr {
+            cmd.arg("--xattr");
+        }
+        cmd.args(&opts.extra_args);
+        Self::spawn(cmd, dirs)
+    }
+
+    /// Starts `cmd`, which serves `dirs.share` on `dirs.socket` (the daemon, or a program that
+    /// runs it, such as `systemd-socket-activate`), with its standard output and error going to
+    /// `dirs.log`, and waits for the socket. The process is killed when the [`Daemon`] is
+    /// dropped.
+    pub fn spawn(mut cmd: Command, dirs: DaemonDirs) -> Result<Self, HarnessError> {
+        let DaemonDirs {
+            tmp,
+            share,
+            socket,
+            log,
+        } = dirs;
         let logfile = File::create(&log).map_err(|source| HarnessError::TempDir {
             path: log.clone(),
             source,
@@ -187,22 +264,16 @@ impl Daemon {
                 path: log.clone(),
                 source,
             })?;
-        let mut cmd = Command::new(&program);
-        cmd.arg("--socket-path")
-            .arg(&socket)
-            .arg("--shared-dir")
-            .arg(&share)
-            .args(["--cache", "never", "--sandbox", "none", "--seccomp", "none"])
-            .args(["--log-level", "debug"]);
-        if opts.xattr {
-            cmd.arg("--xattr");
-        }
-        cmd.args(&opts.extra_args)
-            .stdin(Stdio::null())
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let supervised = sandbox_mode(&args) == "namespace";
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(logfile))
             .stderr(Stdio::from(logfile2));
         let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
-            program: program.clone(),
+            program: PathBuf::from(cmd.get_program()),
             source,
         })?;
         let mut d = Daemon {
@@ -211,6 +282,7 @@ impl Daemon {
             share,
             log,
             tmp,
+            supervised,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !d.socket.exists() {
@@ -243,9 +315,29 @@ impl Daemon {
         self.tmp.path().join("outside")
     }
 
-    /// The daemon's process id (for counting its descriptors in `/proc/<pid>/fd`).
+    /// The process started (under `--sandbox namespace`, the supervisor: signals go here).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The process that serves (for its descriptors, threads, capabilities and seccomp state in
+    /// `/proc/<pid>`): under `--sandbox namespace` the supervisor's only child (waited for up
+    /// to 10 s: the socket exists before the fork), else the process started.
+    pub fn serving_pid(&self) -> u32 {
+        let pid = self.child.id();
+        if !self.supervised {
+            return pid;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let [child] = children(pid)[..] {
+                return child;
+            }
+            if Instant::now() > deadline {
+                return pid;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether the daemon process is still running.
@@ -302,6 +394,11 @@ impl Session {
             Ok(d) => d,
             Err(e) => panic!("{}", error_chain(&e)),
         };
+        Self::attach(daemon, copts)
+    }
+
+    /// Connects to a started daemon with `copts` and sends INIT.
+    pub fn attach(daemon: Daemon, copts: ClientOptions) -> Self {
         let mut client = match daemon.connect(copts) {
             Ok(c) => c,
             Err(e) => panic!("{}\ndaemon log:\n{}", error_chain(&e), daemon.log_text()),

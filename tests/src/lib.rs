@@ -1,5 +1,7 @@
 //! Test support.
+pub mod bins;
 pub mod dax;
 pub mod guest;
 pub mod harness;
+pub mod systemd;
 pub mod workload;

@@ -18,7 +18,8 @@ fn signal(d: &Daemon, sig: i32) {
 
 /// Runs the daemon with `args` and returns its output; it must exit by itself.
 fn run(args: &[&str]) -> Output {
-    let program = daemon_program().expect("vfsdaxd built (scripts/test.sh builds it)");
+    let program =
+        daemon_program().unwrap_or_else(|e| panic!("{}", vfsdax_tests::harness::error_chain(&e)));
     Command::new(program)
         .args(args)
         .output()

@@ -368,7 +368,7 @@ fn setupmapping_cycles_leak_nothing() {
     let mut d = start();
     let (node, _) = d.file("data", &pattern((8 * MIB2) as usize, 7));
     let fh = d.open(node, libc::O_RDWR);
-    let daemon_fd_dir = format!("/proc/{}/fd", d.s.daemon.pid());
+    let daemon_fd_dir = format!("/proc/{}/fd", d.s.daemon.serving_pid());
     let cycle = |d: &mut Dax, i: u64| {
         let slot = (i * 7 % 31) * MIB2;
         let foffset = (i % 8) * MIB2;

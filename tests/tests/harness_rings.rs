@@ -159,7 +159,7 @@ fn many_requests_in_flight_with(daemon_args: &[&str], event_idx: bool) {
     assert_eq!(attr.attr.size, data.len() as u64);
     s.client.release(e.nodeid, o.fh, 0).unwrap();
     s.assert_serving();
-    let workers = thread_names(s.daemon.pid())
+    let workers = thread_names(s.daemon.serving_pid())
         .iter()
         .filter(|n| n.starts_with("fuse-worker"))
         .count();
@@ -206,10 +206,10 @@ fn a_broken_available_ring_is_ignored_without_spinning() {
             }
             q.kick_fd().write(1).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(300));
-            let before = cpu_ticks(s.daemon.pid());
+            let before = cpu_ticks(s.daemon.serving_pid());
             q.kick_fd().write(1).unwrap();
             std::thread::sleep(std::time::Duration::from_secs(1));
-            let used = cpu_ticks(s.daemon.pid()) - before;
+            let used = cpu_ticks(s.daemon.serving_pid()) - before;
             assert!(
                 used < 30,
                 "{case}, event_idx {event_idx}: the daemon used {used} ticks in 1 s"

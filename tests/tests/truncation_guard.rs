@@ -294,7 +294,7 @@ fn map_truncate_remap_cycles_leak_nothing() {
         .write(true)
         .open(d.s.host("f"))
         .expect("open");
-    let pid = d.s.daemon.pid();
+    let pid = d.s.daemon.serving_pid();
     let cycle = |d: &mut DaxSession, f: &File, i: u64| {
         f.set_len(MIB2).expect("extend");
         let slot = (i * 7 % 31) * MIB2;
@@ -393,8 +393,10 @@ fn a_file_on_tmpfs_is_guarded_after_the_fact_and_required_declines_it() {
 }
 
 /// An unaligned truncation by this process under `--sandbox <mode>`: how the guard learnt of it.
-fn unaligned_truncation_under(mode: &str) -> Value {
-    let mut d = start_dax(&["--sandbox", mode], 0);
+fn unaligned_truncation_under(mode: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["--sandbox", mode];
+    args.extend(extra);
+    let mut d = start_dax(&args, 0);
     let (data, _) = mapped_file(&mut d, "f", 1);
     let f = OpenOptions::new()
         .write(true)
@@ -416,15 +418,48 @@ fn unaligned_truncation_under(mode: &str) -> Value {
 }
 
 #[test]
-fn in_a_chroot_sandbox_the_caller_is_still_seen() {
+fn in_a_chroot_sandbox_the_caller_is_seen_with_cap_sys_ptrace() {
+    // Without a supervisor the daemon reads the caller's /proc/<tid>/syscall itself: a caller
+    // with capabilities the daemon dropped needs CAP_SYS_PTRACE (--modcaps), else the
+    // truncation is caught after the fact.
     let _alone = serialized();
-    let r = unaligned_truncation_under("chroot");
+    let r = unaligned_truncation_under("chroot", &["--modcaps=+sys_ptrace"]);
     assert_eq!(r["trigger"], "pre-content", "{r}");
+    let r = unaligned_truncation_under("chroot", &[]);
+    assert_eq!(r["trigger"], "after-the-fact", "{r}");
 }
 
 #[test]
-fn in_a_namespace_sandbox_a_hidden_caller_is_caught_after_the_fact() {
+fn in_a_namespace_sandbox_the_supervisor_sees_the_caller() {
+    // The daemon's PID namespace hides this process; the supervisor outside reads the events
+    // and relays the truncation, so it is still caught before it takes effect.
     let _alone = serialized();
-    let r = unaligned_truncation_under("namespace");
-    assert_eq!(r["trigger"], "after-the-fact", "{r}");
+    let r = unaligned_truncation_under("namespace", &[]);
+    assert_eq!(r["trigger"], "pre-content", "{r}");
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    assert_eq!(
+        r["pid"], tid,
+        "the host's number of the truncating thread: {r}"
+    );
+}
+
+#[test]
+fn in_a_namespace_sandbox_an_open_with_o_trunc_is_caught_before() {
+    let _alone = serialized();
+    let mut d = start_dax(&["--sandbox", "namespace", "--seccomp", "kill"], 0);
+    let (_, _) = mapped_file(&mut d, "f", 1);
+    let f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(d.s.host("f"))
+        .expect("open O_TRUNC");
+    drop(f);
+    let r = reports(&d, 1, Duration::from_secs(5));
+    assert_eq!(r.len(), 1, "{}", d.s.daemon.log_text());
+    assert_eq!(r[0]["trigger"], "open-truncate", "{}", r[0]);
+    assert_eq!(r[0]["size_after"], 0);
+    let w = read_window(&d, 0, MIB2);
+    assert!(w.iter().all(|&b| b == 0));
+    assert!(d.s.daemon.is_alive(), "seccomp allowed the relay");
 }

@@ -12,8 +12,8 @@
 //! pages.
 //!
 //! Every cell is bounded in time. Needs /dev/kvm; skipped, with a visible reason, only where it
-//! is absent. The binaries are found like the harness finds the daemon (`target/debug`;
-//! `scripts/test.sh` builds them first).
+//! is absent. The binaries are found like the harness finds the daemon (`target/debug`, built
+//! there first when missing or stale: `vfsdax_tests::bins`).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vfsdax_protocol::apf::KVM_PV_REASON_PAGE_ERROR;
+use vfsdax_tests::bins::{self, Bin};
 use vfsdax_tests::harness::{daemon_program, error_chain, Daemon, DaemonOptions};
 use vfsdax_vmm_glue::kvm::guest::layout::WINDOW_GPA;
 use vfsdax_vmm_glue::kvm::scenario::{
@@ -32,20 +33,10 @@ const NAME: &str = "data.bin";
 const VMM_BOUND: Duration = Duration::from_secs(60);
 const GPA: u64 = WINDOW_GPA + ACCESS_OFFSET;
 
-/// `vfsdax-vmm` next to the daemon binary in `target/debug`.
+/// `vfsdax-vmm` next to the daemon binary in `target/debug` (built first if it is missing or
+/// stale).
 fn vmm_program() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
-    let p = dir.join("vfsdax-vmm");
-    assert!(
-        p.is_file(),
-        "{} not found: build the binaries first (`cargo build --workspace --bins`)",
-        p.display()
-    );
-    p
+    bins::built(Bin::VfsdaxVmm).unwrap_or_else(|e| panic!("{}", error_chain(&e)))
 }
 
 fn kvm_missing(test: &str) -> bool {
@@ -209,11 +200,15 @@ impl Run {
         let (dev, ino) = self.identity;
         assert_eq!(r["file"]["dev"].as_u64(), Some(dev), "file identity\n{ctx}");
         assert_eq!(r["file"]["ino"].as_u64(), Some(ino), "file identity\n{ctx}");
+        // The VMM names the file as its descriptor's link reads: the host path, or, when the
+        // daemon opened it inside its namespace sandbox (the default), the path in the share.
         let path = r["file"]["path"].as_str().unwrap_or_default();
+        let in_share = Path::new("/").join(self.host_file.file_name().unwrap_or_default());
         assert!(
-            Path::new(path) == self.host_file,
-            "report path {path:?} is not {}\n{ctx}",
-            self.host_file.display()
+            Path::new(path) == self.host_file || Path::new(path) == in_share,
+            "report path {path:?} is neither {} nor {}\n{ctx}",
+            self.host_file.display(),
+            in_share.display()
         );
         r
     }
@@ -315,8 +310,19 @@ fn stop_exits_2_with_a_precise_diagnostic() {
         .find(|l| l.starts_with("vfsdax-vmm: VM stopped:"))
         .unwrap_or_else(|| panic!("no stop diagnostic\n{ctx}"))
         .to_string();
+    // The file as the report names it (see `the_report`).
+    let named = format!(
+        "mapped from /{} ",
+        run.host_file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+    );
+    assert!(
+        line.contains(&named) || line.contains(&run.host_file.display().to_string()),
+        "the file is not named in {line:?}"
+    );
     for want in [
-        run.host_file.display().to_string(),
         format!("file offset {ACCESS_OFFSET:#x}"),
         "the file is now 0 bytes long".to_string(),
         format!("guest-physical address {GPA:#x}"),

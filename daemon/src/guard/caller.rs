@@ -131,6 +131,21 @@ pub(crate) fn open_proc(proc_self_fd: Option<&File>, pid: i32, entry: &str) -> O
     }
 }
 
+/// The thread group (process) thread `tid` belongs to, from its `/proc/<tid>/status` (see
+/// [`open_proc`] for `proc_self_fd`).
+pub fn tgid_of(proc_self_fd: Option<&File>, tid: i32) -> Option<i32> {
+    if tid <= 0 {
+        return None;
+    }
+    let mut text = String::new();
+    open_proc(proc_self_fd, tid, "status")?
+        .read_to_string(&mut text)
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The intent of thread `pid` (0: not visible), from its `/proc` entries (see [`open_proc`]
 /// for `proc_self_fd`). It must be the thread that made the call (fanotify reports it with
 /// `FAN_REPORT_TID`): `/proc/<tgid>/syscall` shows only the main thread's.
@@ -217,6 +232,25 @@ mod tests {
             assert_eq!(intent_of(line, never), OpenIntent::Unknown, "{line:?}");
         }
         assert_eq!(intent_of_pid(None, 0), OpenIntent::Unknown);
+    }
+
+    #[test]
+    fn threads_name_their_process() {
+        let me = std::process::id() as i32;
+        assert_eq!(tgid_of(None, me), Some(me));
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let other = std::thread::spawn(|| {
+            // SAFETY: as above.
+            unsafe { libc::gettid() }
+        })
+        .join()
+        .unwrap();
+        let proc_fd = File::open("/proc/self/fd").unwrap();
+        // A thread that ended has no entry any more; this one is alive.
+        assert_eq!(tgid_of(Some(&proc_fd), tid), Some(me));
+        assert_eq!(tgid_of(None, other), None, "an ended thread");
+        assert_eq!(tgid_of(None, 0), None);
     }
 
     #[test]

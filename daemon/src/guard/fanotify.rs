@@ -167,6 +167,13 @@ impl Group {
         Ok(())
     }
 
+    /// A second descriptor of the same group (`F_DUPFD_CLOEXEC`).
+    pub fn try_clone(&self) -> io::Result<Group> {
+        Ok(Group {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     /// Adds `mask` to the mark of `file`'s inode.
     pub fn mark(&self, file: &File, mask: u64) -> io::Result<()> {
         self.mark_op(libc::FAN_MARK_ADD, file, mask)

@@ -27,8 +27,10 @@
 //! truncating process waits for that answer) and reports. The guard never refuses an access.
 
 pub mod caller;
+pub mod decide;
 pub mod fanotify;
 pub mod inotify;
+pub mod relay;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -46,8 +48,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::dax::{DaxState, FileId, FileWatch, Guarding, Mapper, Shrunk, TruncationHook};
 use caller::OpenIntent;
+use decide::{truncation_of, NewSize};
 use fanotify::{Event, Group, FAN_OPEN_PERM, FAN_PRE_ACCESS};
 use inotify::Inotify;
+use relay::{RelayLink, RelayServer};
 
 /// Errors starting the guard.
 #[derive(Debug, Error)]
@@ -132,21 +136,19 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// The size a file is going to have, or has.
-#[derive(Clone, Copy, Debug)]
-enum NewSize {
-    /// This many bytes.
-    Exact(u64),
-    /// This many bytes shorter than now (a collapsed range).
-    Shorter(u64),
-    /// What it is now (after the fact).
-    Current,
-}
-
 /// What the worker is told of.
 enum Source {
     /// A fanotify permission event (answered once the window is safe).
     Permission(Event),
+    /// A truncation the supervisor read (answered through the relay once the window is safe).
+    Relayed {
+        /// The supervisor's name for it.
+        token: u64,
+        /// The file.
+        file: File,
+        /// The truncating thread (host numbering).
+        pid: i32,
+    },
     /// An inotify modification of the file (after the fact).
     Modified(FileId),
 }
@@ -164,6 +166,8 @@ struct Shared {
     proc_self_fd: Option<File>,
     pre: Option<Group>,
     ino: Option<Inotify>,
+    /// Under `--sandbox namespace`, the supervisor reads `pre` and relays truncations here.
+    link: Option<RelayLink>,
     /// Inotify watch descriptors of the watched files, both ways.
     wds: Mutex<(HashMap<i32, FileId>, HashMap<FileId, i32>)>,
     dax: Arc<DaxState>,
@@ -238,14 +242,55 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// The kernel objects the guard listens on, made before the daemon drops `CAP_SYS_ADMIN`
+/// (which the pre-content fanotify group needs) and enters its sandbox.
+#[derive(Debug)]
+pub struct GuardSetup {
+    pre: Option<Group>,
+    ino: Option<Inotify>,
+    link: Option<RelayLink>,
+    errors: Vec<String>,
+}
+
+impl GuardSetup {
+    /// Creates the fanotify pre-content group and the inotify instance. One that cannot be
+    /// created leaves the guard weaker, not absent ([`TruncationGuard::setup_errors`]).
+    pub fn open() -> GuardSetup {
+        let mut errors = Vec::new();
+        let pre = Group::pre_content()
+            .map_err(|e| errors.push(format!("fanotify pre-content group: {e}")))
+            .ok();
+        let ino = Inotify::new()
+            .map_err(|e| errors.push(format!("inotify: {e}")))
+            .ok();
+        GuardSetup {
+            pre,
+            ino,
+            link: None,
+            errors,
+        }
+    }
+
+    /// Has the pre-content group's events read by another process, the supervisor of
+    /// `--sandbox namespace` (which sees the truncating processes the daemon's PID namespace
+    /// hides): the [`RelayServer`] it is to serve, `None` without a group.
+    pub fn relay(&mut self) -> io::Result<Option<RelayServer>> {
+        let Some(group) = &self.pre else {
+            return Ok(None);
+        };
+        let (link, server) = relay::pair(group)?;
+        self.link = Some(link);
+        Ok(Some(server))
+    }
+}
+
 impl TruncationGuard {
-    /// Starts guarding the files behind `dax`'s live mappings, changing the window through
-    /// `mapper`, with `action` as the substitute; `required` declines mappings of files that
-    /// cannot be guarded before a truncation. `proc_self_fd` is a descriptor of `/proc/self/fd`
-    /// reachable inside the sandbox (without it, `/proc` is used by path). Creating the fanotify groups needs
-    /// `CAP_SYS_ADMIN`: start the guard before dropping it. A group that cannot be created
-    /// leaves the guard weaker, not absent ([`TruncationGuard::setup_errors`]).
+    /// Starts guarding, with `setup`, the files behind `dax`'s live mappings, changing the
+    /// window through `mapper`, with `action` as the substitute; `required` declines mappings
+    /// of files that cannot be guarded before a truncation. `proc_self_fd` is a descriptor of
+    /// `/proc/self/fd` reachable inside the sandbox (without it, `/proc` is used by path).
     pub fn start(
+        setup: GuardSetup,
         dax: Arc<DaxState>,
         mapper: Arc<dyn Mapper>,
         action: GuardAction,
@@ -253,17 +298,17 @@ impl TruncationGuard {
         proc_self_fd: Option<File>,
         sink: EventSink,
     ) -> Result<TruncationGuard, GuardError> {
-        let mut setup_errors = Vec::new();
-        let pre = Group::pre_content()
-            .map_err(|e| setup_errors.push(format!("fanotify pre-content group: {e}")))
-            .ok();
-        let ino = Inotify::new()
-            .map_err(|e| setup_errors.push(format!("inotify: {e}")))
-            .ok();
+        let GuardSetup {
+            pre,
+            ino,
+            link,
+            errors: setup_errors,
+        } = setup;
         let shared = Arc::new(Shared {
             proc_self_fd,
             pre,
             ino,
+            link,
             wds: Mutex::new((HashMap::new(), HashMap::new())),
             dax: Arc::clone(&dax),
             mapper,
@@ -352,7 +397,13 @@ impl Shared {
             revents: 0,
         };
         fds.push(pollfd(stop.as_raw_fd()));
-        fds.push(pollfd(self.pre.as_ref().map_or(-1, |g| g.as_raw_fd())));
+        // The group's events, or (relayed) the truncations the supervisor found among them.
+        let events_fd = match (&self.link, &self.pre) {
+            (Some(link), _) => link.as_raw_fd(),
+            (None, Some(g)) => g.as_raw_fd(),
+            (None, None) => -1,
+        };
+        fds.push(pollfd(events_fd));
         fds.push(pollfd(self.ino.as_ref().map_or(-1, |i| i.as_raw_fd())));
         loop {
             for p in &mut fds {
@@ -371,7 +422,23 @@ impl Shared {
                 return;
             }
             if fds[1].revents != 0 {
-                if let Some(g) = &self.pre {
+                if let Some(link) = &self.link {
+                    for (req, file) in link.recv().unwrap_or_default() {
+                        let work = Work {
+                            source: Source::Relayed {
+                                token: req.token,
+                                file,
+                                pid: req.pid,
+                            },
+                            new_size: req.new_size,
+                            trigger: req.trigger,
+                            at: Instant::now(),
+                        };
+                        if let Err(mpsc::SendError(w)) = tx.send(work) {
+                            self.answer_work(&w.source);
+                        }
+                    }
+                } else if let Some(g) = &self.pre {
                     if let Ok(events) = g.read(&mut buf) {
                         for ev in events {
                             self.dispatch(ev, &tx);
@@ -414,29 +481,7 @@ impl Shared {
         let raw = event.raw;
         let at = Instant::now();
         bump(&self.counters.events, 1);
-        let truncation = if raw.mask & FAN_PRE_ACCESS != 0 {
-            match raw.range {
-                Some((size, 0)) => Some((NewSize::Exact(size), GuardTrigger::PreContent)),
-                // Maybe a truncation to a size inside this page, maybe a one-page write: the
-                // caller's call says which (the daemon's own are guarded where they are made).
-                Some((off, count)) if count == self.page && off % self.page == 0 => {
-                    match self.intent(raw.pid) {
-                        OpenIntent::TruncatesTo(size) => {
-                            Some((NewSize::Exact(size), GuardTrigger::PreContent))
-                        }
-                        OpenIntent::Collapses(len) => {
-                            Some((NewSize::Shorter(len), GuardTrigger::PreContent))
-                        }
-                        _ => None,
-                    }
-                }
-                _ => None,
-            }
-        } else if raw.mask & FAN_OPEN_PERM != 0 && self.intent(raw.pid) == OpenIntent::Truncates {
-            Some((NewSize::Exact(0), GuardTrigger::OpenTruncate))
-        } else {
-            None
-        };
+        let truncation = truncation_of(&raw, self.page, || self.intent(raw.pid));
         match truncation {
             Some((new_size, trigger)) if event.file.is_some() => {
                 let work = Work {
@@ -446,9 +491,7 @@ impl Shared {
                     at,
                 };
                 if let Err(mpsc::SendError(w)) = tx.send(work) {
-                    if let Source::Permission(e) = &w.source {
-                        self.answer(e);
-                    }
+                    self.answer_work(&w.source);
                 }
             }
             _ => self.answer(&event),
@@ -464,23 +507,23 @@ impl Shared {
         caller::intent_of_pid(self.proc_self_fd.as_ref(), pid)
     }
 
-    /// Whether thread `tid` belongs to the daemon (its `/proc/<tid>/status` names the daemon's
-    /// thread group).
+    /// Whether thread `tid` belongs to the daemon.
     fn own_threads(&self, tid: i32) -> bool {
-        if tid == self.own_pid {
-            return true;
+        tid == self.own_pid
+            || caller::tgid_of(self.proc_self_fd.as_ref(), tid) == Some(self.own_pid)
+    }
+
+    /// Lets the truncation behind `source` go on (nothing to do after the fact).
+    fn answer_work(&self, source: &Source) {
+        match source {
+            Source::Permission(e) => self.answer(e),
+            Source::Relayed { token, .. } => {
+                if let Some(link) = &self.link {
+                    link.done(*token);
+                }
+            }
+            Source::Modified(_) => {}
         }
-        let Some(mut f) = caller::open_proc(self.proc_self_fd.as_ref(), tid, "status") else {
-            return false;
-        };
-        let mut text = String::new();
-        if std::io::Read::read_to_string(&mut f, &mut text).is_err() {
-            return false;
-        }
-        text.lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .and_then(|v| v.trim().parse::<i32>().ok())
-            == Some(self.own_pid)
     }
 
     /// Lets the access behind a permission event go on.
@@ -510,6 +553,17 @@ impl Shared {
                         }
                     }
                 }
+                Source::Relayed { file, pid, .. } => match FileId::of(file) {
+                    Ok(id) => (
+                        clone_or_nothing(file).map(Arc::new),
+                        id,
+                        (*pid).max(0) as u32,
+                    ),
+                    Err(_) => {
+                        self.answer_work(&w.source);
+                        continue;
+                    }
+                },
                 Source::Modified(id) => match self.dax.kept_file(*id) {
                     Some(f) => (Some(f), *id, 0),
                     None => continue,
@@ -525,9 +579,7 @@ impl Shared {
                 NewSize::Current => size_now,
             };
             let shrunk = new_size.map(|n| self.dax.shrink(&*self.mapper, id, n, self.action));
-            if let Source::Permission(e) = &w.source {
-                self.answer(e);
-            }
+            self.answer_work(&w.source);
             let (Some(new_size), Some(shrunk)) = (new_size, shrunk) else {
                 continue;
             };

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use vfsdax_protocol::fuse::flags::{fopen, init};
 
+pub use super::xattrmap::XattrMap;
 pub use crate::cli::DaxPolicy;
 
 /// How much the guest may cache, as virtiofsd's `--cache`.
@@ -81,6 +82,9 @@ pub struct PassthroughConfig {
     /// default, as in virtiofsd: the daemon never opens a device node itself, and a share
     /// mounted `nodev` keeps host users from opening those the guest made.
     pub deny_device_nodes: bool,
+    /// Which extended attribute names the guest may use, under which host names
+    /// (`--xattrmap`; [`XattrMap::default_policy`] without it).
+    pub xattr_map: XattrMap,
 }
 
 impl PassthroughConfig {
@@ -99,6 +103,7 @@ impl PassthroughConfig {
             dax_window: 0,
             dax_policy: DaxPolicy::Auto,
             deny_device_nodes: false,
+            xattr_map: XattrMap::default_policy(),
         }
     }
 

@@ -62,6 +62,7 @@ mod perm;
 pub(crate) mod sys;
 #[cfg(test)]
 mod tests;
+pub mod xattrmap;
 
 use std::fs::File;
 use std::io;

@@ -13,6 +13,10 @@ use super::{names, perm, PassthroughFs};
 use crate::filesystem::{Context, Entry, Inode};
 use vfsdax_protocol::fuse::flags::init;
 
+/// How many levels [`PassthroughFs::under_share`] climbs at most (deeper is refused; `PATH_MAX`
+/// allows 2,048 levels of one-character names).
+const MAX_CLIMB: usize = 4096;
+
 /// The RENAME2 flags passed to the host; anything else is `EINVAL`.
 const RENAME_FLAGS: u32 = RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT;
 
@@ -56,8 +60,43 @@ impl PassthroughFs {
             return Ok(self.make_entry(target, st.st, None));
         }
         let file = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let parent = (!names::is_dotdot(b)).then_some(parent);
-        self.entry_of_file(file, parent)
+        if names::is_dotdot(b) {
+            // A directory a host user moved out of the share would let `..` climb to the
+            // host's root (a sandbox's root or bind mount stops only some of those walks).
+            if !self.under_share(&file)? {
+                crate::guest_log!(
+                    log::Level::Warn,
+                    "LOOKUP .. of node {} refused: the result is outside the share (a directory \
+                     was moved out of it)",
+                    parent.id
+                );
+                return Err(err(libc::EACCES));
+            }
+            return self.entry_of_file(file, None);
+        }
+        self.entry_of_file(file, Some(parent))
+    }
+
+    /// Whether directory `dir` lies under the share's root: climbs `..` from it until it
+    /// reaches the root (yes) or a directory that is its own parent, the host's or the
+    /// process's root (no), at most [`MAX_CLIMB`] levels.
+    fn under_share(&self, dir: &std::fs::File) -> io::Result<bool> {
+        let root = &self.inodes.root().key;
+        let key = |fd| sys::stat_fd(fd).map(|st| (st.st.st_dev, st.st.st_ino));
+        let mut cur = key(dir.as_raw_fd())?;
+        let mut up = sys::openat(dir.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        for _ in 0..MAX_CLIMB {
+            if cur == (root.dev, root.ino) {
+                return Ok(true);
+            }
+            let next = key(up.as_raw_fd())?;
+            if next == cur {
+                return Ok(false);
+            }
+            cur = next;
+            up = sys::openat(up.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        }
+        Ok(false)
     }
 
     /// Counts one lookup of `file` (an `O_PATH` descriptor) and builds its entry: node id and

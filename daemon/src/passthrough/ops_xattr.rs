@@ -16,6 +16,7 @@ use vfsdax_protocol::fuse::flags::SETXATTR_ACL_KILL_SGID;
 
 use super::inode::InodeData;
 use super::sys::{self, err};
+use super::xattrmap::Refused;
 use super::PassthroughFs;
 use crate::filesystem::{Inode, XattrReply};
 
@@ -23,12 +24,14 @@ use crate::filesystem::{Inode, XattrReply};
 /// asking for more gets a buffer of this size.
 const XATTR_MAX: usize = 64 * 1024;
 
-/// Whether SETXATTR of `name` is refused (`EPERM`) whatever the caller. `security.capability`
-/// holds file capabilities, which the host kernel honours when a host process executes the
-/// file: guest root setting it would grant host capabilities (say `CAP_SYS_ADMIN`) to a
-/// program any host user able to run the file could start. Removing it stays allowed.
-pub(super) fn setxattr_refused(name: &CStr) -> bool {
-    name.to_bytes() == b"security.capability"
+/// Whether SETXATTR of the host name `name` is refused (`EPERM`) whatever the caller and the
+/// map. `security.capability` holds file capabilities, which the host kernel honours when a
+/// host process executes the file: guest root setting it would grant host capabilities (say
+/// `CAP_SYS_ADMIN`) to a program any host user able to run the file could start. Removing it
+/// stays allowed. (Mapped to another name, say `user.virtiofs.security.capability`, it is
+/// harmless.)
+pub(super) fn setxattr_refused(host_name: &[u8]) -> bool {
+    host_name == b"security.capability"
 }
 
 impl PassthroughFs {
@@ -40,6 +43,16 @@ impl PassthroughFs {
         let data = self.inode(inode)?;
         let name = sys::fd_name(data.fd());
         Ok((data, name))
+    }
+
+    /// The host name for the guest's `name` (`--xattrmap`), or the errno `refused` picks.
+    fn host_name(&self, name: &CStr, refused: impl FnOnce(Refused) -> i32) -> io::Result<CString> {
+        let mapped = self
+            .cfg
+            .xattr_map
+            .to_host(name.to_bytes())
+            .map_err(|r| err(refused(r)))?;
+        CString::new(mapped.into_owned()).map_err(|_| err(libc::EINVAL))
     }
 
     /// Runs the path call `f` on `/proc/self/fd/<name>` (relative to the held descriptor).
@@ -54,6 +67,7 @@ impl PassthroughFs {
         size: u32,
     ) -> io::Result<XattrReply> {
         let (_data, path) = self.xattr_target(inode)?;
+        let name = &self.host_name(name, Refused::get_errno)?;
         if size == 0 {
             let n = self.at_proc_fd(|| sys::getxattr(&path, name, &mut []))?;
             return Ok(XattrReply::Count(n as u32));
@@ -66,14 +80,17 @@ impl PassthroughFs {
 
     pub(super) fn do_listxattr(&self, inode: Inode, size: u32) -> io::Result<XattrReply> {
         let (_data, path) = self.xattr_target(inode)?;
-        if size == 0 {
-            let n = self.at_proc_fd(|| sys::listxattr(&path, &mut []))?;
-            return Ok(XattrReply::Count(n as u32));
-        }
-        let mut buf = vec![0u8; (size as usize).min(XATTR_MAX)];
+        // The whole host list, mapped: the guest's size is that of what it will see.
+        let mut buf = vec![0u8; XATTR_MAX];
         let n = self.at_proc_fd(|| sys::listxattr(&path, &mut buf))?;
-        buf.truncate(n);
-        Ok(XattrReply::Value(buf))
+        let list = self.cfg.xattr_map.list_to_guest(&buf[..n]);
+        if size == 0 {
+            return Ok(XattrReply::Count(list.len() as u32));
+        }
+        if list.len() > size as usize {
+            return Err(err(libc::ERANGE));
+        }
+        Ok(XattrReply::Value(list))
     }
 
     pub(super) fn do_setxattr(
@@ -86,7 +103,8 @@ impl PassthroughFs {
     ) -> io::Result<()> {
         let (data, path) = self.xattr_target(inode)?;
         self.check_writable()?;
-        if setxattr_refused(name) {
+        let name = &self.host_name(name, Refused::set_errno)?;
+        if setxattr_refused(name.to_bytes()) {
             return Err(err(libc::EPERM));
         }
         self.at_proc_fd(|| sys::setxattr(&path, name, value, flags as i32))?;
@@ -105,6 +123,7 @@ impl PassthroughFs {
     pub(super) fn do_removexattr(&self, inode: Inode, name: &CStr) -> io::Result<()> {
         let (_data, path) = self.xattr_target(inode)?;
         self.check_writable()?;
+        let name = &self.host_name(name, Refused::set_errno)?;
         self.at_proc_fd(|| sys::removexattr(&path, name))
     }
 }

@@ -177,17 +177,117 @@ fn hung_up(read_end: &OwnedFd) -> bool {
     n > 0 && pfd.revents & libc::POLLHUP != 0
 }
 
-/// The supervisor's life: forwards SIGTERM and SIGINT to `child`, and once it ended runs
-/// `on_exit` and ends the same way.
-pub(super) fn supervise(child: libc::pid_t, on_exit: &dyn Fn()) -> ! {
+/// The capabilities the supervisor keeps once the daemon runs.
+const SUPERVISOR_CAPS: &[caps::Capability] = &[
+    caps::Capability::CAP_SYS_PTRACE,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_FOWNER,
+];
+
+/// More work for the supervisor, on descriptors it polls besides its signals (the
+/// truncation guard's relay: see `guard::relay`).
+pub trait SupervisorDuty {
+    /// The daemon (the child) started with this process id.
+    fn started(&mut self, child: libc::pid_t);
+    /// The descriptors to poll for input.
+    fn fds(&self) -> Vec<RawFd>;
+    /// `fd`, one of [`SupervisorDuty::fds`], has input (or hung up).
+    fn ready(&mut self, fd: RawFd);
+}
+
+/// `signalfd` of the supervised signals (blocked since `fork`).
+fn signal_fd() -> io::Result<OwnedFd> {
     let set = supervised_signals();
+    // SAFETY: `set` is an initialised signal set; -1 asks for a new descriptor.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: signalfd just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The next supervised signal: from `sigfd` once it is readable, else by `sigwait`.
+fn next_signal(sigfd: Option<&OwnedFd>) -> Option<libc::c_int> {
+    match sigfd {
+        Some(fd) => {
+            // SAFETY: all-zero is a valid signalfd_siginfo (plain integers).
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let len = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: read writes at most `len` bytes into `info`, which is that large.
+            let n = unsafe {
+                libc::read(
+                    fd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    len,
+                )
+            };
+            (n == len as isize).then_some(info.ssi_signo as libc::c_int)
+        }
+        None => {
+            let set = supervised_signals();
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is initialised and `sig` a valid out pointer; the signals in
+            // `set` are blocked in this (only) thread since `fork`.
+            (unsafe { libc::sigwait(&set, &mut sig) } == 0).then_some(sig)
+        }
+    }
+}
+
+/// Polls `sigfd` and `duty`'s descriptors; returns once `sigfd` is readable, after serving the
+/// duty's ready descriptors.
+fn wait_for_signal(sigfd: &OwnedFd, duty: &mut dyn SupervisorDuty) {
     loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is initialised and `sig` a valid out pointer; the signals in `set`
-        // are blocked in this (only) thread since `fork`.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+        let mut fds: Vec<libc::pollfd> = std::iter::once(sigfd.as_raw_fd())
+            .chain(duty.fds())
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll reads and writes the `fds.len()` entries of `fds`, a live vector.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
             continue;
         }
+        for p in &fds[1..] {
+            if p.revents != 0 {
+                duty.ready(p.fd);
+            }
+        }
+        if fds[0].revents != 0 {
+            return;
+        }
+    }
+}
+
+/// The supervisor's life: forwards SIGTERM and SIGINT to `child`, serves `duty`, and once the
+/// child ended runs `on_exit` and ends the same way.
+pub(super) fn supervise(
+    child: libc::pid_t,
+    on_exit: &dyn Fn(),
+    mut duty: Option<Box<dyn SupervisorDuty>>,
+) -> ! {
+    if let Some(d) = duty.as_mut() {
+        d.started(child);
+    }
+    // The supervisor keeps only what it still does: read a truncating process's
+    // /proc/<tid>/syscall and memory (the guard's relay) and remove the socket files.
+    let _ = crate::capabilities::drop_all_but(&SUPERVISOR_CAPS.iter().copied().collect(), None);
+    // Without a signalfd the duty cannot be served: dropped, it lets its work go.
+    let sigfd = match duty {
+        Some(_) => signal_fd().map_err(|_| duty = None).ok(),
+        None => None,
+    };
+    loop {
+        if let (Some(fd), Some(d)) = (&sigfd, duty.as_deref_mut()) {
+            wait_for_signal(fd, d);
+        }
+        let Some(sig) = next_signal(sigfd.as_ref()) else {
+            continue;
+        };
         if sig != libc::SIGCHLD {
             // SAFETY: kill takes integers only; `child` is this process's child, not yet
             // reaped, so its id cannot name another process.
@@ -197,6 +297,7 @@ pub(super) fn supervise(child: libc::pid_t, on_exit: &dyn Fn()) -> ! {
         let mut status: libc::c_int = 0;
         // SAFETY: waitpid writes the status into `status`, a valid out pointer.
         if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
+            drop(duty.take());
             on_exit();
             finish(exit_as(status));
         }

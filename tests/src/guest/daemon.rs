@@ -12,12 +12,12 @@ use super::process;
 /// Errors starting a daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// Our own daemon has not been built.
-    #[error("{0} does not exist: build it first (`cargo build --workspace --bins`, as scripts/test.sh does)")]
+    /// The daemon named by `VFSDAX_DAEMON` is not an executable.
+    #[error("{0} (VFSDAX_DAEMON) is not an executable")]
     NotBuilt(PathBuf),
-    /// The test binary's location does not look like a cargo target directory.
-    #[error("cannot work out the cargo target directory from {0}")]
-    NoTargetDir(PathBuf),
+    /// Our own daemon could not be built.
+    #[error("cannot provide vfsdaxd")]
+    Build(#[from] crate::bins::BuildError),
     /// The program could not be started.
     #[error("cannot start {program}")]
     Spawn {
@@ -63,8 +63,8 @@ pub enum DaemonError {
 }
 
 /// The command line `vfsdaxd` and `virtiofsd` both understand for serving `shared_dir` on
-/// `socket` with no sandbox and the `--cache` mode `cache` (`never`, `auto`, `always`,
-/// `metadata`). No `--tag`: the tag comes from QEMU's `-device ...,tag=`, and a
+/// `socket` with the `--cache` mode `cache` (`never`, `auto`, `always`, `metadata`) and their
+/// secure defaults (`--sandbox namespace --seccomp kill`, capabilities dropped). No `--tag`: the tag comes from QEMU's `-device ...,tag=`, and a
 /// daemon that offers the CONFIG protocol feature crashes QEMU 7.1–8.0.
 pub fn virtiofs_args(socket: &Path, shared_dir: &Path, cache: &str) -> Vec<OsString> {
     vec![
@@ -74,10 +74,6 @@ pub fn virtiofs_args(socket: &Path, shared_dir: &Path, cache: &str) -> Vec<OsStr
         shared_dir.into(),
         "--cache".into(),
         cache.into(),
-        "--sandbox".into(),
-        "none".into(),
-        "--seccomp".into(),
-        "none".into(),
     ]
 }
 
@@ -92,20 +88,13 @@ pub fn profile_dir_of(exe: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Our `vfsdaxd`: `$VFSDAX_DAEMON` if set, else `vfsdaxd` next to the running executable's
-/// cargo profile directory (tests run from `target/debug/deps/`).
+/// Our `vfsdaxd`: `$VFSDAX_DAEMON` if set, else `vfsdaxd` in the running executable's cargo
+/// profile directory (tests run from `target/debug/deps/`), built first if it is missing or
+/// older than its sources ([`crate::bins`]).
 pub fn vfsdaxd_path() -> Result<PathBuf, DaemonError> {
     let path = match std::env::var_os("VFSDAX_DAEMON") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let exe = std::env::current_exe().map_err(|source| DaemonError::Prepare {
-                path: "/proc/self/exe".into(),
-                source,
-            })?;
-            profile_dir_of(&exe)
-                .ok_or(DaemonError::NoTargetDir(exe))?
-                .join("vfsdaxd")
-        }
+        _ => crate::bins::built(crate::bins::Bin::Vfsdaxd)?,
     };
     if process::is_executable(&path) {
         Ok(path)
@@ -260,7 +249,7 @@ mod tests {
         let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args.join(" "),
-            "--socket-path /s.sock --shared-dir /share --cache never --sandbox none --seccomp none"
+            "--socket-path /s.sock --shared-dir /share --cache never"
         );
         assert!(!args.contains(&"--tag"));
     }

@@ -407,7 +407,7 @@ mod tests {
         let args = opts.daemon_command_args(Path::new("/s.sock"), Path::new("/share"));
         assert_eq!(
             strings(&args),
-            "--socket-path /s.sock --shared-dir /share --cache never --sandbox none --seccomp none"
+            "--socket-path /s.sock --shared-dir /share --cache never"
         );
     }
 
@@ -421,8 +421,8 @@ mod tests {
         let args = opts.daemon_command_args(Path::new("/s.sock"), Path::new("/share"));
         assert_eq!(
             strings(&args),
-            "--socket-path /s.sock --shared-dir /share --cache never --sandbox none \
-             --seccomp none --tag share0 --cache-size 256M"
+            "--socket-path /s.sock --shared-dir /share --cache never --tag share0 \
+             --cache-size 256M"
         );
         assert_eq!(
             opts.kernel_append().unwrap(),

@@ -13,7 +13,7 @@ use thiserror::Error;
 use vhost::vhost_user::{Frontend, FrontendReqHandler, VhostUserFrontend};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::handler::{DaxObserver, DaxRequestHandler};
+use super::handler::{DaxObserver, DaxRequestHandler, DAX_CHUNK_SIZE};
 use super::window::{DaxWindow, WindowError};
 
 /// Errors of connecting a DAX window to a backend.
@@ -25,6 +25,17 @@ pub enum ConnectError {
     /// The backend reported no cache region (region 0 missing or of size 0).
     #[error("the backend has no shared memory region 0")]
     NoRegion,
+    /// The backend asked for a window larger than the VMM allows.
+    #[error("the backend asks for a {size:#x}-byte window, more than the {max:#x} bytes allowed")]
+    TooLarge {
+        /// The size asked for.
+        size: u64,
+        /// [`ConnectOptions::max_window`].
+        max: u64,
+    },
+    /// The window size is not a whole number of DAX chunks.
+    #[error("the backend's window of {0:#x} bytes is not a multiple of the 2 MiB DAX chunk")]
+    NotChunked(u64),
     /// Reserving the window failed.
     #[error("cannot reserve the DAX window")]
     Window(#[from] WindowError),
@@ -165,13 +176,28 @@ impl Drop for DaxServer {
     }
 }
 
+/// The largest window [`connect`] reserves unless told otherwise: 64 GiB of address space
+/// (reserved inaccessible, no memory).
+pub const DEFAULT_MAX_WINDOW: u64 = 64 << 30;
+
 /// Options of [`connect`].
-#[derive(Default)]
 pub struct ConnectOptions {
     /// Whether `REPLY_ACK` was negotiated: the backend then waits for a reply to every request.
     pub reply_ack: bool,
     /// Reported every request the handler serves.
     pub observer: Option<DaxObserver>,
+    /// The largest window the backend may ask for ([`DEFAULT_MAX_WINDOW`] by default).
+    pub max_window: u64,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            reply_ack: false,
+            observer: None,
+            max_window: DEFAULT_MAX_WINDOW,
+        }
+    }
 }
 
 /// A DAX window connected to a backend, with the thread serving its requests.
@@ -222,6 +248,15 @@ pub fn connect(
         (1.., Some(&size)) if size != 0 => size,
         _ => return Err(ConnectError::NoRegion),
     };
+    if size > options.max_window {
+        return Err(ConnectError::TooLarge {
+            size,
+            max: options.max_window,
+        });
+    }
+    if !size.is_multiple_of(DAX_CHUNK_SIZE) {
+        return Err(ConnectError::NotChunked(size));
+    }
     let window = Arc::new(DaxWindow::new(size)?);
     let handler = Arc::new(match options.observer {
         Some(o) => DaxRequestHandler::with_observer(Arc::clone(&window), o),

@@ -178,13 +178,14 @@ fn classify_table() {
 #[test]
 fn connect_maps_file_bytes_into_the_window() {
     let page = host_page_size();
-    let size = 256 * page;
+    let size = 2 * DAX_CHUNK_SIZE;
     let (mut frontend, fake) = negotiated(vec![size]);
     let conn = connect(
         &mut frontend,
         ConnectOptions {
             reply_ack: true,
             observer: None,
+            ..Default::default()
         },
     )
     .expect("connect");
@@ -201,14 +202,14 @@ fn connect_maps_file_bytes_into_the_window() {
     let req = VhostUserMMap {
         shmid: 0,
         fd_offset: page,
-        shm_offset: 100 * page,
+        shm_offset: DAX_CHUNK_SIZE,
         len: 3 * page,
         flags: 0,
         ..Default::default()
     };
     use vhost::vhost_user::VhostUserFrontendReqHandler;
     backend.shmem_map(&req, &file).expect("map");
-    let addr = conn.window().host_addr() + 100 * page;
+    let addr = conn.window().host_addr() + DAX_CHUNK_SIZE;
     // SAFETY: the range was mapped readable by the acknowledged request.
     let seen = unsafe { read_at(addr, 3 * page as usize) };
     assert_eq!(seen, data[page as usize..4 * page as usize]);
@@ -232,9 +233,28 @@ fn connect_refuses_a_backend_without_a_region() {
 }
 
 #[test]
+fn connect_refuses_windows_too_large_or_not_in_chunks() {
+    let (mut frontend, _fake) = negotiated(vec![DEFAULT_MAX_WINDOW + DAX_CHUNK_SIZE]);
+    let err = connect(&mut frontend, ConnectOptions::default()).expect_err("too large");
+    assert!(matches!(err, ConnectError::TooLarge { .. }), "{err:?}");
+    let (mut frontend, _fake) = negotiated(vec![4 * DAX_CHUNK_SIZE]);
+    let small = ConnectOptions {
+        max_window: 2 * DAX_CHUNK_SIZE,
+        ..Default::default()
+    };
+    let err = connect(&mut frontend, small).expect_err("over the VMM's own limit");
+    assert!(
+        matches!(err, ConnectError::TooLarge { size, max } if size == 4 * DAX_CHUNK_SIZE && max == 2 * DAX_CHUNK_SIZE),
+        "{err:?}"
+    );
+    let (mut frontend, _fake) = negotiated(vec![DAX_CHUNK_SIZE + host_page_size()]);
+    let err = connect(&mut frontend, ConnectOptions::default()).expect_err("not in chunks");
+    assert!(matches!(err, ConnectError::NotChunked(_)), "{err:?}");
+}
+
+#[test]
 fn a_malformed_request_ends_the_thread_and_closes_the_channel() {
-    let page = host_page_size();
-    let (mut frontend, fake) = negotiated(vec![16 * page]);
+    let (mut frontend, fake) = negotiated(vec![DAX_CHUNK_SIZE]);
     let conn = connect(&mut frontend, ConnectOptions::default()).expect("connect");
     let channel = fake.join().expect("fake backend").expect("request channel");
     let mut raw = UnixStream::from(channel);

@@ -18,9 +18,7 @@ use vhost::vhost_user::{HandlerResult, VhostUserFrontendReqHandler};
 
 use super::window::{validate_map, validate_range, DaxWindow, WindowError};
 
-/// The only shared memory region id this handler serves: the virtio-fs cache
-/// (`VIRTIO_FS_SHMCAP_ID_CACHE`).
-pub const CACHE_SHMID: u8 = 0;
+pub use vfsdax_protocol::dax::{CACHE_SHMID, DAX_CHUNK_SIZE};
 
 /// Errors of a `SHMEM_MAP` / `SHMEM_UNMAP` request.
 #[derive(Debug, Error)]
@@ -37,6 +35,16 @@ pub enum RequestError {
         /// The flags in the request.
         flags: u64,
     },
+    /// The range is neither a whole 2 MiB chunk nor a piece anchored at one end of a chunk
+    /// (what the daemon's truncation guard leaves: the file part from the chunk's start, the
+    /// substitute up to its end). A window of `N` chunks then holds at most `2N` mappings.
+    #[error("range {shm_offset:#x}+{len:#x} is not a DAX chunk or a piece of one anchored at its start or end")]
+    NotChunked {
+        /// Offset in the window.
+        shm_offset: u64,
+        /// Length.
+        len: u64,
+    },
     /// The window refused or failed the request.
     #[error("the DAX window refused the request")]
     Window(#[from] WindowError),
@@ -46,7 +54,9 @@ impl RequestError {
     /// The errno to report to the daemon for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            RequestError::UnknownRegion { .. } | RequestError::UnknownFlags { .. } => libc::EINVAL,
+            RequestError::UnknownRegion { .. }
+            | RequestError::UnknownFlags { .. }
+            | RequestError::NotChunked { .. } => libc::EINVAL,
             RequestError::Window(e) => e.errno(),
         }
     }
@@ -109,6 +119,23 @@ impl ShmemRequest {
     }
 }
 
+/// Checks that `[shm_offset, shm_offset + len)` lies inside one [`DAX_CHUNK_SIZE`] chunk and
+/// starts or ends at its boundary (a whole chunk does both).
+pub fn check_chunked(shm_offset: u64, len: u64) -> Result<(), RequestError> {
+    let refused = RequestError::NotChunked { shm_offset, len };
+    let Some(end) = shm_offset.checked_add(len) else {
+        return Err(refused);
+    };
+    let chunk_start = shm_offset - shm_offset % DAX_CHUNK_SIZE;
+    let inside = len > 0 && end <= chunk_start + DAX_CHUNK_SIZE;
+    let anchored = shm_offset == chunk_start || end == chunk_start + DAX_CHUNK_SIZE;
+    if inside && anchored {
+        Ok(())
+    } else {
+        Err(refused)
+    }
+}
+
 fn check_region_and_flags(req: &ShmemRequest) -> Result<(), RequestError> {
     if req.shmid != CACHE_SHMID {
         return Err(RequestError::UnknownRegion { shmid: req.shmid });
@@ -120,13 +147,15 @@ fn check_region_and_flags(req: &ShmemRequest) -> Result<(), RequestError> {
 }
 
 /// Checks a `SHMEM_MAP` request against a window of `window_size` bytes: known region and flags,
-/// non-zero page-aligned lengths and offsets, the range inside the window, no overflow.
+/// non-zero page-aligned lengths and offsets, the range inside the window and inside one chunk
+/// ([`check_chunked`]), no overflow.
 pub fn validate_map_request(
     req: &ShmemRequest,
     window_size: u64,
     page_size: u64,
 ) -> Result<(), RequestError> {
     check_region_and_flags(req)?;
+    check_chunked(req.shm_offset, req.len)?;
     validate_map(
         window_size,
         page_size,
@@ -144,6 +173,7 @@ pub fn validate_unmap_request(
     page_size: u64,
 ) -> Result<(), RequestError> {
     check_region_and_flags(req)?;
+    check_chunked(req.shm_offset, req.len)?;
     validate_range(window_size, page_size, req.shm_offset, req.len)?;
     Ok(())
 }

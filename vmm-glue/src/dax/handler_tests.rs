@@ -13,6 +13,7 @@ use crate::dax::testutil::{pattern, perms_at, read_at, tmpfile};
 use crate::dax::window::host_page_size;
 
 const P: u64 = 4096;
+const C: u64 = DAX_CHUNK_SIZE;
 
 fn req(shmid: u8, fd_offset: u64, shm_offset: u64, len: u64, flags: u64) -> ShmemRequest {
     ShmemRequest {
@@ -60,8 +61,40 @@ fn shmem_request_copies_the_wire_fields() {
 }
 
 #[test]
+fn requests_stay_inside_one_chunk_anchored_at_an_end() {
+    // Whole chunks, the file part the truncation guard keeps (from the chunk's start) and the
+    // substitute it maps (up to the chunk's end).
+    for (off, len) in [
+        (0, C),
+        (3 * C, C),
+        (C, P),
+        (C, C - P),
+        (2 * C - P, P),
+        (C + P, C - P),
+    ] {
+        check_chunked(off, len).unwrap_or_else(|e| panic!("{off:#x}+{len:#x}: {e}"));
+    }
+    for (off, len) in [
+        (P, P),         // the middle of a chunk: one of 512 pieces
+        (C + P, 2 * P), // also
+        (C - P, 2 * P), // across a chunk boundary
+        (0, 2 * C),     // two chunks at once
+        (0, 0),
+        (u64::MAX - P + 1, P),
+    ] {
+        assert!(
+            matches!(
+                check_chunked(off, len),
+                Err(RequestError::NotChunked { .. })
+            ),
+            "{off:#x}+{len:#x}"
+        );
+    }
+}
+
+#[test]
 fn validation_table() {
-    let size = 16 * P;
+    let size = 4 * C;
     for (why, r) in bad_requests(size, P) {
         let m = validate_map_request(&r, size, P).expect_err(why);
         let u = validate_unmap_request(&r, size, P).expect_err(why);
@@ -86,14 +119,16 @@ fn validation_table() {
             "{fd_offset:#x}"
         );
     }
-    assert!(validate_map_request(&req(0, 5 * P, 15 * P, P, 1), size, P).is_ok());
-    assert!(validate_unmap_request(&req(0, 0, 0, size, 0), size, P).is_ok());
+    assert!(validate_map_request(&req(0, 5 * P, C - P, P, 1), size, P).is_ok());
+    assert!(validate_unmap_request(&req(0, 0, 3 * C, C, 0), size, P).is_ok());
+    // The whole window at once is not one chunk.
+    assert!(validate_unmap_request(&req(0, 0, 0, size, 0), size, P).is_err());
 }
 
 #[test]
 fn bad_requests_are_refused_with_nothing_mapped() {
     let page = host_page_size();
-    let size = 16 * page;
+    let size = 2 * C;
     let window = Arc::new(DaxWindow::new(size).expect("reserve"));
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&events);
@@ -125,11 +160,17 @@ fn bad_requests_are_refused_with_nothing_mapped() {
     assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
     let ro = std::fs::File::open("/proc/self/exe").expect("open read-only");
     let e = h
-        .shmem_map(&wire(&req(0, 0, page, page, 1)), &ro)
+        .shmem_map(&wire(&req(0, 0, C, page, 1)), &ro)
         .expect_err("read-only fd");
     assert_eq!(e.raw_os_error(), Some(libc::EACCES));
+    // A device (here /dev/zero; /dev/mem would give the guest host memory) is not a file.
+    let dev = std::fs::File::open("/dev/zero").expect("open /dev/zero");
     let e = h
-        .shmem_map(&wire(&req(0, 0, page, page, 0)), &-1)
+        .shmem_map(&wire(&req(0, 0, C, page, 0)), &dev)
+        .expect_err("a device");
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let e = h
+        .shmem_map(&wire(&req(0, 0, C, page, 0)), &-1)
         .expect_err("fd -1");
     assert_eq!(e.raw_os_error(), Some(libc::EBADF));
 
@@ -141,7 +182,7 @@ fn bad_requests_are_refused_with_nothing_mapped() {
         .collect();
     assert_eq!(before, after);
     assert_eq!(perms_at(window.host_addr()).as_deref(), Some("r--s"));
-    for p in 1..16 {
+    for p in (1..16).chain([C / page]) {
         assert_eq!(
             perms_at(window.host_addr() + p * page).as_deref(),
             Some("---p"),
@@ -151,7 +192,7 @@ fn bad_requests_are_refused_with_nothing_mapped() {
     let stats = h.stats();
     assert_eq!(stats.maps, 1);
     assert_eq!(stats.unmaps, 0);
-    assert_eq!(stats.refused, 2 * bad.len() as u64 + 2);
+    assert_eq!(stats.refused, 2 * bad.len() as u64 + 3);
     assert_eq!(stats.failed, 0);
     let events = events.lock().expect("events");
     // The -1 descriptor is refused before the handler's accounting sees a request.
@@ -167,10 +208,11 @@ fn failed_mmap_is_counted_as_failure() {
     let page = host_page_size();
     let window = Arc::new(DaxWindow::new(4 * page).expect("reserve"));
     let h = DaxRequestHandler::new(Arc::clone(&window));
-    let (sock, _peer) = UnixStream::pair().expect("socketpair");
+    // A regular file whose filesystem cannot map it.
+    let proc_file = std::fs::File::open("/proc/self/status").expect("open");
     let e = h
-        .map(&req(0, 0, 0, page, 0), sock.as_fd())
-        .expect_err("sockets cannot be mapped");
+        .map(&req(0, 0, 0, page, 0), proc_file.as_fd())
+        .expect_err("/proc files cannot be mapped");
     assert!(!e.is_refusal());
     assert_eq!(h.stats().failed, 1);
     assert!(window.table().is_empty());
@@ -210,25 +252,23 @@ fn serve(
 #[test]
 fn round_trip_through_the_backend_channel() {
     let page = host_page_size();
-    let size = 64 * page;
+    let size = 4 * C;
     let window = Arc::new(DaxWindow::new(size).expect("reserve"));
     let handler = Arc::new(DaxRequestHandler::new(Arc::clone(&window)));
+    let at = |off: u64| window.host_addr() + off;
     let (backend, server) = channel(Arc::clone(&handler));
     let server = serve(server, 6);
 
     let data = pattern(8 * page as usize, 42);
     let file = tmpfile(&data);
-    // 1: map file pages 2..6 read-only at window page 10.
+    // 1: map file pages 2..6 read-only at the start of chunk 1.
     backend
-        .shmem_map(&wire(&req(0, 2 * page, 10 * page, 4 * page, 0)), &file)
+        .shmem_map(&wire(&req(0, 2 * page, C, 4 * page, 0)), &file)
         .expect("map");
     // SAFETY: the range was mapped readable by the request just acknowledged.
-    let seen = unsafe { read_at(window.host_addr() + 10 * page, 4 * page as usize) };
+    let seen = unsafe { read_at(at(C), 4 * page as usize) };
     assert_eq!(seen, data[2 * page as usize..6 * page as usize]);
-    assert_eq!(
-        perms_at(window.host_addr() + 10 * page).as_deref(),
-        Some("r--s")
-    );
+    assert_eq!(perms_at(at(C)).as_deref(), Some("r--s"));
 
     // 2: map file page 0 writable at window page 0 and write through it.
     backend
@@ -251,12 +291,9 @@ fn round_trip_through_the_backend_channel() {
 
     // 5: unmap the read-only range.
     backend
-        .shmem_unmap(&wire(&req(0, 0, 10 * page, 4 * page, 0)))
+        .shmem_unmap(&wire(&req(0, 0, C, 4 * page, 0)))
         .expect("unmap");
-    assert_eq!(
-        perms_at(window.host_addr() + 10 * page).as_deref(),
-        Some("---p")
-    );
+    assert_eq!(perms_at(at(C)).as_deref(), Some("---p"));
     // 6: re-map window page 0 read-only from another file: replaces the writable mapping.
     let other = tmpfile(&pattern(page as usize, 7));
     backend

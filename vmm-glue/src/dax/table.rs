@@ -158,6 +158,18 @@ impl MappingTable {
             .len()
     }
 
+    /// How many distinct file descriptors the live and remembered ranges hold.
+    pub fn distinct_files(&self) -> usize {
+        let unmapped = self.unmapped.read().unwrap_or_else(|e| e.into_inner());
+        let entries = self.read();
+        let files: std::collections::HashSet<*const File> = entries
+            .values()
+            .chain(unmapped.values())
+            .map(|m| Arc::as_ptr(&m.file))
+            .collect();
+        files.len()
+    }
+
     /// The mapping containing `window_offset`, if any.
     pub fn lookup(&self, window_offset: u64) -> Option<Mapping> {
         let entries = self.read();

@@ -7,11 +7,11 @@
 //! `mmap` could take. All arguments are checked by pure functions ([`validate_range`],
 //! [`validate_map`], [`check_access`]) before any system call.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use thiserror::Error;
 
@@ -70,6 +70,13 @@ pub enum WindowError {
         /// Whether a writable mapping was requested.
         writable: bool,
     },
+    /// The descriptor is not a regular file (nor a memfd): a device such as `/dev/mem` would
+    /// give the guest host memory.
+    #[error("the descriptor is not a regular file (file type {file_type:#o})")]
+    NotRegularFile {
+        /// The `S_IFMT` bits of its mode.
+        file_type: u32,
+    },
     /// Inspecting or duplicating the file descriptor failed.
     #[error("cannot inspect or duplicate the file descriptor")]
     Fd(#[source] io::Error),
@@ -100,12 +107,32 @@ impl WindowError {
             | WindowError::Overflow { .. }
             | WindowError::OutOfWindow { .. } => libc::EINVAL,
             WindowError::Access { .. } => libc::EACCES,
+            WindowError::NotRegularFile { .. } => libc::EINVAL,
             WindowError::Fd(e)
             | WindowError::Reserve { source: e, .. }
             | WindowError::Map(e)
             | WindowError::Placeholder(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
+}
+
+/// The identity and file type (`S_IFMT` bits) of `fd`.
+fn fd_identity(fd: BorrowedFd<'_>) -> Result<(FileIdentity, u32), WindowError> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes one `struct stat` into `st`, which is large enough; `fd` is valid
+    // for this borrow.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(WindowError::Fd(io::Error::last_os_error()));
+    }
+    // SAFETY: fstat succeeded, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Ok((
+        FileIdentity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        },
+        st.st_mode & libc::S_IFMT,
+    ))
 }
 
 /// The host page size in bytes.
@@ -216,6 +243,9 @@ pub struct DaxWindow {
     table: Arc<MappingTable>,
     /// Serializes changes so the table always describes the host mappings in the same order.
     change: Mutex<()>,
+    /// The one descriptor kept per mapped file, shared by all its mappings: a backend cannot
+    /// make the VMM hold a descriptor per mapping.
+    files: Mutex<HashMap<FileIdentity, Weak<File>>>,
 }
 
 impl DaxWindow {
@@ -251,6 +281,7 @@ impl DaxWindow {
             page_size,
             table: Arc::new(MappingTable::new()),
             change: Mutex::new(()),
+            files: Mutex::new(HashMap::new()),
         })
     }
 
@@ -327,12 +358,11 @@ impl DaxWindow {
             return Err(WindowError::Fd(io::Error::last_os_error()));
         }
         check_access(flags, writable)?;
-        let file = File::from(fd.try_clone_to_owned().map_err(WindowError::Fd)?);
-        let meta = file.metadata().map_err(WindowError::Fd)?;
-        let identity = FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
+        let (identity, file_type) = fd_identity(fd)?;
+        if file_type != libc::S_IFREG {
+            return Err(WindowError::NotRegularFile { file_type });
+        }
+        let file = self.kept_file(identity, fd, flags)?;
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -365,11 +395,43 @@ impl DaxWindow {
             window_offset,
             len,
             file_offset,
-            file: Arc::new(file),
+            file,
             identity,
             writable,
         });
         Ok(())
+    }
+
+    /// The descriptor kept for the file `identity`: the one already kept, if it allows at least
+    /// what `fd` (whose status flags are `flags`) allows, else a duplicate of `fd`, which
+    /// replaces it for later mappings.
+    fn kept_file(
+        &self,
+        identity: FileIdentity,
+        fd: BorrowedFd<'_>,
+        flags: i32,
+    ) -> Result<Arc<File>, WindowError> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.retain(|_, f| f.strong_count() > 0);
+        if let Some(kept) = files.get(&identity).and_then(Weak::upgrade) {
+            // SAFETY: F_GETFL only reads the status flags of a descriptor the Arc keeps open.
+            let kept_flags = unsafe { libc::fcntl(kept.as_raw_fd(), libc::F_GETFL) };
+            let rw = |f: i32| f & libc::O_ACCMODE == libc::O_RDWR;
+            if kept_flags >= 0 && (rw(kept_flags) || !rw(flags)) {
+                return Ok(kept);
+            }
+        }
+        let file = Arc::new(File::from(
+            fd.try_clone_to_owned().map_err(WindowError::Fd)?,
+        ));
+        files.insert(identity, Arc::downgrade(&file));
+        Ok(file)
+    }
+
+    /// How many distinct file descriptors the window's mappings (and remembered unmapped
+    /// ranges) hold.
+    pub fn kept_files(&self) -> usize {
+        self.table.distinct_files()
     }
 
     /// Puts the inaccessible placeholder back over `[window_offset, window_offset + len)` and

@@ -277,15 +277,96 @@ fn refused_requests_change_nothing() {
 }
 
 #[test]
+fn only_regular_files_are_mapped() {
+    let page = host_page_size();
+    let w = DaxWindow::new(4 * page).expect("reserve");
+    let (sock, _peer) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let dev = std::fs::File::open("/dev/zero").expect("/dev/zero");
+    for (what, fd) in [("a socket", sock.as_fd()), ("a device", dev.as_fd())] {
+        let err = w.map_fd(0, page, fd, 0, false).expect_err(what);
+        assert!(
+            matches!(err, WindowError::NotRegularFile { .. }),
+            "{what}: {err:?}"
+        );
+        assert_eq!(err.errno(), libc::EINVAL);
+    }
+    assert!(w.table().is_empty());
+    // A memfd is a regular file.
+    // SAFETY: memfd_create reads the NUL-terminated name and returns a new descriptor.
+    let fd = unsafe { libc::memfd_create(c"vfsdax-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor nothing else owns.
+    let memfd = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    memfd.set_len(page).expect("size");
+    w.map(0, page, &memfd, 0, false).expect("memfd");
+}
+
+#[test]
+fn one_descriptor_per_file_however_many_mappings() {
+    let page = host_page_size();
+    let w = DaxWindow::new(64 * page).expect("reserve");
+    let path = std::env::temp_dir().join(format!("vfsdax-kept-{}", std::process::id()));
+    std::fs::write(&path, pattern(4 * page as usize, 3)).expect("write");
+    let ro = std::fs::File::open(&path).expect("open");
+    let ro2 = std::fs::File::open(&path).expect("open again");
+    for i in 0..16 {
+        let f = if i % 2 == 0 { &ro } else { &ro2 };
+        w.map(i * 2 * page, page, f, (i % 4) * page, false)
+            .expect("map");
+    }
+    assert_eq!(w.table().len(), 16);
+    assert_eq!(w.kept_files(), 1, "sixteen mappings, one descriptor");
+    // A writable mapping needs a writable descriptor: kept from now on.
+    let rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open rw");
+    w.map(40 * page, page, &rw, 0, true).expect("map rw");
+    w.map(42 * page, page, &ro, 0, false).expect("map ro after");
+    let snap = w.table().snapshot();
+    let rw_file = &snap
+        .iter()
+        .find(|m| m.window_offset == 40 * page)
+        .unwrap()
+        .file;
+    let later = &snap
+        .iter()
+        .find(|m| m.window_offset == 42 * page)
+        .unwrap()
+        .file;
+    assert!(
+        Arc::ptr_eq(rw_file, later),
+        "later mappings share the writable one"
+    );
+    // Another file has its own.
+    let other = tmpfile(&pattern(page as usize, 4));
+    w.map(50 * page, page, &other, 0, false).expect("other");
+    assert_eq!(
+        w.kept_files(),
+        3,
+        "the read-only one (still mapped), the writable, the other"
+    );
+    for i in 0..16 {
+        w.unmap(i * 2 * page, page).expect("unmap");
+    }
+    // The remembered unmapped ranges keep their file too; forget them.
+    w.table().forget_unmapped();
+    assert_eq!(w.kept_files(), 2);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
 fn failed_mmap_leaves_a_placeholder_and_no_entry() {
     let page = host_page_size();
     let f = tmpfile(&pattern(page as usize, 5));
-    let (sock, _peer) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    // A regular file whose filesystem cannot map it.
+    let proc_file = std::fs::File::open("/proc/self/status").expect("open");
     let w = DaxWindow::new(4 * page).expect("reserve");
     w.map(page, page, &f, 0, false).expect("map");
     let err = w
-        .map_fd(page, page, sock.as_fd(), 0, false)
-        .expect_err("sockets cannot be mapped");
+        .map_fd(page, page, proc_file.as_fd(), 0, false)
+        .expect_err("/proc files cannot be mapped");
     assert!(matches!(err, WindowError::Map(_)), "{err:?}");
     assert_ne!(err.errno(), 0);
     assert_eq!(perms_at(w.host_addr() + page).as_deref(), Some("---p"));

@@ -192,6 +192,7 @@ impl DaemonBacking {
             ConnectOptions {
                 reply_ack: proto.contains(VhostUserProtocolFeatures::REPLY_ACK),
                 observer: None,
+                ..Default::default()
             },
         )
         .map_err(DaemonError::Window)?;

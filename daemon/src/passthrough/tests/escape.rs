@@ -374,3 +374,79 @@ fn link_of_a_directory_is_refused() {
     );
     s.assert_outside_untouched();
 }
+
+#[test]
+fn dotdot_of_a_directory_moved_out_is_refused() {
+    let s = escape_share();
+    let share = s.outer.join("share");
+    std::fs::create_dir_all(share.join("a/b")).expect("a/b");
+    let a = s.lookup(ROOT_ID, "a").expect("a");
+    let b = s.lookup(a.inode, "b").expect("b");
+    // Inside, `..` climbs as usual.
+    assert_eq!(s.lookup(b.inode, "..").expect("..").inode, a.inode);
+    assert_eq!(s.lookup(a.inode, "..").expect("..").inode, ROOT_ID);
+    // A host user moves `a` next to the share: the guest still holds it, but its `..` is now
+    // the directory around the share.
+    std::fs::rename(share.join("a"), s.outer.join("a")).expect("move out");
+    assert_eq!(errno(s.lookup(a.inode, "..")), libc::EACCES);
+    // `b` still lies in `a`, which is outside now: refused too.
+    assert_eq!(errno(s.lookup(b.inode, "..")), libc::EACCES);
+    // Moved back, `a` climbs to the root again.
+    std::fs::rename(s.outer.join("a"), share.join("a")).expect("move back");
+    assert_eq!(s.lookup(a.inode, "..").expect("..").inode, ROOT_ID);
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn dotdot_never_climbs_out_while_directories_move() {
+    // A host thread moves a/ in and out of the share while the guest climbs `..` from the
+    // deepest directory: every answer is a directory of the a/b/c chain or the root, never
+    // the directory around the share or anything above it.
+    let s = escape_share();
+    let share = s.outer.join("share");
+    std::fs::create_dir_all(share.join("a/b/c")).expect("a/b/c");
+    let a = s.lookup(ROOT_ID, "a").expect("a");
+    let b = s.lookup(a.inode, "b").expect("b");
+    let c = s.lookup(b.inode, "c").expect("c");
+    let allowed = [ROOT_ID, a.inode, b.inode, c.inode];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mover = {
+        let (inside, outside) = (share.join("a"), s.outer.join("a"));
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut moves = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::rename(&inside, &outside).expect("out");
+                std::fs::rename(&outside, &inside).expect("in");
+                moves += 2;
+            }
+            moves
+        })
+    };
+    let (mut refused, mut climbed) = (0u32, 0u32);
+    for _ in 0..3000 {
+        let mut node = c.inode;
+        for _ in 0..6 {
+            match s.lookup(node, "..") {
+                Ok(e) => {
+                    assert!(
+                        allowed.contains(&e.inode),
+                        "`..` of node {node} escaped to node {}",
+                        e.inode
+                    );
+                    climbed += 1;
+                    node = e.inode;
+                }
+                Err(_) => {
+                    refused += 1;
+                    break;
+                }
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moves = mover.join().expect("mover");
+    println!("{moves} moves, {climbed} climbs, {refused} refused");
+    assert!(moves > 0 && climbed > 0);
+    s.assert_outside_untouched();
+}
