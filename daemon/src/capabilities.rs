@@ -8,7 +8,8 @@
 //! `CAP_SYS_CHROOT`), the open-file limit (`CAP_SYS_RESOURCE`), the truncation guard's fanotify
 //! group (`CAP_SYS_ADMIN`).
 //!
-//! The set is virtiofsd 1.14's: `CHOWN DAC_OVERRIDE FOWNER FSETID SETGID SETUID` for files of
+//! The set is virtiofsd 1.14's (for files of other processes' callers under `--sandbox chroot`
+//! or `none`, the truncation guard also needs `CAP_SYS_PTRACE`, see the README): `CHOWN DAC_OVERRIDE FOWNER FSETID SETGID SETUID` for files of
 //! any owner, `MKNOD` for the guest's device nodes, `SETFCAP` to remove a file's
 //! `security.capability` (setting one is refused in the passthrough whatever the
 //! capabilities: the host would honour file capabilities a guest wrote). DAX needs nothing
@@ -52,6 +53,9 @@ pub enum CapabilitiesError {
     /// The process's threads could not be counted.
     #[error("cannot count the daemon's threads before dropping capabilities")]
     ThreadCount(#[source] std::io::Error),
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` failed.
+    #[error("cannot set no_new_privs")]
+    NoNewPrivs(#[source] std::io::Error),
     /// The kernel refused a change.
     #[error("cannot {what}")]
     Change {
@@ -116,15 +120,15 @@ pub fn names(set: &HashSet<Capability>) -> Vec<String> {
     v
 }
 
-/// Drops every capability but `keep` from the calling thread, for good (bounding set too):
-/// what it keeps is `keep` ∩ what it holds. Must run while the process has one thread
-/// (counted through `proc_self_fd`, a descriptor of `/proc/self/fd`, inside a sandbox).
-/// Without `CAP_SETPCAP` (not root) the bounding set stays as it is: such a process holds no
-/// capability it could regain anyway.
+/// Drops every capability but `keep` from the calling thread, for good (bounding set too, and
+/// `no_new_privs`, so no exec could grant any back): what it keeps, returned, is `keep` ∩
+/// what it holds. Must run while the process has one thread (counted through
+/// `proc_self_fd`, a descriptor of `/proc/self/fd`, inside a sandbox). Without `CAP_SETPCAP`
+/// (not root) the bounding set stays as it is.
 pub fn drop_all_but(
     keep: &HashSet<Capability>,
     proc_self_fd: Option<&std::fs::File>,
-) -> Result<(), CapabilitiesError> {
+) -> Result<HashSet<Capability>, CapabilitiesError> {
     let threads =
         crate::sandbox::thread_count_at(proc_self_fd).map_err(CapabilitiesError::ThreadCount)?;
     if threads > 1 {
@@ -132,12 +136,12 @@ pub fn drop_all_but(
     }
     let change = |what| move |source| CapabilitiesError::Change { what, source };
     let held = caps::read(None, CapSet::Permitted).map_err(change("read the permitted set"))?;
-    if held.contains(&Capability::CAP_SETPCAP) {
+    let effective =
+        caps::read(None, CapSet::Effective).map_err(change("read the effective set"))?;
+    if effective.contains(&Capability::CAP_SETPCAP) {
         for cap in caps::all() {
-            if !keep.contains(&cap)
-                && caps::has_cap(None, CapSet::Bounding, cap)
-                    .map_err(change("read the bounding set"))?
-            {
+            // A capability this kernel does not know (newer than it) cannot be read: absent.
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
                 caps::drop(None, CapSet::Bounding, cap)
                     .map_err(change("drop a capability from the bounding set"))?;
             }
@@ -152,7 +156,13 @@ pub fn drop_all_but(
     // Effective first: it must stay a subset of the permitted set.
     caps::set(None, CapSet::Effective, &kept).map_err(change("set the effective set"))?;
     caps::set(None, CapSet::Permitted, &kept).map_err(change("set the permitted set"))?;
-    Ok(())
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only and changes no memory.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(CapabilitiesError::NoNewPrivs(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(kept.into_iter().collect())
 }
 
 #[cfg(test)]

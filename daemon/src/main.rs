@@ -112,8 +112,8 @@ fn run(opts: Options) -> Result<(), String> {
             .map(|r| Box::new(r) as Box<dyn sandbox::SupervisorDuty>),
         _ => None,
     };
-    let sandbox =
-        sandbox::enter(opts.sandbox, &shared_dir, &on_exit, duty).map_err(|e| chain(&e))?;
+    let sandbox = sandbox::enter(opts.sandbox, &shared_dir, &on_exit, duty, &mut guard_setup)
+        .map_err(|e| chain(&e))?;
     if sandboxed {
         log::info!(
             "sandbox entered (--sandbox {}): {} is the root",
@@ -123,10 +123,11 @@ fn run(opts: Options) -> Result<(), String> {
     }
     // Still one thread: every thread started from here on inherits the reduced sets.
     let keep = capabilities::keep(&opts.modcaps.0);
-    capabilities::drop_all_but(&keep, sandbox.proc_self_fd.as_ref()).map_err(|e| chain(&e))?;
+    let kept =
+        capabilities::drop_all_but(&keep, sandbox.proc_self_fd.as_ref()).map_err(|e| chain(&e))?;
     log::info!(
         "capabilities kept: {}",
-        capabilities::names(&keep).join(" ")
+        capabilities::names(&kept).join(" ")
     );
     let fs_cfg = PassthroughConfig {
         cache: match opts.cache {

@@ -144,12 +144,15 @@ pub struct Sandbox {
 /// child, runs `on_exit` once the child ended and exits the same way ([`exit_as`]). The
 /// parent enters no namespace but the child's PID one (as its parent, not its member) and
 /// keeps the host's root, so paths still mean what they meant for `on_exit`. It also serves
-/// `duty` (ignored by the other modes, which have no supervisor); the child closes it.
-pub fn enter(
+/// `duty` (ignored by the other modes, which have no supervisor); the child closes it. What
+/// `child_only` holds belongs to the daemon: the supervisor drops it (closing its descriptors)
+/// before it supervises.
+pub fn enter<T>(
     mode: SandboxMode,
     shared_dir: &Path,
     on_exit: &dyn Fn(),
     mut duty: Option<Box<dyn SupervisorDuty>>,
+    child_only: &mut Option<T>,
 ) -> Result<Sandbox, SandboxError> {
     if mode == SandboxMode::None {
         return Ok(Sandbox {
@@ -204,6 +207,7 @@ pub fn enter(
                     // The duty's descriptors are the supervisor's alone.
                     supervisor::Forked::Child => drop(duty.take()),
                     supervisor::Forked::Parent(child) => {
+                        drop(child_only.take());
                         supervisor::supervise(child, on_exit, duty.take())
                     }
                 }
@@ -444,7 +448,14 @@ mod tests {
     #[test]
     fn none_does_nothing() {
         assert!(steps(SandboxMode::None).is_empty());
-        let s = enter(SandboxMode::None, Path::new("relative/share"), &|| {}, None).expect("none");
+        let s = enter(
+            SandboxMode::None,
+            Path::new("relative/share"),
+            &|| {},
+            None,
+            &mut None::<()>,
+        )
+        .expect("none");
         assert!(s.proc_self_fd.is_none());
         assert_eq!(s.share, Path::new("relative/share"));
     }
@@ -515,7 +526,7 @@ mod tests {
         assert!(thread_count().expect("count") > 1);
         let dir = std::env::temp_dir();
         for mode in [SandboxMode::Namespace, SandboxMode::Chroot] {
-            match enter(mode, &dir, &|| {}, None) {
+            match enter(mode, &dir, &|| {}, None, &mut None::<()>) {
                 Err(SandboxError::Threads(n)) => assert!(n > 1),
                 other => panic!("{mode:?}: expected Threads, got {other:?}"),
             }
@@ -525,7 +536,8 @@ mod tests {
                 SandboxMode::Chroot,
                 Path::new("/no/such/vfsdax/share"),
                 &|| {},
-                None
+                None,
+                &mut None::<()>
             ),
             Err(SandboxError::Share(..))
         ));

@@ -145,7 +145,7 @@ enum Source {
         /// The supervisor's name for it.
         token: u64,
         /// The file.
-        file: File,
+        file: FileId,
         /// The truncating thread (host numbering).
         pid: i32,
     },
@@ -423,11 +423,11 @@ impl Shared {
             }
             if fds[1].revents != 0 {
                 if let Some(link) = &self.link {
-                    for (req, file) in link.recv().unwrap_or_default() {
+                    for req in link.recv() {
                         let work = Work {
                             source: Source::Relayed {
                                 token: req.token,
-                                file,
+                                file: req.file,
                                 pid: req.pid,
                             },
                             new_size: req.new_size,
@@ -553,13 +553,10 @@ impl Shared {
                         }
                     }
                 }
-                Source::Relayed { file, pid, .. } => match FileId::of(file) {
-                    Ok(id) => (
-                        clone_or_nothing(file).map(Arc::new),
-                        id,
-                        (*pid).max(0) as u32,
-                    ),
-                    Err(_) => {
+                // A file no longer mapped has nothing to make safe.
+                Source::Relayed { file, pid, .. } => match self.dax.kept_file(*file) {
+                    Some(f) => (Some(f), *file, (*pid).max(0) as u32),
+                    None => {
                         self.answer_work(&w.source);
                         continue;
                     }

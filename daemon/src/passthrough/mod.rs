@@ -276,13 +276,15 @@ impl PassthroughFs {
     }
 
     /// Clears set-user-id and group-executable set-group-id on a regular file (a write,
-    /// truncation or chown by an unprivileged caller, `HANDLE_KILLPRIV_V2`).
+    /// truncation or chown by an unprivileged caller, `HANDLE_KILLPRIV_V2`), and the guest's
+    /// file capabilities when `--xattrmap` keeps them under another host name (the host
+    /// kernel clears only `security.capability` itself).
     fn kill_privs(&self, data: &InodeData) -> io::Result<()> {
         let st = sys::fstat(data.fd())?;
         if let Some(mode) = perm::mode_without_privs(st.st_mode) {
             self.chmod_inode(data, mode)?;
         }
-        Ok(())
+        self.remove_mapped_capability(data)
     }
 
     /// `chmod` of the file `data` holds, through `/proc/self/fd` (`EOPNOTSUPP` on a symlink).

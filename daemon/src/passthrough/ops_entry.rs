@@ -13,8 +13,9 @@ use super::{names, perm, PassthroughFs};
 use crate::filesystem::{Context, Entry, Inode};
 use vfsdax_protocol::fuse::flags::init;
 
-/// How many levels [`PassthroughFs::under_share`] climbs at most (deeper is refused; `PATH_MAX`
-/// allows 2,048 levels of one-character names).
+/// How many levels [`PassthroughFs::under_share`] climbs at most: a `..` deeper than this
+/// below the share's root is refused (`EACCES`). Each level costs two system calls, so one
+/// LOOKUP `..` costs at most about 8,000.
 const MAX_CLIMB: usize = 4096;
 
 /// The RENAME2 flags passed to the host; anything else is `EINVAL`.

@@ -120,6 +120,26 @@ impl PassthroughFs {
         Ok(())
     }
 
+    /// Removes the host attribute `--xattrmap` keeps the guest's `security.capability` under,
+    /// if it maps it to another name (nothing to do otherwise, or without xattrs).
+    pub(super) fn remove_mapped_capability(&self, data: &InodeData) -> io::Result<()> {
+        if !self.cfg.xattr {
+            return Ok(());
+        }
+        let Ok(host) = self.cfg.xattr_map.to_host(b"security.capability") else {
+            return Ok(());
+        };
+        if &*host == b"security.capability" {
+            return Ok(());
+        }
+        let name = CString::new(host.into_owned()).map_err(|_| err(libc::EINVAL))?;
+        let path = sys::fd_name(data.fd());
+        match self.at_proc_fd(|| sys::removexattr(&path, &name)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+            r => r,
+        }
+    }
+
     pub(super) fn do_removexattr(&self, inode: Inode, name: &CStr) -> io::Result<()> {
         let (_data, path) = self.xattr_target(inode)?;
         self.check_writable()?;

@@ -177,7 +177,7 @@ fn hung_up(read_end: &OwnedFd) -> bool {
     n > 0 && pfd.revents & libc::POLLHUP != 0
 }
 
-/// The capabilities the supervisor keeps once the daemon runs.
+/// The capabilities the supervisor keeps once the daemon runs (the first only with a duty).
 const SUPERVISOR_CAPS: &[caps::Capability] = &[
     caps::Capability::CAP_SYS_PTRACE,
     caps::Capability::CAP_DAC_OVERRIDE,
@@ -273,12 +273,31 @@ pub(super) fn supervise(
     if let Some(d) = duty.as_mut() {
         d.started(child);
     }
-    // The supervisor keeps only what it still does: read a truncating process's
-    // /proc/<tid>/syscall and memory (the guard's relay) and remove the socket files.
-    let _ = crate::capabilities::drop_all_but(&SUPERVISOR_CAPS.iter().copied().collect(), None);
-    // Without a signalfd the duty cannot be served: dropped, it lets its work go.
+    // The supervisor keeps only what it still does: remove the socket files, and with a duty
+    // (the guard's relay) read a truncating process's /proc/<tid>/syscall and memory.
+    let keep = match duty {
+        Some(_) => SUPERVISOR_CAPS,
+        None => &SUPERVISOR_CAPS[1..],
+    };
+    if let Err(e) = crate::capabilities::drop_all_but(&keep.iter().copied().collect(), None) {
+        log::warn!("supervisor: {e}");
+    }
+    // A duty the supervisor cannot serve would leave the daemon waiting for it (the guard's
+    // events unanswered): the daemon is stopped instead.
     let sigfd = match duty {
-        Some(_) => signal_fd().map_err(|_| duty = None).ok(),
+        Some(_) => match signal_fd() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::error!("supervisor: cannot watch signals ({e}); stopping the daemon");
+                // SAFETY: kill takes integers; `child` is this process's unreaped child.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                let mut status = 0;
+                // SAFETY: waitpid writes the status into a valid out pointer.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                on_exit();
+                finish(ExitAs::Code(1));
+            }
+        },
         None => None,
     };
     loop {

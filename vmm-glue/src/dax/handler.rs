@@ -122,17 +122,14 @@ impl ShmemRequest {
 /// Checks that `[shm_offset, shm_offset + len)` lies inside one [`DAX_CHUNK_SIZE`] chunk and
 /// starts or ends at its boundary (a whole chunk does both).
 pub fn check_chunked(shm_offset: u64, len: u64) -> Result<(), RequestError> {
-    let refused = RequestError::NotChunked { shm_offset, len };
-    let Some(end) = shm_offset.checked_add(len) else {
-        return Err(refused);
-    };
-    let chunk_start = shm_offset - shm_offset % DAX_CHUNK_SIZE;
-    let inside = len > 0 && end <= chunk_start + DAX_CHUNK_SIZE;
-    let anchored = shm_offset == chunk_start || end == chunk_start + DAX_CHUNK_SIZE;
-    if inside && anchored {
+    // Offsets inside the chunk only: nothing here can overflow, whatever the request says.
+    let within = shm_offset % DAX_CHUNK_SIZE;
+    let inside = len > 0 && len <= DAX_CHUNK_SIZE - within;
+    // Only evaluated inside the chunk, so within + len <= DAX_CHUNK_SIZE.
+    if inside && (within == 0 || within + len == DAX_CHUNK_SIZE) {
         Ok(())
     } else {
-        Err(refused)
+        Err(RequestError::NotChunked { shm_offset, len })
     }
 }
 

@@ -80,7 +80,8 @@ fn requests_stay_inside_one_chunk_anchored_at_an_end() {
         (C - P, 2 * P), // across a chunk boundary
         (0, 2 * C),     // two chunks at once
         (0, 0),
-        (u64::MAX - P + 1, P),
+        // In the last chunk of the address space, where its end does not fit in 64 bits.
+        (u64::MAX - C + 1 + P, C),
     ] {
         assert!(
             matches!(
@@ -89,6 +90,19 @@ fn requests_stay_inside_one_chunk_anchored_at_an_end() {
             ),
             "{off:#x}+{len:#x}"
         );
+    }
+}
+
+#[test]
+fn the_last_chunk_of_the_address_space_is_refused_without_overflow() {
+    // Chunk-shaped requests there (its first and its last page) pass the chunk check; the
+    // window bounds refuse them.
+    for off in [u64::MAX - C + 1, u64::MAX - P + 1] {
+        let r = req(0, 0, off, P, 0);
+        check_chunked(r.shm_offset, r.len).expect("chunk-shaped");
+        let e = validate_map_request(&r, 4 * C, P).expect_err("outside the window");
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(validate_unmap_request(&r, 4 * C, P).is_err());
     }
 }
 

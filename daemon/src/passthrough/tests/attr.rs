@@ -466,6 +466,26 @@ fn an_xattr_map_renames_on_the_host() {
         0,
     )
     .expect("mapped security.capability");
+    let mapped_cap = cs("user.virtiofs.security.capability");
+    assert!(crate::passthrough::sys::getxattr(&path, &mapped_cap, &mut [0u8; 8]).is_ok());
+    // An unprivileged truncation (HANDLE_KILLPRIV_V2) clears it, as the host kernel clears a
+    // real security.capability.
+    let a = SetattrIn {
+        valid: fattr::SIZE | fattr::KILL_SUIDGID,
+        size: 0,
+        ..Default::default()
+    };
+    s.fs.setattr(ctx(), e.inode, &a, None).expect("truncate");
+    assert_eq!(
+        errno(crate::passthrough::sys::getxattr(
+            &path,
+            &mapped_cap,
+            &mut [0u8; 8]
+        )),
+        libc::ENODATA
+    );
+    s.fs.setxattr(ctx(), e.inode, &cs("user.x"), b"1", 0, 0)
+        .expect("another attribute");
     // A list the guest's buffer cannot hold.
     assert_eq!(errno(s.fs.listxattr(ctx(), e.inode, 5)), libc::ERANGE);
 }
