@@ -12,7 +12,6 @@
 //! `MemoryDenyWriteExecute=`, ...) and the cgroup device policy are not reproduced.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -380,14 +379,7 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| crate::guest::process::is_executable(p))
 }
 
-/// Says that `test` is skipped and why, straight to stderr (the test harness does not capture
-/// it). Under `CI` a skip is a failure: panics instead.
-pub fn skip(test: &str, reason: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so {test} may not be skipped: {reason}");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
-}
+pub use crate::require::skip;
 
 /// The paths of `tools`, or `None` after [`skip`] naming the missing ones (and the package
 /// that provides them, from `packages`: `(tool, package)`).

@@ -8,7 +8,6 @@
 //! time bound, so a VMM crash or hang fails the cell instead of the whole suite. Needs /dev/kvm;
 //! skipped, with a visible reason, only where it is absent.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,8 +37,7 @@ fn in_child(name: &str, body: fn()) {
         body();
         return;
     }
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED {name}: /dev/kvm does not exist on this machine");
+    if !vfsdax_tests::require::kvm(name) {
         return;
     }
     let dir = tempdir(name);

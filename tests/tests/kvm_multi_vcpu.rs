@@ -11,7 +11,7 @@
 //! Every run is bounded (guest timeout, rendezvous timeout, and a process-wide watchdog). Needs
 //! /dev/kvm; skipped, with a visible reason, only where it is absent.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -109,11 +109,7 @@ impl Drop for Watchdog {
 }
 
 fn kvm_present(name: &str) -> bool {
-    let present = Path::new("/dev/kvm").exists();
-    if !present {
-        eprintln!("SKIPPED {name}: /dev/kvm does not exist on this machine");
-    }
-    present
+    vfsdax_tests::require::kvm(name)
 }
 
 fn tempdir(name: &str) -> PathBuf {

@@ -40,11 +40,7 @@ fn vmm_program() -> PathBuf {
 }
 
 fn kvm_missing(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return false;
-    }
-    eprintln!("SKIPPED {test}: /dev/kvm does not exist on this machine");
-    true
+    !vfsdax_tests::require::kvm(test)
 }
 
 /// What one run of the VMM left behind.
