@@ -41,6 +41,15 @@ pub struct Mapping {
     pub identity: FileIdentity,
     /// Whether the range is mapped writable.
     pub writable: bool,
+    /// Which host mapping this is ([`next_map_id`] at its map request; the pieces split from it
+    /// keep it): mappings of one file share its descriptor, so this tells them apart.
+    pub map_id: u64,
+}
+
+/// A number no mapping has had before in this process.
+pub fn next_map_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Mapping {
@@ -64,6 +73,7 @@ impl Mapping {
             file: Arc::clone(&self.file),
             identity: self.identity,
             writable: self.writable,
+            map_id: self.map_id,
         }
     }
 }
@@ -248,6 +258,7 @@ mod tests {
             file: Arc::clone(f),
             identity: FileIdentity { dev: 1, ino: 7 },
             writable: false,
+            map_id: next_map_id(),
         }
     }
 

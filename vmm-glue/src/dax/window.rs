@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use thiserror::Error;
 
-use super::table::{FileIdentity, Mapping, MappingTable};
+use super::table::{next_map_id, FileIdentity, Mapping, MappingTable};
 
 /// Errors of the DAX window.
 #[derive(Debug, Error)]
@@ -398,6 +398,7 @@ impl DaxWindow {
             file,
             identity,
             writable,
+            map_id: next_map_id(),
         });
         Ok(())
     }

@@ -312,6 +312,7 @@ mod tests {
             file: Arc::new(File::open("/dev/null").expect("/dev/null")),
             identity: FileIdentity { dev: 1, ino },
             writable,
+            map_id: crate::dax::table::next_map_id(),
         }
     }
 

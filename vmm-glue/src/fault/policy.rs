@@ -303,6 +303,7 @@ mod tests {
                 file: Arc::new(File::open("/dev/null").expect("/dev/null")),
                 identity: FileIdentity { dev: 1, ino: 2 },
                 writable: true,
+                map_id: 1,
             },
             gpa: 0x4000_2000,
             window_offset: 0x2000,

@@ -8,9 +8,9 @@
 //! access at once and it exits like any other truncated-page access. A fenced range whose file
 //! grew back is unfenced when an access to it exits.
 //!
-//! Every fence remembers which mapping it fenced (its owner: the `Arc<File>` allocation the
-//! window made for that `SHMEM_MAP`, kept from reuse by a `Weak`, plus the file-minus-window
-//! offset). A range the guest unmapped or mapped again (REMOVEMAPPING, SETUPMAPPING) got fresh
+//! Every fence remembers which mapping it fenced (its owner: the number the window gave that
+//! `SHMEM_MAP`, [`Mapping::map_id`], plus the file-minus-window offset; mappings of one file
+//! share its descriptor, so the descriptor cannot tell them apart). A range the guest unmapped or mapped again (REMOVEMAPPING, SETUPMAPPING) got fresh
 //! protection from `mmap`, so before fencing or unfencing, fences are checked against the current
 //! table and whatever no longer belongs to its mapping is dropped without touching it; unfencing
 //! restores the protection of the current entry.
@@ -26,9 +26,6 @@
 //! the latter two and never the fences, so the order cannot cycle. Protection changes and the
 //! checks they rely on run under the change lock, so a mapping swapped in meanwhile is never
 //! touched.
-
-use std::fs::File;
-use std::sync::{Arc, Weak};
 
 use crate::dax::{DaxWindow, Mapping, MappingTable, WindowError};
 use crate::fault::PAGE_SIZE;
@@ -49,27 +46,25 @@ pub enum FenceError {
     },
 }
 
-/// The identity of one host mapping of the window: the file the window duplicated for it (a new
-/// `Arc` per map request, shared only by the table entries split from it) and its file offset
-/// minus window offset. The `Weak` keeps the allocation, so its address cannot name another
-/// mapping later.
+/// The identity of one host mapping of the window: the number the window gave its map request
+/// (kept by the table entries split from it, never given again) and its file offset minus window
+/// offset.
 #[derive(Clone, Debug)]
 struct Owner {
-    file: Weak<File>,
+    map_id: u64,
     delta: u64,
 }
 
 impl Owner {
     fn of(m: &Mapping) -> Self {
         Owner {
-            file: Arc::downgrade(&m.file),
+            map_id: m.map_id,
             delta: m.file_offset.wrapping_sub(m.window_offset),
         }
     }
 
     fn owns(&self, m: &Mapping) -> bool {
-        std::ptr::eq(self.file.as_ptr(), Arc::as_ptr(&m.file))
-            && m.file_offset.wrapping_sub(m.window_offset) == self.delta
+        m.map_id == self.map_id && m.file_offset.wrapping_sub(m.window_offset) == self.delta
     }
 }
 
@@ -377,6 +372,7 @@ mod tests {
             file: Arc::new(std::fs::File::open("/dev/null").expect("/dev/null")),
             identity: FileIdentity { dev: 1, ino: 1 },
             writable: true,
+            map_id: crate::dax::table::next_map_id(),
         }
     }
 
@@ -601,6 +597,14 @@ mod tests {
         assert!(owner.owns(&a));
         assert!(!owner.owns(&a_moved));
         assert!(!owner.owns(&b));
+        // The same file mapped again at the same place (one descriptor per file, so the same
+        // `Arc`) is a new mapping: a fence of the old one does not cover it.
+        let a_again = Mapping {
+            map_id: crate::dax::table::next_map_id(),
+            ..a.clone()
+        };
+        assert!(Arc::ptr_eq(&a.file, &a_again.file));
+        assert!(!owner.owns(&a_again));
         // A split of `a` around a new mapping in its middle.
         let left = Mapping {
             len: 0x1000,
