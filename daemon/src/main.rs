@@ -6,13 +6,13 @@ use std::mem::ManuallyDrop;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use clap::Parser;
 use vhost::vhost_user::Error as VhostUserError;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use vfsdax_daemon::backend::{DeviceConfig, FsBackend};
 use vfsdax_daemon::capabilities;
+use vfsdax_daemon::cli::syslog::SyslogLogger;
 use vfsdax_daemon::cli::{self, CacheMode, Options, TruncateGuard, TruncateGuardAction};
 use vfsdax_daemon::dax::Guarding;
 use vfsdax_daemon::filesystem::FileSystem;
@@ -33,15 +33,17 @@ const QUEUE_SIZE: u16 = 1024;
 const MAX_WRITE: u32 = 1 << 20;
 
 fn main() -> ExitCode {
-    let opts = Options::parse();
+    let opts = cli::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if opts.print_capabilities {
         println!("{}", cli::capabilities_json());
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::new()
-        .filter_level(opts.log_level)
-        .format_target(false)
-        .init();
+    init_logging(&opts);
+    for w in opts.warnings() {
+        log::warn!("{w}");
+    }
+    // What the command line (`-o` translated) came to.
+    log::debug!("{opts:?}");
     // A request that panics is answered EIO and the queue goes on (the server contains it);
     // the guest may cause many, so their lines are rate-limited like every guest-triggered one.
     std::panic::set_hook(Box::new(|info| {
@@ -58,6 +60,38 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--syslog`: records go to `/dev/log`, connected now, before the sandbox and the seccomp
+/// filter (inside them the path is gone and `connect` is not allowed); without it, or if
+/// `/dev/log` cannot be reached (then with a warning, as virtiofsd), to standard error.
+fn init_logging(opts: &Options) {
+    let mut fallback = None;
+    if opts.syslog {
+        let pid = std::process::id();
+        match SyslogLogger::connect(
+            cli::syslog::DEV_LOG.as_ref(),
+            "vfsdaxd",
+            pid,
+            opts.log_level,
+        ) {
+            Ok(logger) => match logger.install() {
+                Ok(()) => return,
+                Err(e) => fallback = Some(e.to_string()),
+            },
+            Err(e) => fallback = Some(e.to_string()),
+        }
+    }
+    env_logger::Builder::new()
+        .filter_level(opts.log_level)
+        .format_target(false)
+        .init();
+    if let Some(e) = fallback {
+        log::warn!(
+            "--syslog: cannot connect to {}: {e}; logging to standard error",
+            cli::syslog::DEV_LOG
+        );
     }
 }
 
@@ -136,16 +170,19 @@ fn run(opts: Options) -> Result<(), String> {
             CacheMode::Never => CachePolicy::Never,
             CacheMode::Metadata => CachePolicy::Metadata,
         },
-        xattr: opts.xattr || opts.xattrmap.is_some(),
+        xattr: opts.xattr_enabled(),
         xattr_map: opts
             .xattrmap
             .clone()
             .unwrap_or_else(XattrMap::default_policy),
         readonly: opts.readonly,
-        announce_submounts: opts.announce_submounts,
+        announce_submounts: opts.announces_submounts(),
         writeback: opts.writeback,
         allow_direct_io: opts.allow_direct_io,
         deny_device_nodes: opts.deny_device_nodes,
+        killpriv_v2: opts.killpriv_v2,
+        readdirplus: opts.readdirplus(),
+        allow_mmap: opts.allow_mmap,
         dax_window: opts.cache_size,
         dax_policy: opts.dax_policy,
         ..PassthroughConfig::new(sandbox.share)
@@ -162,8 +199,8 @@ fn run(opts: Options) -> Result<(), String> {
             dax_window_size: opts.cache_size,
             max_write: MAX_WRITE,
             writeback: opts.writeback,
-            announce_submounts: opts.announce_submounts,
-            xattr: opts.xattr || opts.xattrmap.is_some(),
+            announce_submounts: opts.announces_submounts(),
+            xattr: opts.xattr_enabled(),
             inode_dax: opts.cache_size > 0,
         },
     ));

@@ -229,10 +229,17 @@ fn setattr_truncates_chmods_and_sets_times() {
 }
 
 /// SETATTR with `FATTR_KILL_SUIDGID` (sent by Linux guests once `HANDLE_KILLPRIV_V2` is
-/// negotiated, which a Linux 6.x guest always asks for).
+/// negotiated, which a Linux 6.x guest always asks for and the daemon offers with
+/// `--killpriv-v2`, off by default as in virtiofsd).
 #[test]
 fn setattr_kill_suidgid_with_killpriv_v2() {
-    let mut s = Session::start();
+    let mut s = Session::start_with(
+        &DaemonOptions {
+            extra_args: vec!["--killpriv-v2".into()],
+            ..Default::default()
+        },
+        ClientOptions::default(),
+    );
     let out = s
         .client
         .init_with(

@@ -85,25 +85,37 @@ pub struct PassthroughConfig {
     /// Which extended attribute names the guest may use, under which host names
     /// (`--xattrmap`; [`XattrMap::default_policy`] without it).
     pub xattr_map: XattrMap,
+    /// Offer `HANDLE_KILLPRIV_V2` (`--killpriv-v2`): the guest then leaves clearing
+    /// set-user-id/set-group-id to the daemon (`KILL_SUIDGID` on WRITE, SETATTR, OPEN).
+    pub killpriv_v2: bool,
+    /// Offer READDIRPLUS (`DO_READDIRPLUS`, `READDIRPLUS_AUTO`).
+    pub readdirplus: bool,
+    /// Offer `DIRECT_IO_ALLOW_MMAP` (`--allow-mmap`): the guest may map files it opened for
+    /// direct I/O (`--cache=never|metadata`) shared.
+    pub allow_mmap: bool,
 }
 
 impl PassthroughConfig {
-    /// A configuration sharing `root_dir` with the defaults of virtiofsd: cache `auto`, no
-    /// xattrs, writable, no submount announcements, no writeback, `O_DIRECT` dropped; no DAX
-    /// window (policy `auto` once there is one).
+    /// A configuration sharing `root_dir` with the defaults of virtiofsd 1.14: cache `auto`,
+    /// no xattrs, writable, submounts announced, no writeback, `O_DIRECT` dropped, no
+    /// `HANDLE_KILLPRIV_V2`, READDIRPLUS, no `DIRECT_IO_ALLOW_MMAP`; no DAX window (policy
+    /// `auto` once there is one).
     pub fn new(root_dir: impl Into<PathBuf>) -> PassthroughConfig {
         PassthroughConfig {
             root_dir: root_dir.into(),
             cache: CachePolicy::Auto,
             xattr: false,
             readonly: false,
-            announce_submounts: false,
+            announce_submounts: true,
             writeback: false,
             allow_direct_io: false,
             dax_window: 0,
             dax_policy: DaxPolicy::Auto,
             deny_device_nodes: false,
             xattr_map: XattrMap::default_policy(),
+            killpriv_v2: false,
+            readdirplus: true,
+            allow_mmap: false,
         }
     }
 
@@ -115,13 +127,19 @@ impl PassthroughConfig {
             | init::BIG_WRITES
             | init::AUTO_INVAL_DATA
             | init::ASYNC_DIO
-            | init::DO_READDIRPLUS
-            | init::READDIRPLUS_AUTO
             | init::EXPORT_SUPPORT
             | init::ATOMIC_O_TRUNC
-            | init::HANDLE_KILLPRIV_V2
             | init::MAX_PAGES
             | init::INIT_EXT;
+        if self.readdirplus {
+            f |= init::DO_READDIRPLUS | init::READDIRPLUS_AUTO;
+        }
+        if self.killpriv_v2 {
+            f |= init::HANDLE_KILLPRIV_V2;
+        }
+        if self.allow_mmap {
+            f |= init::DIRECT_IO_ALLOW_MMAP;
+        }
         if self.announce_submounts {
             f |= init::SUBMOUNTS;
         }
@@ -250,17 +268,35 @@ mod tests {
         let mut c = PassthroughConfig::new("/x");
         let base = c.wanted_init_flags();
         assert_eq!(base & init::WRITEBACK_CACHE, 0);
-        assert_eq!(base & init::SUBMOUNTS, 0);
+        assert_ne!(
+            base & init::SUBMOUNTS,
+            0,
+            "announced by default, as virtiofsd 1.14"
+        );
+        assert_eq!(
+            base & init::HANDLE_KILLPRIV_V2,
+            0,
+            "off by default, as virtiofsd"
+        );
+        assert_eq!(base & init::DIRECT_IO_ALLOW_MMAP, 0);
         assert_eq!(base & init::SETXATTR_EXT, 0);
         assert_eq!(base & init::DONT_MASK, 0);
+        assert_eq!(base & init::POSIX_ACL, 0);
         assert_ne!(base & init::DO_READDIRPLUS, 0);
+        assert_ne!(base & init::READDIRPLUS_AUTO, 0);
         c.writeback = true;
-        c.announce_submounts = true;
+        c.announce_submounts = false;
         c.xattr = true;
+        c.killpriv_v2 = true;
+        c.allow_mmap = true;
+        c.readdirplus = false;
         let f = c.wanted_init_flags();
         assert_ne!(f & init::WRITEBACK_CACHE, 0);
-        assert_ne!(f & init::SUBMOUNTS, 0);
+        assert_eq!(f & init::SUBMOUNTS, 0);
         assert_ne!(f & init::SETXATTR_EXT, 0);
+        assert_ne!(f & init::HANDLE_KILLPRIV_V2, 0);
+        assert_ne!(f & init::DIRECT_IO_ALLOW_MMAP, 0);
+        assert_eq!(f & (init::DO_READDIRPLUS | init::READDIRPLUS_AUTO), 0);
         c.readonly = true;
         assert_eq!(c.wanted_init_flags() & init::WRITEBACK_CACHE, 0);
     }

@@ -217,6 +217,8 @@ fn init_answers_a_subset_of_the_offer() {
     let s = share_with(|c| {
         c.announce_submounts = true;
         c.writeback = true;
+        // Off by default (as virtiofsd): asked for with --killpriv-v2.
+        c.killpriv_v2 = true;
     });
     let offer = init::ASYNC_READ | init::WRITEBACK_CACHE | init::POSIX_LOCKS | init::DONT_MASK;
     let got = s.fs.init(offer, &NoMapper).expect("init");
