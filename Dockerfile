@@ -17,13 +17,15 @@ COPY Cargo.toml Cargo.lock ./
 COPY protocol/Cargo.toml protocol/
 COPY daemon/Cargo.toml daemon/
 COPY vmm-glue/Cargo.toml vmm-glue/
+COPY vmm-glue/driver/Cargo.toml vmm-glue/driver/
+COPY vmm-glue/refvmm/Cargo.toml vmm-glue/refvmm/
 COPY tests/Cargo.toml tests/
-RUN for member in protocol daemon vmm-glue tests; do \
+RUN for member in protocol daemon vmm-glue vmm-glue/driver vmm-glue/refvmm tests; do \
         mkdir -p "$member/src" && : > "$member/src/lib.rs"; \
     done \
- && mkdir -p vmm-glue/src/bin vmm-glue/benches tests/benches \
- && for target in daemon/src/main.rs vmm-glue/src/bin/vfsdax-vmm.rs \
-        vmm-glue/benches/fault_latency.rs tests/benches/dax_roundtrip.rs \
+ && mkdir -p vmm-glue/refvmm/src/bin vmm-glue/refvmm/benches tests/benches \
+ && for target in daemon/src/main.rs vmm-glue/refvmm/src/bin/vfsdax-vmm.rs \
+        vmm-glue/refvmm/benches/fault_latency.rs tests/benches/dax_roundtrip.rs \
         tests/benches/guard_cost.rs; do \
         echo 'fn main() {}' > "$target"; \
     done \

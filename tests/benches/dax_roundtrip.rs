@@ -16,11 +16,11 @@
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use vfsdax_driver::ClientOptions;
 use vfsdax_protocol::fuse::flags::SETUPMAPPING_FLAG_READ;
 use vfsdax_protocol::fuse::{RemoveMappingOne, SetupMappingIn, ROOT_ID};
 use vfsdax_tests::harness::{error_chain, DaemonOptions, Session, DAEMON_ENV};
 use vfsdax_vmm_glue::dax::{connect, ConnectOptions};
-use vfsdax_vmm_glue::driver::ClientOptions;
 
 const MIB2: u64 = 2 << 20;
 const SLOTS: u64 = 32;

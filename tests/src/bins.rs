@@ -27,7 +27,7 @@ use crate::guest::daemon::profile_dir_of;
 pub enum Bin {
     /// The daemon (`vfsdax-daemon`'s `vfsdaxd`).
     Vfsdaxd,
-    /// The reference VMM (`vfsdax-vmm-glue`'s `vfsdax-vmm`).
+    /// The reference VMM (`vfsdax-refvmm`'s `vfsdax-vmm`).
     VfsdaxVmm,
 }
 
@@ -44,7 +44,7 @@ impl Bin {
     pub fn package(self) -> &'static str {
         match self {
             Bin::Vfsdaxd => "vfsdax-daemon",
-            Bin::VfsdaxVmm => "vfsdax-vmm-glue",
+            Bin::VfsdaxVmm => "vfsdax-refvmm",
         }
     }
 

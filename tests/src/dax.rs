@@ -5,10 +5,10 @@
 use std::fs::File;
 use std::sync::{Mutex, MutexGuard};
 
+use vfsdax_driver::ClientOptions;
 use vfsdax_protocol::fuse::flags::{SETUPMAPPING_FLAG_READ, SETUPMAPPING_FLAG_WRITE};
 use vfsdax_protocol::fuse::{RemoveMappingOne, SetupMappingIn, ROOT_ID};
 use vfsdax_vmm_glue::dax::{connect, ConnectOptions, DaxConnection, FileIdentity};
-use vfsdax_vmm_glue::driver::ClientOptions;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
 use crate::harness::{error_chain, DaemonOptions, Session};

@@ -1,6 +1,6 @@
 //! Shared helpers of the in-process vhost-user frontend harness (`tests/tests/harness_*.rs`):
 //! start the real daemon on a temporary socket and share, connect the host-side driver
-//! ([`vfsdax_vmm_glue::driver`]) to it, and compare replies with the host filesystem.
+//! ([`vfsdax_driver`]) to it, and compare replies with the host filesystem.
 //!
 //! The daemon is `vfsdaxd` in the cargo profile directory of the test binary (built first when it
 //! is missing or stale, [`crate::bins`]), or the program named by the environment variable
@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use vfsdax_vmm_glue::driver::{ClientError, ClientOptions, FsClient, RawReply};
+use vfsdax_driver::{ClientError, ClientOptions, FsClient, RawReply};
 
 /// Environment variable naming another daemon program to test.
 pub const DAEMON_ENV: &str = "VFSDAX_DAEMON";
@@ -514,7 +514,7 @@ pub fn classify(r: Result<RawReply, ClientError>) -> Outcome {
             Some(h) if h.error == 0 => Outcome::Success(raw),
             _ => Outcome::Garbage(raw),
         },
-        Err(ClientError::Queue(vfsdax_vmm_glue::driver::queue::QueueError::Timeout(_))) => {
+        Err(ClientError::Queue(vfsdax_driver::queue::QueueError::Timeout(_))) => {
             Outcome::NotReturned
         }
         Err(e) => panic!("driver error on a raw request: {}", error_chain(&e)),

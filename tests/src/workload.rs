@@ -6,8 +6,8 @@
 use std::fmt::Display;
 use std::time::Duration;
 
+use vfsdax_driver::{FsClient, XattrReply};
 use vfsdax_protocol::fuse::{EntryOut, OpenOut, ROOT_ID};
-use vfsdax_vmm_glue::driver::{FsClient, XattrReply};
 
 use crate::harness::{error_chain, peer_is_virtiofsd, Daemon, Session};
 

@@ -5,8 +5,8 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use vfsdax_driver::ClientOptions;
 use vfsdax_tests::harness::{daemon_program, peer_is_virtiofsd, Daemon, DaemonOptions, TempDir};
-use vfsdax_vmm_glue::driver::ClientOptions;
 
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 

@@ -17,6 +17,7 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
+use vfsdax_driver::ClientOptions;
 use vfsdax_protocol::fuse::flags::init;
 use vfsdax_protocol::fuse::{SetupMappingIn, ROOT_ID};
 use vfsdax_tests::dax::{
@@ -25,7 +26,6 @@ use vfsdax_tests::dax::{
 };
 use vfsdax_tests::harness::{expect_errno, pattern, DaemonOptions, Session};
 use vfsdax_vmm_glue::dax::FileIdentity;
-use vfsdax_vmm_glue::driver::ClientOptions;
 
 fn start() -> Dax {
     start_with(&[], 0)
@@ -53,7 +53,7 @@ fn init_negotiates_map_alignment_and_inode_dax() {
     // A dax=inode guest: regular files carry FUSE_ATTR_DAX (policy `always`), directories not.
     let mut d2 = start_with(
         &["--dax-policy", "size:1M"],
-        vfsdax_vmm_glue::driver::ops::DEFAULT_INIT_FLAGS | init::HAS_INODE_DAX,
+        vfsdax_driver::ops::DEFAULT_INIT_FLAGS | init::HAS_INODE_DAX,
     );
     assert_ne!(d2.s.client.negotiated_init_flags() & init::HAS_INODE_DAX, 0);
     let (big, _) = d2.file("big", &vec![1u8; 1 << 20]);

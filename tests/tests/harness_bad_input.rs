@@ -5,12 +5,12 @@
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+use vfsdax_driver::frontend::REQUEST_QUEUE;
+use vfsdax_driver::queue::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE};
+use vfsdax_driver::{ClientOptions, RawDesc};
 use vfsdax_protocol::fuse::flags::fattr;
 use vfsdax_protocol::fuse::{GetattrIn, Opcode, SetattrIn, ROOT_ID};
 use vfsdax_tests::harness::{classify, expect_errno, raw_request, DaemonOptions, Outcome, Session};
-use vfsdax_vmm_glue::driver::frontend::REQUEST_QUEUE;
-use vfsdax_vmm_glue::driver::queue::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE};
-use vfsdax_vmm_glue::driver::{ClientOptions, RawDesc};
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 fn session() -> Session {
@@ -175,7 +175,7 @@ fn descriptors_outside_guest_memory() {
     }
 }
 
-fn raw_reply(s: &Session, addr: u64, used: u32) -> vfsdax_vmm_glue::driver::RawReply {
+fn raw_reply(s: &Session, addr: u64, used: u32) -> vfsdax_driver::RawReply {
     let n = used.min(4096) as usize;
     let mut data = vec![0u8; n];
     s.client
@@ -183,7 +183,7 @@ fn raw_reply(s: &Session, addr: u64, used: u32) -> vfsdax_vmm_glue::driver::RawR
         .memory()
         .read_slice(&mut data, GuestAddress(addr))
         .unwrap();
-    vfsdax_vmm_glue::driver::RawReply {
+    vfsdax_driver::RawReply {
         used_len: used,
         data,
     }
@@ -432,7 +432,7 @@ fn requests_before_init_are_refused_and_do_not_kill_the_daemon() {
 /// tables that are nested, mis-sized or combined with `NEXT`.
 #[test]
 fn malformed_descriptor_chains() {
-    use vfsdax_vmm_glue::driver::queue::{Descriptor, VIRTQ_DESC_F_NEXT};
+    use vfsdax_driver::queue::{Descriptor, VIRTQ_DESC_F_NEXT};
     let mut s = session();
     let (req_addr, reply) = placed_getattr(&mut s);
     let d = |addr, len, flags, next| Descriptor {
@@ -496,8 +496,8 @@ fn malformed_descriptor_chains() {
 /// body, and more forgets than lookups, on the hiprio queue.
 #[test]
 fn bad_forgets_on_the_hiprio_queue() {
+    use vfsdax_driver::frontend::HIPRIO_QUEUE;
     use vfsdax_protocol::fuse::{BatchForgetIn, ForgetOne};
-    use vfsdax_vmm_glue::driver::frontend::HIPRIO_QUEUE;
     let mut s = session();
     std::fs::write(s.host("f"), b"f").unwrap();
     let e = s.client.lookup(ROOT_ID, b"f").unwrap();

@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
+use vfsdax_driver::ops::DEFAULT_INIT_FLAGS;
+use vfsdax_driver::{ClientOptions, XattrReply};
 use vfsdax_protocol::fuse::flags::init;
 use vfsdax_protocol::fuse::flags::{fattr, RENAME_EXCHANGE, RENAME_NOREPLACE};
 use vfsdax_protocol::fuse::KERNEL_MINOR_VERSION;
@@ -14,8 +16,6 @@ use vfsdax_protocol::fuse::{
     CopyFileRangeIn, ForgetOne, RemoveMappingOne, SetattrIn, SetupMappingIn, ROOT_ID,
 };
 use vfsdax_tests::harness::{expect_errno, pattern, peer_is_virtiofsd, DaemonOptions, Session};
-use vfsdax_vmm_glue::driver::ops::DEFAULT_INIT_FLAGS;
-use vfsdax_vmm_glue::driver::{ClientOptions, XattrReply};
 
 const S_IFMT: u32 = libc::S_IFMT;
 

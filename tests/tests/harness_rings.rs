@@ -4,9 +4,9 @@
 
 use std::os::unix::fs::MetadataExt;
 
+use vfsdax_driver::{BatchRequest, ClientOptions, FeatureWishes};
 use vfsdax_protocol::fuse::ROOT_ID;
 use vfsdax_tests::harness::{pattern, DaemonOptions, Session};
-use vfsdax_vmm_glue::driver::{BatchRequest, ClientOptions, FeatureWishes};
 use vhost::VhostBackend;
 use vm_memory::Bytes;
 
@@ -155,7 +155,7 @@ fn many_requests_in_flight_with(daemon_args: &[&str], event_idx: bool) {
         assert_eq!(r.as_ref().unwrap(), &data[start..start + 1000], "READ {i}");
     }
     let attr: vfsdax_protocol::fuse::AttrOut =
-        vfsdax_vmm_glue::driver::fuse::parse_attr(replies[96].as_ref().unwrap()).unwrap();
+        vfsdax_driver::fuse::parse_attr(replies[96].as_ref().unwrap()).unwrap();
     assert_eq!(attr.attr.size, data.len() as u64);
     s.client.release(e.nodeid, o.fh, 0).unwrap();
     s.assert_serving();

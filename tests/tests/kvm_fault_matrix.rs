@@ -15,14 +15,14 @@ use vfsdax_protocol::apf::{
     BROADCAST_TOKEN, DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT, KVM_PV_REASON_PAGE_ERROR,
 };
 use vfsdax_protocol::report::{Access, ActionTaken, FaultKind, GuestMode};
-use vfsdax_vmm_glue::fault::FallbackPolicy;
-use vfsdax_vmm_glue::kvm::guest::{layout, port, GuestAccess, GuestConfig, GuestObservation};
-use vfsdax_vmm_glue::kvm::mce::{MCG_STATUS_EIPV, MCG_STATUS_MCIP, MCG_STATUS_RIPV};
-use vfsdax_vmm_glue::kvm::scenario::{
+use vfsdax_refvmm::guest::{layout, port, GuestAccess, GuestConfig, GuestObservation};
+use vfsdax_refvmm::scenario::{
     original_word, replacement_word, run_scenario, Backing, LocalFile, Scenario, ScenarioResult,
     Truncation, ACCESS_OFFSET, BASELINE_OFFSET, BELOW_SIZE, MAP_LEN, STORE_VALUE, WINDOW_SIZE,
 };
-use vfsdax_vmm_glue::kvm::vm::{ReferenceVm, VmSetup, KICK_INTERVAL};
+use vfsdax_refvmm::vm::{ReferenceVm, VmSetup, KICK_INTERVAL};
+use vfsdax_vmm_glue::fault::FallbackPolicy;
+use vfsdax_vmm_glue::kvm::mce::{MCG_STATUS_EIPV, MCG_STATUS_MCIP, MCG_STATUS_RIPV};
 use vfsdax_vmm_glue::kvm::{Exit, Handled, VcpuOps};
 
 const CHILD_ENV: &str = "VFSDAX_KVM_MATRIX_CHILD";

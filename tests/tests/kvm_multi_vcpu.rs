@@ -21,14 +21,14 @@ use vfsdax_protocol::apf::{
     KVM_PV_REASON_PAGE_ERROR, VFSDAX_TOKEN_TAG,
 };
 use vfsdax_protocol::report::{ActionTaken, FaultKind, FaultReport};
-use vfsdax_vmm_glue::fault::FallbackPolicy;
-use vfsdax_vmm_glue::kvm::guest::program::apf_en_value;
-use vfsdax_vmm_glue::kvm::guest::{layout, port, GuestAccess, GuestConfig, GuestObservation};
-use vfsdax_vmm_glue::kvm::scenario::{
+use vfsdax_refvmm::guest::program::apf_en_value;
+use vfsdax_refvmm::guest::{layout, port, GuestAccess, GuestConfig, GuestObservation};
+use vfsdax_refvmm::scenario::{
     original_word, Backing, LocalFile, Truncation, ACCESS_OFFSET, BASELINE_OFFSET, STORE_VALUE,
     WINDOW_SIZE,
 };
-use vfsdax_vmm_glue::kvm::vm::{ReferenceVm, RunOutcome, VmSetup};
+use vfsdax_refvmm::vm::{ReferenceVm, RunOutcome, VmSetup};
+use vfsdax_vmm_glue::fault::FallbackPolicy;
 use vfsdax_vmm_glue::kvm::FaultCounters;
 
 /// Bound on one guest run (and on waiting for the other vCPU at the rendezvous).

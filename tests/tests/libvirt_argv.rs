@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use vfsdax_driver::ops::DEFAULT_INIT_FLAGS;
+use vfsdax_driver::{ClientOptions, FsClient, XattrReply};
 use vfsdax_protocol::fuse::flags::{fopen, init};
 use vfsdax_protocol::fuse::{InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION, ROOT_ID};
 use vfsdax_tests::harness::{
     children, daemon_program, expect_errno, running_as_root, Daemon, DaemonDirs,
 };
-use vfsdax_vmm_glue::driver::ops::DEFAULT_INIT_FLAGS;
-use vfsdax_vmm_glue::driver::{ClientOptions, FsClient, XattrReply};
 
 /// What a Linux 6.x guest offers at INIT, the flags these tests look at included.
 const GUEST_FLAGS: u64 = DEFAULT_INIT_FLAGS

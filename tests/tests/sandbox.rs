@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
+use vfsdax_driver::ClientOptions;
 use vfsdax_protocol::fuse::flags::RENAME_NOREPLACE;
 use vfsdax_protocol::fuse::{SetattrIn, ROOT_ID};
 use vfsdax_tests::harness::{expect_errno, pattern, Daemon, DaemonOptions, Session};
@@ -18,7 +19,6 @@ use vfsdax_tests::workload::{
     create_write_read_back, disconnect_and_expect_success, ok, readdir_names, xattr_round_trip,
     EXIT_WAIT,
 };
-use vfsdax_vmm_glue::driver::ClientOptions;
 
 /// The peer virtiofsd has its own sandbox, with another command line: these tests are ours.
 fn skip_for_peer() -> bool {

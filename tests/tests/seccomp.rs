@@ -8,6 +8,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
+use vfsdax_driver::{Caller, ClientOptions, XattrReply};
 use vfsdax_protocol::fuse::flags::{fattr, RENAME_EXCHANGE, RENAME_NOREPLACE};
 use vfsdax_protocol::fuse::flags::{SETUPMAPPING_FLAG_READ, SETUPMAPPING_FLAG_WRITE};
 use vfsdax_protocol::fuse::{
@@ -21,7 +22,6 @@ use vfsdax_tests::workload::{
     EXIT_WAIT,
 };
 use vfsdax_vmm_glue::dax::{connect, ConnectOptions};
-use vfsdax_vmm_glue::driver::{Caller, ClientOptions, XattrReply};
 
 const MIB2: u64 = 2 << 20;
 

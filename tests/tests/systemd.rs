@@ -22,6 +22,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vfsdax_driver::Caller;
 use vfsdax_protocol::fuse::flags::fattr;
 use vfsdax_protocol::fuse::{SetattrIn, ROOT_ID};
 use vfsdax_tests::bins::{self, Bin};
@@ -31,7 +32,6 @@ use vfsdax_tests::systemd::{
     activation_tools, analyze_security, analyze_verify, contrib_dir, populate_unit_root,
     require_tools, start_activated, Hardening, Unit,
 };
-use vfsdax_vmm_glue::driver::Caller;
 
 const INSTANCE: &str = "test";
 

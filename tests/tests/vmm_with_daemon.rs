@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vfsdax_protocol::apf::KVM_PV_REASON_PAGE_ERROR;
-use vfsdax_tests::bins::{self, Bin};
-use vfsdax_tests::harness::{daemon_program, error_chain, Daemon, DaemonOptions};
-use vfsdax_vmm_glue::kvm::guest::layout::WINDOW_GPA;
-use vfsdax_vmm_glue::kvm::scenario::{
+use vfsdax_refvmm::guest::layout::WINDOW_GPA;
+use vfsdax_refvmm::scenario::{
     original_word, pattern_bytes, ACCESS_OFFSET, BASELINE_OFFSET, STORE_VALUE,
 };
+use vfsdax_tests::bins::{self, Bin};
+use vfsdax_tests::harness::{daemon_program, error_chain, Daemon, DaemonOptions};
 
 const NAME: &str = "data.bin";
 const VMM_BOUND: Duration = Duration::from_secs(60);

@@ -5,20 +5,15 @@
 //! - [`apf`]: the async-page-fault error protocol (CPUID bit, MSR trapping, tokens).
 //! - [`fence`]: fencing lost window ranges so KVM's own async PF cannot loop on them.
 //! - [`mce`]: machine-check injection.
-//! - [`guest`]: the hand-written 64-bit test guest.
 //! - [`handler`]: [`handler::DaxFaultHandler`], which turns a vCPU exit into a report and an
 //!   injection; [`report`]: the reports it produces.
-//! - [`vm`]: a minimal reference VM on real KVM; [`scenario`]: truncation scenarios run in it.
 
 pub mod apf;
 pub mod fence;
-pub mod guest;
 pub mod handler;
 pub mod mce;
 pub mod report;
-pub mod scenario;
 pub mod vcpu;
-pub mod vm;
 
 pub use handler::{DaxFaultHandler, FaultConfig, FaultCounters, FaultError, Handled, VmFaultState};
 pub use report::{PendingReport, StopDiagnostic};

@@ -4,7 +4,7 @@
 //! state as the fault path) measured in the same runs. Printed as
 //! medians and ratios; absolute numbers vary a lot between hosts (nested KVM here), ratios less.
 //!
-//! Run: `cargo bench -p vfsdax-vmm-glue --bench fault_latency` (iterations: `VFSDAX_BENCH_ITERS`,
+//! Run: `cargo bench -p vfsdax-refvmm --bench fault_latency` (iterations: `VFSDAX_BENCH_ITERS`,
 //! default 200; each iteration is a fresh VM, only the in-guest intervals are timed;
 //! `VFSDAX_BENCH_DUMP=1` prints every port write's time relative to the fault exit).
 
@@ -12,9 +12,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vfsdax_protocol::apf::DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT;
+use vfsdax_refvmm::guest::{port, GuestAccess};
+use vfsdax_refvmm::scenario::{run_scenario, Scenario, ScenarioResult, Truncation};
 use vfsdax_vmm_glue::fault::FallbackPolicy;
-use vfsdax_vmm_glue::kvm::guest::{port, GuestAccess};
-use vfsdax_vmm_glue::kvm::scenario::{run_scenario, Scenario, ScenarioResult, Truncation};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum FaultPath {

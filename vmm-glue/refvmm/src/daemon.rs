@@ -1,5 +1,5 @@
 //! [`DaemonBacking`]: the reference VMM's DAX mapping from `vfsdaxd`. The VMM connects as the
-//! vhost-user frontend, wires [`crate::dax::connect()`] so the daemon's `SHMEM_MAP` lands in a
+//! vhost-user frontend, wires [`vfsdax_vmm_glue::dax::connect()`] so the daemon's `SHMEM_MAP` lands in a
 //! real [`DaxWindow`], and plays the guest's virtio-fs driver through virtqueues in the driver's
 //! memfd memory: INIT, LOOKUP of every path component, OPEN, then one 2 MiB SETUPMAPPING with
 //! `fh = -1` as Linux's `fs/fuse/dax.c` sends it.
@@ -20,11 +20,13 @@ use vfsdax_protocol::fuse::{RemoveMappingOne, SetattrIn, SetupMappingIn, ROOT_ID
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vm_memory::GuestMemoryMmap;
 
-use crate::dax::{connect, ConnectError, ConnectOptions, DaxConnection, DaxWindow, FileIdentity};
-use crate::driver::{ClientError, ClientOptions, FsClient};
-use crate::kvm::scenario::{
+use crate::scenario::{
     self, pattern_bytes, replacement_word, Backing, BackingError, FileAfter, Truncation,
     ACCESS_OFFSET, BELOW_SIZE, MAP_LEN,
+};
+use vfsdax_driver::{ClientError, ClientOptions, FsClient};
+use vfsdax_vmm_glue::dax::{
+    connect, ConnectError, ConnectOptions, DaxConnection, DaxWindow, FileIdentity,
 };
 
 /// Length of the one mapping, as a Linux guest maps (`FUSE_DAX_SZ`, 2 MiB).

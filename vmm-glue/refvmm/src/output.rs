@@ -6,8 +6,8 @@ use vfsdax_protocol::apf::{
 };
 use vfsdax_protocol::report::{Access, ActionTaken, FaultReport};
 
-use crate::kvm::guest::{layout, GuestAccess, GuestObservation};
-use crate::kvm::scenario::{Scenario, ScenarioResult, ACCESS_OFFSET, BASELINE_OFFSET};
+use crate::guest::{layout, GuestAccess, GuestObservation};
+use crate::scenario::{Scenario, ScenarioResult, ACCESS_OFFSET, BASELINE_OFFSET};
 
 use super::MappedFile;
 
@@ -234,9 +234,9 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvm::scenario::FileAfter;
-    use crate::kvm::{FaultCounters, StopDiagnostic};
+    use crate::scenario::FileAfter;
     use vfsdax_protocol::report::{FaultKind, FileRef, GuestMode};
+    use vfsdax_vmm_glue::kvm::{FaultCounters, StopDiagnostic};
 
     fn report() -> FaultReport {
         FaultReport {
@@ -287,8 +287,8 @@ mod tests {
             guest_mce: true,
             user_mode: false,
             feature_bit: Some(16),
-            policy: crate::fault::FallbackPolicy::Mce,
-            truncation: crate::kvm::scenario::Truncation::ToZero,
+            policy: vfsdax_vmm_glue::fault::FallbackPolicy::Mce,
+            truncation: crate::scenario::Truncation::ToZero,
             file: "/srv/share/data.txt".into(),
             timeout: std::time::Duration::from_secs(1),
         }

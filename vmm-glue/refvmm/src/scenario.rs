@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use vfsdax_protocol::report::FaultReport;
 use vm_memory::GuestMemoryMmap;
 
-use crate::dax::DaxWindow;
-use crate::fault::FallbackPolicy;
+use vfsdax_vmm_glue::dax::DaxWindow;
+use vfsdax_vmm_glue::fault::FallbackPolicy;
 
-use super::guest::{port, GuestAccess, GuestConfig, GuestObservation};
-use super::handler::FaultCounters;
-use super::report::StopDiagnostic;
-use super::vm::{ReferenceVm, VmError, VmSetup};
+use crate::guest::{port, GuestAccess, GuestConfig, GuestObservation};
+use crate::vm::{ReferenceVm, VmError, VmSetup};
+use vfsdax_vmm_glue::kvm::handler::FaultCounters;
+use vfsdax_vmm_glue::kvm::report::StopDiagnostic;
 
 /// Bytes of the file mapped into the window (at window offset 0, file offset 0).
 pub const MAP_LEN: u64 = 0x4000;
@@ -225,7 +225,7 @@ pub type BackingError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Where a scenario's DAX mapping comes from and how its file changes: a local file the VMM
 /// maps itself ([`LocalFile`]), or a file `vfsdaxd` maps through `SHMEM_MAP`
-/// ([`crate::refvmm::DaemonBacking`]).
+/// ([`crate::DaemonBacking`]).
 pub trait Backing {
     /// The window to place as the DAX memslot. At least [`MAP_LEN`] bytes of the file are mapped
     /// writable at window offset 0 from file offset 0.

@@ -1,5 +1,5 @@
 //! A minimal reference VM on real KVM: guest RAM, a DAX window memslot, one or more vCPUs, each with
-//! its DAX fault handler (sharing one [`super::VmFaultState`]), an in-kernel irqchip (so KVM's own
+//! its DAX fault handler (sharing one [`vfsdax_vmm_glue::kvm::VmFaultState`]), an in-kernel irqchip (so KVM's own
 //! async PF and MSI delivery work), and a bounded run loop per vCPU thread. Used by the reference
 //! VMM binary, the KVM tests and the benchmark.
 
@@ -15,16 +15,16 @@ use vfsdax_protocol::report::FaultReport;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::errno;
 
-use crate::dax::{DaxWindow, WindowError};
-use crate::fault::FallbackPolicy;
+use vfsdax_vmm_glue::dax::{DaxWindow, WindowError};
+use vfsdax_vmm_glue::fault::FallbackPolicy;
 
-use super::apf::{self, ApfError};
-use super::guest::program::{self, GuestError, GuestImage};
-use super::guest::{layout, GuestConfig};
-use super::handler::{DaxFaultHandler, FaultConfig, FaultError, Handled};
-use super::mce;
-use super::report::{PendingReport, StopDiagnostic};
-use super::vcpu::{Exit, KvmVcpu, VcpuOps};
+use crate::guest::program::{self, GuestError, GuestImage};
+use crate::guest::{layout, GuestConfig};
+use vfsdax_vmm_glue::kvm::apf::{self, ApfError};
+use vfsdax_vmm_glue::kvm::handler::{DaxFaultHandler, FaultConfig, FaultError, Handled};
+use vfsdax_vmm_glue::kvm::mce;
+use vfsdax_vmm_glue::kvm::report::{PendingReport, StopDiagnostic};
+use vfsdax_vmm_glue::kvm::vcpu::{Exit, KvmVcpu, VcpuOps};
 
 /// Errors of the reference VM.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +135,7 @@ impl ReferenceVm {
     }
 
     /// Like [`ReferenceVm::new`], but the DAX memslot is `window` (for example the one
-    /// [`crate::dax::connect()`] reserved, which the daemon fills with `SHMEM_MAP`);
+    /// [`vfsdax_vmm_glue::dax::connect()`] reserved, which the daemon fills with `SHMEM_MAP`);
     /// `setup.window_size` is ignored.
     pub fn with_window(
         setup: &VmSetup,

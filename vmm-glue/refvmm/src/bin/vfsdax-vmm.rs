@@ -14,10 +14,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use vfsdax_refvmm::guest::GuestAccess;
+use vfsdax_refvmm::scenario::{Scenario, Truncation};
+use vfsdax_refvmm::{self, output, DaemonTarget, Source, TruncateVia};
 use vfsdax_vmm_glue::fault::FallbackPolicy;
-use vfsdax_vmm_glue::kvm::guest::GuestAccess;
-use vfsdax_vmm_glue::kvm::scenario::{Scenario, Truncation};
-use vfsdax_vmm_glue::refvmm::{self, output, DaemonTarget, Source, TruncateVia};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum AccessArg {
@@ -162,7 +162,7 @@ fn main() -> ExitCode {
         }),
         _ => Source::Local,
     };
-    let out = match refvmm::run(&s, &source) {
+    let out = match vfsdax_refvmm::run(&s, &source) {
         Ok(o) => o,
         Err(e) => {
             log::error!("{}", chain(&e));
@@ -201,7 +201,7 @@ fn main() -> ExitCode {
             Source::Daemon(t) => Some(&t.truncate),
             Source::Local => None,
         };
-        let change = refvmm::describe_truncation(s.truncation, via);
+        let change = vfsdax_refvmm::describe_truncation(s.truncation, via);
         for line in output::explain(&s, result, out.mapped.as_ref(), &change) {
             eprintln!("  {line}");
         }

@@ -11,7 +11,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::asm::{Asm, Cond, Reg};
 use super::{layout, port, GuestAccess, GuestConfig};
-use crate::kvm::mce;
+use vfsdax_vmm_glue::kvm::mce;
 
 /// Errors of loading the guest.
 #[derive(Debug, thiserror::Error)]
@@ -377,7 +377,7 @@ pub fn initial_regs(image: &GuestImage) -> kvm_regs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kvm::guest::GuestAccess;
+    use crate::guest::GuestAccess;
     use vm_memory::GuestMemoryMmap;
 
     fn cfg(access: GuestAccess) -> GuestConfig {

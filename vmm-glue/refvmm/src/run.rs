@@ -2,19 +2,16 @@
 //! mapping comes from, running a truncation scenario in the KVM reference VM, and rendering what
 //! happened.
 //!
-//! - [`daemon`]: [`DaemonBacking`], the mapping served by `vfsdaxd` (vhost-user frontend,
+//! - [`crate::daemon`]: [`DaemonBacking`], the mapping served by `vfsdaxd` (vhost-user frontend,
 //!   `dax::connect()`, the virtio-fs driver's INIT / LOOKUP / OPEN / SETUPMAPPING, and the file
 //!   changed through FUSE or on the host).
-//! - [`output`]: JSON report lines, the run summary and a readable account of a run.
+//! - [`crate::output`]: JSON report lines, the run summary and a readable account of a run.
 
-pub mod daemon;
-pub mod output;
-
-use crate::kvm::scenario::{
+use crate::scenario::{
     run_scenario_with, LocalFile, Scenario, ScenarioError, ScenarioResult, Truncation,
 };
 
-pub use daemon::{DaemonBacking, DaemonError, DaemonTarget, MappedFile, TruncateVia};
+pub use crate::daemon::{DaemonBacking, DaemonError, DaemonTarget, MappedFile, TruncateVia};
 
 /// Errors of a reference VMM run.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +82,7 @@ pub fn describe_truncation(t: Truncation, via: Option<&TruncateVia>) -> String {
         Truncation::ToZero => "truncates the file to 0 bytes".to_string(),
         Truncation::BelowAccessedPage => format!(
             "truncates the file to {:#x} bytes, below the accessed page",
-            crate::kvm::scenario::BELOW_SIZE
+            crate::scenario::BELOW_SIZE
         ),
         Truncation::UnlinkAndRecreate => {
             "unlinks the name and creates a new file under it (the mapping keeps the old inode)"
