@@ -41,8 +41,7 @@ const HIPRIO_QUEUE: u16 = 0;
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 /// Length of the tag in `struct virtio_fs_config`.
 pub const TAG_LEN: usize = 36;
-/// Shared memory region id of the virtio-fs DAX cache (`VIRTIO_FS_SHMCAP_ID_CACHE`).
-pub const CACHE_SHMID: u8 = 0;
+pub use vfsdax_protocol::dax::CACHE_SHMID;
 
 /// Errors in the device setup and the queue loop.
 #[derive(Debug, Error)]

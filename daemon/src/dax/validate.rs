@@ -101,36 +101,26 @@ fn check_window_range(
     moffset: u64,
     len: u64,
 ) -> Result<(), DaxError> {
-    if window_size == 0 {
-        return Err(DaxError::Disabled);
-    }
-    if len == 0 {
-        return Err(DaxError::ZeroLength);
-    }
-    if alignment == 0
-        || !moffset.is_multiple_of(alignment)
-        || !len.is_multiple_of(alignment)
-        || !foffset.is_multiple_of(alignment)
-    {
-        return Err(DaxError::Unaligned {
+    use vfsdax_protocol::dax::{check_range, RangeError};
+    check_range(window_size, alignment, moffset, len, foffset).map_err(|e| match e {
+        RangeError::NoWindow => DaxError::Disabled,
+        RangeError::ZeroLength => DaxError::ZeroLength,
+        RangeError::Unaligned => DaxError::Unaligned {
             foffset,
             moffset,
             len,
             alignment,
-        });
-    }
-    let end = moffset.checked_add(len).ok_or(DaxError::Overflow {
-        offset: moffset,
-        len,
-    })?;
-    if end > window_size {
-        return Err(DaxError::OutOfWindow {
+        },
+        RangeError::Overflow => DaxError::Overflow {
+            offset: moffset,
+            len,
+        },
+        RangeError::OutOfWindow => DaxError::OutOfWindow {
             moffset,
             len,
             window_size,
-        });
-    }
-    Ok(())
+        },
+    })
 }
 
 /// Checks a `FUSE_SETUPMAPPING`: DAX enabled, non-zero length; `foffset`, `moffset` and `len`

@@ -122,11 +122,7 @@ impl ShmemRequest {
 /// Checks that `[shm_offset, shm_offset + len)` lies inside one [`DAX_CHUNK_SIZE`] chunk and
 /// starts or ends at its boundary (a whole chunk does both).
 pub fn check_chunked(shm_offset: u64, len: u64) -> Result<(), RequestError> {
-    // Offsets inside the chunk only: nothing here can overflow, whatever the request says.
-    let within = shm_offset % DAX_CHUNK_SIZE;
-    let inside = len > 0 && len <= DAX_CHUNK_SIZE - within;
-    // Only evaluated inside the chunk, so within + len <= DAX_CHUNK_SIZE.
-    if inside && (within == 0 || within + len == DAX_CHUNK_SIZE) {
+    if vfsdax_protocol::dax::is_chunk_piece(shm_offset, len) {
         Ok(())
     } else {
         Err(RequestError::NotChunked { shm_offset, len })

@@ -142,6 +142,36 @@ pub fn host_page_size() -> u64 {
     u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
 }
 
+/// The window check both sides share ([`vfsdax_protocol::dax::check_range`]) as a
+/// [`WindowError`].
+fn checked(
+    window_size: u64,
+    page_size: u64,
+    window_offset: u64,
+    len: u64,
+    file_offset: u64,
+) -> Result<(), WindowError> {
+    use vfsdax_protocol::dax::{check_range, RangeError};
+    check_range(window_size, page_size, window_offset, len, file_offset).map_err(|e| match e {
+        RangeError::ZeroLength => WindowError::ZeroLength,
+        RangeError::Unaligned => WindowError::Unaligned {
+            window_offset,
+            file_offset,
+            len,
+            page_size,
+        },
+        RangeError::Overflow => WindowError::Overflow {
+            offset: window_offset,
+            len,
+        },
+        RangeError::NoWindow | RangeError::OutOfWindow => WindowError::OutOfWindow {
+            window_offset,
+            len,
+            size: window_size,
+        },
+    })
+}
+
 /// Checks that `[window_offset, window_offset + len)` is a non-empty, page-aligned range inside a
 /// window of `window_size` bytes.
 pub fn validate_range(
@@ -150,32 +180,7 @@ pub fn validate_range(
     window_offset: u64,
     len: u64,
 ) -> Result<(), WindowError> {
-    if len == 0 {
-        return Err(WindowError::ZeroLength);
-    }
-    if page_size == 0 || !window_offset.is_multiple_of(page_size) || !len.is_multiple_of(page_size)
-    {
-        return Err(WindowError::Unaligned {
-            window_offset,
-            file_offset: 0,
-            len,
-            page_size,
-        });
-    }
-    let end = window_offset
-        .checked_add(len)
-        .ok_or(WindowError::Overflow {
-            offset: window_offset,
-            len,
-        })?;
-    if end > window_size {
-        return Err(WindowError::OutOfWindow {
-            window_offset,
-            len,
-            size: window_size,
-        });
-    }
-    Ok(())
+    checked(window_size, page_size, window_offset, len, 0)
 }
 
 /// Checks a request to map `len` bytes of a file at `file_offset` to `window_offset`: the window
@@ -187,35 +192,14 @@ pub fn validate_map(
     len: u64,
     file_offset: u64,
 ) -> Result<(), WindowError> {
-    validate_range(window_size, page_size, window_offset, len).map_err(|e| match e {
-        WindowError::Unaligned { .. } => WindowError::Unaligned {
-            window_offset,
-            file_offset,
-            len,
-            page_size,
-        },
-        e => e,
-    })?;
-    if !file_offset.is_multiple_of(page_size) {
-        return Err(WindowError::Unaligned {
-            window_offset,
-            file_offset,
-            len,
-            page_size,
-        });
-    }
-    let overflow = WindowError::Overflow {
-        offset: file_offset,
-        len,
-    };
-    let file_end = file_offset.checked_add(len).ok_or(overflow)?;
-    if file_end > i64::MAX as u64 {
-        return Err(WindowError::Overflow {
+    checked(window_size, page_size, window_offset, len, file_offset)?;
+    match file_offset.checked_add(len) {
+        Some(end) if end <= i64::MAX as u64 => Ok(()),
+        _ => Err(WindowError::Overflow {
             offset: file_offset,
             len,
-        });
+        }),
     }
-    Ok(())
 }
 
 /// Checks that a file descriptor whose `F_GETFL` access mode is `accmode` (`O_RDONLY`, `O_WRONLY`

@@ -176,7 +176,20 @@ pub fn decode(code: &[u8], regs: &DecodeRegs) -> Option<MemAccess> {
             };
             return fin(addr, width(byte & 1 == 0), access);
         }
-        0xaa | 0xab => return fin(regs.gpr[7], width(byte == 0xaa), Access::Write),
+        // stos stores to ES:[rdi]: a segment prefix does not apply, and ES's base is 0.
+        0xaa | 0xab => {
+            let rdi = if addr32 {
+                regs.gpr[7] & 0xffff_ffff
+            } else {
+                regs.gpr[7]
+            };
+            let len = width(byte == 0xaa);
+            return Some(MemAccess {
+                linear: rdi,
+                len,
+                access: Access::Write,
+            });
+        }
         0xac | 0xad => return fin(regs.gpr[6], width(byte == 0xac), Access::Read),
         _ => {}
     }
@@ -242,7 +255,7 @@ pub fn decode(code: &[u8], regs: &DecodeRegs) -> Option<MemAccess> {
     let imm_len = match imm {
         Imm::None => 0,
         Imm::B1 => 1,
-        Imm::Z if opsize16 => 2,
+        Imm::Z if opsize16 && !rex_w => 2,
         Imm::Z => 4,
     };
     if rip_relative {
