@@ -25,6 +25,7 @@ use vfsdax_vmm_glue::kvm::handler::{DaxFaultHandler, FaultConfig, FaultError, Ha
 use vfsdax_vmm_glue::kvm::mce;
 use vfsdax_vmm_glue::kvm::report::{PendingReport, StopDiagnostic};
 use vfsdax_vmm_glue::kvm::vcpu::{Exit, KvmVcpu, VcpuOps};
+use vfsdax_vmm_glue::kvm::WindowMemslot;
 
 /// Errors of the reference VM.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,9 @@ pub enum VmError {
     /// A capability the glue needs is missing.
     #[error("KVM lacks the {0} capability")]
     MissingCap(&'static str),
+    /// The window's memslot could not be registered.
+    #[error("cannot register the DAX window")]
+    Memslot(#[source] vfsdax_vmm_glue::kvm::MemslotError),
     /// Guest memory could not be created.
     #[error("cannot create guest memory")]
     Memory,
@@ -114,6 +118,8 @@ pub struct VmVcpu {
 pub struct ReferenceVm {
     /// The vCPUs; vCPU `n` has id and APIC id `n`.
     pub vcpus: Vec<VmVcpu>,
+    /// The window's memslot (removed before the window can go).
+    _window_slot: WindowMemslot,
     vm: Arc<VmFd>,
     _kvm: Kvm,
     /// More guest RAM registered with [`ReferenceVm::add_ram`] (kept mapped while the VM lives).
@@ -184,29 +190,20 @@ impl ReferenceVm {
         let ram_host = mem
             .get_host_address(GuestAddress(0))
             .map_err(|_| VmError::Memory)?;
-        let regions = [
-            kvm_userspace_memory_region {
-                slot: 0,
-                guest_phys_addr: 0,
-                memory_size: layout::RAM_SIZE,
-                userspace_addr: ram_host as u64,
-                flags: 0,
-            },
-            kvm_userspace_memory_region {
-                slot: 1,
-                guest_phys_addr: layout::WINDOW_GPA,
-                memory_size: window.size(),
-                userspace_addr: window.host_addr(),
-                flags: 0,
-            },
-        ];
-        for r in &regions {
-            // SAFETY: both host ranges are mappings this struct owns (`mem`, `window`) and are
-            // declared after `vm` and `vcpu`, so they outlive every use KVM makes of them; the
-            // window reservation is never unmapped while the VM exists (DaxWindow keeps it
-            // reserved and only remaps inside it).
-            unsafe { vm.set_user_memory_region(*r) }.map_err(kvm_err("register a memslot"))?;
-        }
+        let ram = kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: layout::RAM_SIZE,
+            userspace_addr: ram_host as u64,
+            flags: 0,
+        };
+        // SAFETY: the host range is guest RAM this struct owns (`mem`), declared after `vm` and
+        // `vcpus`, so it outlives every use KVM makes of it.
+        unsafe { vm.set_user_memory_region(ram) }.map_err(kvm_err("register a memslot"))?;
+        // The window's slot holds the window: it cannot be unmapped under KVM.
+        let window_slot =
+            WindowMemslot::register(Arc::clone(&vm), Arc::clone(&window), 1, layout::WINDOW_GPA)
+                .map_err(VmError::Memslot)?;
 
         let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -260,6 +257,7 @@ impl ReferenceVm {
         }
         Ok(ReferenceVm {
             vcpus,
+            _window_slot: window_slot,
             vm,
             _kvm: kvm,
             extra_ram: Vec::new(),

@@ -491,7 +491,9 @@ impl DaxWindow {
 impl Drop for DaxWindow {
     fn drop(&mut self) {
         // SAFETY: [base, base + size) is the reservation made in `new` and owned by this window;
-        // nothing outside it is touched. The VMM must have removed the memslot before dropping.
+        // nothing outside it is touched. A memslot made with `kvm::WindowMemslot` holds the
+        // window, so it is gone before this runs; a VMM registering the range itself must
+        // remove its slot first.
         unsafe {
             libc::munmap(self.base as *mut libc::c_void, self.size as usize);
         }

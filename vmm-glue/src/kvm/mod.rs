@@ -5,6 +5,7 @@
 //! - [`apf`]: the async-page-fault error protocol (CPUID bit, MSR trapping, tokens).
 //! - [`fence`]: fencing lost window ranges so KVM's own async PF cannot loop on them.
 //! - [`mce`]: machine-check injection.
+//! - [`memslot`]: [`WindowMemslot`], the window as a KVM memslot that keeps it alive.
 //! - [`handler`]: [`handler::DaxFaultHandler`], which turns a vCPU exit into a report and an
 //!   injection; [`report`]: the reports it produces.
 
@@ -12,9 +13,11 @@ pub mod apf;
 pub mod fence;
 pub mod handler;
 pub mod mce;
+pub mod memslot;
 pub mod report;
 pub mod vcpu;
 
 pub use handler::{DaxFaultHandler, FaultConfig, FaultCounters, FaultError, Handled, VmFaultState};
+pub use memslot::{MemslotError, WindowMemslot};
 pub use report::{PendingReport, StopDiagnostic};
 pub use vcpu::{CpuSnapshot, Exit, KvmVcpu, VcpuOps};
