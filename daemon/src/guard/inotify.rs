@@ -10,27 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// `sizeof(struct inotify_event)` without the name.
-const EVENT_LEN: usize = 16;
-
-/// Parses the `struct inotify_event` records of a `read(2)`: `(watch descriptor, mask)` each
-/// (a truncated trailing record is dropped).
-pub fn parse_events(buf: &[u8]) -> Vec<(i32, u32)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while buf.len() - at >= EVENT_LEN {
-        let word = |i: usize| {
-            u32::from_ne_bytes(buf[at + 4 * i..at + 4 * i + 4].try_into().unwrap_or([0; 4]))
-        };
-        let (wd, mask, name_len) = (word(0) as i32, word(1), word(3) as usize);
-        out.push((wd, mask));
-        at += EVENT_LEN + name_len;
-        if at > buf.len() {
-            break;
-        }
-    }
-    out
-}
+pub use vfsdax_protocol::inotify::parse_events;
 
 /// An inotify instance.
 #[derive(Debug)]
@@ -100,32 +80,6 @@ impl AsRawFd for Inotify {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(wd: i32, mask: u32, name: &[u8]) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&wd.to_ne_bytes());
-        b.extend_from_slice(&mask.to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        b.extend_from_slice(&(name.len() as u32).to_ne_bytes());
-        b.extend_from_slice(name);
-        b
-    }
-
-    #[test]
-    fn parses_records_with_and_without_names() {
-        let mut buf = record(1, libc::IN_MODIFY, b"");
-        buf.extend(record(7, libc::IN_IGNORED, b"name\0\0\0\0"));
-        buf.extend(record(2, libc::IN_MODIFY, b""));
-        assert_eq!(
-            parse_events(&buf),
-            vec![
-                (1, libc::IN_MODIFY),
-                (7, libc::IN_IGNORED),
-                (2, libc::IN_MODIFY)
-            ]
-        );
-        assert!(parse_events(&buf[..10]).is_empty());
-    }
 
     #[test]
     fn a_truncation_raises_in_modify() {

@@ -324,6 +324,7 @@ pub fn run_scenario_with(
     let mut guest = GuestObservation::default();
     let mut mutate_err = None;
     let mut port_log = Vec::new();
+    let watch = vm.watch_sync();
     let run = vm.run(s.timeout, |p, v| {
         port_log.push((p, v, Instant::now()));
         guest.record(p, v);
@@ -331,6 +332,11 @@ pub fn run_scenario_with(
             if let Err(e) = backing.mutate(s.truncation) {
                 mutate_err = Some(e);
                 return false;
+            }
+            // The window reflects the change before the guest runs on (a VMM that changes a
+            // file itself does the same; a host process's change is caught as it comes).
+            if let Some(w) = &watch {
+                w.sync(Duration::from_secs(2));
             }
         }
         p != port::DONE

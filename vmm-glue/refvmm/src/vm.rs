@@ -25,7 +25,7 @@ use vfsdax_vmm_glue::kvm::handler::{DaxFaultHandler, FaultConfig, FaultError, Ha
 use vfsdax_vmm_glue::kvm::mce;
 use vfsdax_vmm_glue::kvm::report::{PendingReport, StopDiagnostic};
 use vfsdax_vmm_glue::kvm::vcpu::{Exit, KvmVcpu, VcpuOps};
-use vfsdax_vmm_glue::kvm::WindowMemslot;
+use vfsdax_vmm_glue::kvm::{ShrinkWatcher, WindowMemslot};
 
 /// Errors of the reference VM.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,9 @@ pub enum VmError {
     /// A capability the glue needs is missing.
     #[error("KVM lacks the {0} capability")]
     MissingCap(&'static str),
+    /// The shrink watcher could not start.
+    #[error("cannot start the shrink watcher")]
+    Watch(#[source] vfsdax_vmm_glue::kvm::WatchError),
     /// The window's memslot could not be registered.
     #[error("cannot register the DAX window")]
     Memslot(#[source] vfsdax_vmm_glue::kvm::MemslotError),
@@ -118,6 +121,8 @@ pub struct VmVcpu {
 pub struct ReferenceVm {
     /// The vCPUs; vCPU `n` has id and APIC id `n`.
     pub vcpus: Vec<VmVcpu>,
+    /// The shrink watcher of the window (stopped first).
+    _watcher: Option<ShrinkWatcher>,
     /// The window's memslot (removed before the window can go).
     _window_slot: WindowMemslot,
     vm: Arc<VmFd>,
@@ -255,7 +260,17 @@ impl ReferenceVm {
                 image,
             });
         }
+        // The glue's periodic duty, done on its own thread: fence a file's lost ranges when it
+        // shrinks (the handlers then skip their scans).
+        let watcher = match vcpus.first() {
+            Some(v) => Some(
+                ShrinkWatcher::start(v.handler.shared(), Arc::clone(&window))
+                    .map_err(VmError::Watch)?,
+            ),
+            None => None,
+        };
         Ok(ReferenceVm {
+            _watcher: watcher,
             vcpus,
             _window_slot: window_slot,
             vm,
@@ -265,6 +280,11 @@ impl ReferenceVm {
             mem,
             window,
         })
+    }
+
+    /// A handle to wait until the shrink watcher has handled every file change made so far.
+    pub fn watch_sync(&self) -> Option<vfsdax_vmm_glue::kvm::WatchSync> {
+        self._watcher.as_ref().map(ShrinkWatcher::syncer)
     }
 
     /// The VM fd.

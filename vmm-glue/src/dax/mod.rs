@@ -13,9 +13,9 @@ pub mod table;
 pub mod window;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use connect::{connect, ConnectError, ConnectOptions, DaxConnection, DaxServer, ServeEnd};
 pub use handler::{DaxEvent, DaxRequestHandler, DaxStats, RequestError};
 pub use table::{FileIdentity, Mapping, MappingTable};
-pub use window::{DaxWindow, WindowError};
+pub use window::{DaxWindow, FileFeed, WindowError};

@@ -191,6 +191,16 @@ impl MappingTable {
             .cloned()
     }
 
+    /// The mappings of the file `identity`, in window order (a scan of the table: the table
+    /// is keyed by window offset).
+    pub fn mappings_of(&self, identity: FileIdentity) -> Vec<Mapping> {
+        self.read()
+            .values()
+            .filter(|m| m.identity == identity)
+            .cloned()
+            .collect()
+    }
+
     /// All mappings, in window order.
     pub fn snapshot(&self) -> Vec<Mapping> {
         self.read().values().cloned().collect()

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{mpsc, Arc, Mutex, Weak};
+
+use vmm_sys_util::eventfd::EventFd;
 
 use thiserror::Error;
 
@@ -230,6 +232,39 @@ pub struct DaxWindow {
     /// The one descriptor kept per mapped file, shared by all its mappings: a backend cannot
     /// make the VMM hold a descriptor per mapping.
     files: Mutex<HashMap<FileIdentity, Weak<File>>>,
+    /// Where newly kept files are announced ([`DaxWindow::file_feed`]).
+    feed: Mutex<Option<FeedSender>>,
+}
+
+/// The sending side of a [`FileFeed`].
+#[derive(Debug)]
+struct FeedSender {
+    tx: mpsc::Sender<(FileIdentity, Weak<File>)>,
+    wake: EventFd,
+}
+
+/// The files a window keeps a descriptor of, as they come ([`DaxWindow::file_feed`]): for a
+/// watcher of their sizes.
+#[derive(Debug)]
+pub struct FileFeed {
+    rx: mpsc::Receiver<(FileIdentity, Weak<File>)>,
+    wake: EventFd,
+}
+
+impl FileFeed {
+    /// The files announced since the last call (the same identity again when a descriptor with
+    /// more access replaced the kept one).
+    pub fn drain(&self) -> Vec<(FileIdentity, Weak<File>)> {
+        let _ = self.wake.read();
+        self.rx.try_iter().collect()
+    }
+}
+
+impl AsRawFd for FileFeed {
+    /// Readable when files were announced.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.wake.as_raw_fd()
+    }
 }
 
 impl DaxWindow {
@@ -266,6 +301,7 @@ impl DaxWindow {
             table: Arc::new(MappingTable::new()),
             change: Mutex::new(()),
             files: Mutex::new(HashMap::new()),
+            feed: Mutex::new(None),
         })
     }
 
@@ -410,7 +446,29 @@ impl DaxWindow {
             fd.try_clone_to_owned().map_err(WindowError::Fd)?,
         ));
         files.insert(identity, Arc::downgrade(&file));
+        if let Some(feed) = &*self.feed.lock().unwrap_or_else(|e| e.into_inner()) {
+            if feed.tx.send((identity, Arc::downgrade(&file))).is_ok() {
+                let _ = feed.wake.write(1);
+            }
+        }
         Ok(file)
+    }
+
+    /// A feed of the files this window keeps a descriptor of: those kept now, then each new one
+    /// as it is mapped. One feed at a time: a new call replaces the previous feed.
+    pub fn file_feed(&self) -> io::Result<FileFeed> {
+        let wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        let (tx, rx) = mpsc::channel();
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, f) in files.iter().filter(|(_, f)| f.strong_count() > 0) {
+            let _ = tx.send((*id, Weak::clone(f)));
+        }
+        wake.write(1)?;
+        *self.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(FeedSender {
+            tx,
+            wake: wake.try_clone()?,
+        });
+        Ok(FileFeed { rx, wake })
     }
 
     /// How many distinct file descriptors the window's mappings (and remembered unmapped

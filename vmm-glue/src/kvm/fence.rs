@@ -2,11 +2,13 @@
 //!
 //! With async PF enabled, a user-mode guest access to a truncated DAX page does not exit to the
 //! VMM: KVM starts an async fault, later sends 'page ready', the guest retries, and it starts all
-//! over (the KVM loop vfsdax exists to break). The guest's ACK of each 'page ready' does exit (the
-//! ACK MSR is trapped), so at every ACK the handler makes the lost part of every shrunken mapping
-//! inaccessible (`mprotect(PROT_NONE)`; the mapping table entry stays). KVM then fails the next
-//! access at once and it exits like any other truncated-page access. A fenced range whose file
-//! grew back is unfenced when an access to it exits.
+//! over (the KVM loop vfsdax exists to break). The lost part of a shrunken mapping is made
+//! inaccessible (`mprotect(PROT_NONE)`; the mapping table entry stays); KVM then fails the next
+//! access at once and it exits like any other truncated-page access. When a file changes, the
+//! shrink watcher ([`super::watch`]) calls [`Fences::fence_file`], which also lifts the fences
+//! the file covers again; without a watcher, the handler scans every mapping at each apf ACK
+//! (the ACK MSR is trapped) and vCPU kick ([`Fences::fence_truncated`]). A fenced range whose
+//! file grew back is also unfenced when an access to it exits.
 //!
 //! Every fence remembers which mapping it fenced (its owner: the number the window gave that
 //! `SHMEM_MAP`, [`Mapping::map_id`], plus the file-minus-window offset; mappings of one file
@@ -27,7 +29,7 @@
 //! checks they rely on run under the change lock, so a mapping swapped in meanwhile is never
 //! touched.
 
-use crate::dax::{DaxWindow, Mapping, MappingTable, WindowError};
+use crate::dax::{DaxWindow, FileIdentity, Mapping, MappingTable, WindowError};
 use crate::fault::PAGE_SIZE;
 
 /// Errors of fencing.
@@ -232,32 +234,116 @@ impl Fences {
         window.with_changes_held(|table| {
             let now = table.snapshot();
             self.revalidate(&now);
-            let mut n = 0;
-            for (start, end, owner) in lost {
-                if owned_parts(start, end, &owner, &now) != [(start, end)] {
-                    // Unmapped or replaced since the scan: not this mapping's range any more.
-                    continue;
-                }
-                // Revalidated: a zero-filled range overlapping this one is this mapping's.
-                let done: Vec<(u64, u64)> = self
-                    .ranges
-                    .iter()
-                    .chain(&self.zero_filled)
-                    .map(|f| (f.start, f.end))
-                    .collect();
-                let open = uncovered(&done, start, end);
-                for &(s, e) in &open {
-                    protect(host_base, s, e - s, libc::PROT_NONE)?;
-                    self.ranges.push(Fence {
-                        start: s,
-                        end: e,
-                        owner: owner.clone(),
-                    });
-                }
-                n += usize::from(!open.is_empty());
-            }
-            Ok(n)
+            self.fence_ranges(host_base, &now, lost)
         })
+    }
+
+    /// Fences the lost part of each mapping of the file `identity` in `window`, its size read
+    /// under the window's change lock (so what is fenced is what the file lacks now, among the
+    /// mappings there now), except what was zero-filled. The shrink watcher calls this when the
+    /// file changed; it costs one `fstat` and the mappings of that file, whatever the rest of
+    /// the window holds. Returns how many lost ranges were newly fenced.
+    pub fn fence_file(
+        &mut self,
+        window: &DaxWindow,
+        identity: FileIdentity,
+    ) -> Result<usize, FenceError> {
+        let host_base = window.host_addr();
+        window.with_changes_held(|table| {
+            let mine = table.mappings_of(identity);
+            let Some(size) = mine
+                .first()
+                .and_then(|m| m.file.metadata().ok())
+                .map(|m| m.len())
+            else {
+                return Ok(0);
+            };
+            let lost: Vec<Lost> = mine
+                .iter()
+                .filter_map(|m| {
+                    lost_part(m, size).map(|(offset, len)| (offset, offset + len, Owner::of(m)))
+                })
+                .collect();
+            let now = table.snapshot();
+            self.revalidate(&now);
+            self.lift_grown(host_base, &mine, &lost)?;
+            self.fence_ranges(host_base, &now, lost)
+        })
+    }
+
+    /// Lifts the fences of `mine` (one file's mappings) that the file covers again: the parts
+    /// not in `lost`. A truncation quickly followed by a re-extension may have been fenced in
+    /// between; the file's next change event converges the fences on its size.
+    fn lift_grown(
+        &mut self,
+        host_base: u64,
+        mine: &[Mapping],
+        lost: &[Lost],
+    ) -> Result<(), FenceError> {
+        let lost: Vec<(u64, u64)> = lost.iter().map(|(s, e, _)| (*s, *e)).collect();
+        let mut kept = Vec::with_capacity(self.ranges.len());
+        for f in std::mem::take(&mut self.ranges) {
+            let Some(m) = mine
+                .iter()
+                .find(|m| f.owner.owns(m) && m.window_offset <= f.start && f.end <= m.end())
+            else {
+                kept.push(f);
+                continue;
+            };
+            let prot = if m.writable {
+                libc::PROT_READ | libc::PROT_WRITE
+            } else {
+                libc::PROT_READ
+            };
+            let back = uncovered(&lost, f.start, f.end);
+            for &(s, e) in &back {
+                protect(host_base, s, e - s, prot)?;
+            }
+            for (s, e) in uncovered(&back, f.start, f.end) {
+                kept.push(Fence {
+                    start: s,
+                    end: e,
+                    owner: f.owner.clone(),
+                });
+            }
+        }
+        self.ranges = kept;
+        Ok(())
+    }
+
+    /// Fences each of `lost` that `now` (the table, under the change lock) still holds for the
+    /// same mapping, but the parts already fenced or zero-filled.
+    fn fence_ranges(
+        &mut self,
+        host_base: u64,
+        now: &[Mapping],
+        lost: Vec<Lost>,
+    ) -> Result<usize, FenceError> {
+        let mut n = 0;
+        for (start, end, owner) in lost {
+            if owned_parts(start, end, &owner, now) != [(start, end)] {
+                // Unmapped or replaced since it was found: not this mapping's range any more.
+                continue;
+            }
+            // Revalidated: a zero-filled range overlapping this one is this mapping's.
+            let done: Vec<(u64, u64)> = self
+                .ranges
+                .iter()
+                .chain(&self.zero_filled)
+                .map(|f| (f.start, f.end))
+                .collect();
+            let open = uncovered(&done, start, end);
+            for &(s, e) in &open {
+                protect(host_base, s, e - s, libc::PROT_NONE)?;
+                self.ranges.push(Fence {
+                    start: s,
+                    end: e,
+                    owner: owner.clone(),
+                });
+            }
+            n += usize::from(!open.is_empty());
+        }
+        Ok(n)
     }
 
     /// Whether `window_offset` lies in a range recorded as fenced (a range since unmapped or
@@ -361,7 +447,6 @@ impl Fences {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dax::FileIdentity;
     use std::sync::Arc;
 
     fn m(window_offset: u64, len: u64, file_offset: u64) -> Mapping {

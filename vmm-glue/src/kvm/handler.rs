@@ -115,6 +115,28 @@ pub enum Handled {
 pub struct VmFaultState {
     tokens: Arc<TokenSequence>,
     fences: Mutex<Fences>,
+    /// A [`super::watch::ShrinkWatcher`] fences shrunken files as they change.
+    watched: std::sync::atomic::AtomicBool,
+}
+
+impl VmFaultState {
+    /// The fenced ranges (a panic elsewhere cannot leave them half-updated: every change is one
+    /// push or remove).
+    pub(crate) fn fences(&self) -> MutexGuard<'_, Fences> {
+        self.fences
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn set_watched(&self, on: bool) {
+        self.watched.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a shrink watcher runs for this VM: the handlers then skip their scans of every
+    /// mapping at apf ACKs and kicks, and the VMM need not kick its vCPUs.
+    pub fn is_watched(&self) -> bool {
+        self.watched.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The DAX fault handler of one vCPU.
@@ -186,11 +208,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
     }
 
     fn fences(&self) -> MutexGuard<'_, Fences> {
-        // A panic elsewhere cannot leave the list half-updated: every change is one push/remove.
-        self.shared
-            .fences
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared.fences()
     }
 
     /// The window geometry.
@@ -235,9 +253,10 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             Exit::Interrupted => {
                 // A kick: the only exit a KVM that silently retries a lost page still produces.
                 // Fence shrunken mappings (fstat only, no ioctl), at most every 10 ms.
-                if self
-                    .last_fence_scan
-                    .is_none_or(|t| t.elapsed() >= FENCE_SCAN_INTERVAL)
+                if !self.shared.is_watched()
+                    && self
+                        .last_fence_scan
+                        .is_none_or(|t| t.elapsed() >= FENCE_SCAN_INTERVAL)
                 {
                     self.last_fence_scan = Some(Instant::now());
                     let n = self
@@ -536,7 +555,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         data: u64,
     ) -> Result<Handled, FaultError> {
         self.counters.msr_traps += 1;
-        if index == vfsdax_protocol::apf::MSR_KVM_ASYNC_PF_ACK {
+        if index == vfsdax_protocol::apf::MSR_KVM_ASYNC_PF_ACK && !self.shared.is_watched() {
             // The guest consumed a 'page ready': if it was KVM's own for a truncated page, the
             // retry would start KVM's async fault all over again. Fence lost ranges first.
             let n = self
