@@ -5,7 +5,7 @@
 //! ([`DaxWindow::file_feed`]). The watcher, a thread of its own, watches each with inotify
 //! (`IN_MODIFY`: raised by every write and size change, on every filesystem, without
 //! privileges) through its `/proc/self/fd` name. When a file changes it calls
-//! [`Fences::fence_file`] for it, which reads the size under the window's change lock and fences
+//! [`super::fence::Fences::fence_file`] for it, which reads the size under the window's change lock and fences
 //! only what that file lacks now. KVM drops its translations of a fenced range (`mprotect`), so
 //! the next guest access exits, also when KVM would otherwise have retried an async page fault on
 //! the lost page forever: no vCPU kick is needed. While a watcher runs, the fault handlers skip
