@@ -1,4 +1,4 @@
-//! Pure fault logic, no KVM calls: which exits are DAX faults ([`classify`]) and what to do about
+//! Pure fault logic, no KVM calls: which exits are DAX faults ([`classify()`]) and what to do about
 //! them ([`policy`]); [`decode`] recovers the address of a fault the exit did not give.
 
 pub mod classify;
