@@ -396,3 +396,50 @@ fn with_zero_pages_the_guard_reports_and_the_guest_reads_zeros() {
     assert_eq!(run.summary["guest"]["sigbus"], Value::Null, "{ctx}");
     run.finish(0, 0);
 }
+
+#[test]
+fn the_example_vmm_integration_runs_against_the_daemon() {
+    // vmm-glue/examples/vmm_integration.rs, the wiring a VMM author copies, really connects,
+    // reserves the window the daemon offers, registers it and runs a vCPU through the glue.
+    if kvm_missing("the_example_vmm_integration_runs_against_the_daemon") {
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let profile = vfsdax_tests::guest::daemon::profile_dir_of(&exe).expect("profile dir");
+    let example = profile.join("examples/vmm_integration");
+    if !example.exists() {
+        // `cargo test` builds the examples of the workspace's packages; a lone test run may not.
+        let st = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "vfsdax-vmm-glue",
+                "--example",
+                "vmm_integration",
+            ])
+            .status()
+            .expect("cargo build");
+        assert!(st.success());
+    }
+    let d = Daemon::start(&DaemonOptions {
+        extra_args: vec!["--cache-size".into(), "64M".into()],
+        ..Default::default()
+    })
+    .expect("daemon");
+    let out = Command::new(&example)
+        .arg(d.socket())
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("window of 64 MiB at 0x100000000 (memslot 1)"),
+        "{stdout}"
+    );
+}
