@@ -112,6 +112,10 @@ fn run(opts: Options) -> Result<(), String> {
     raise_nofile(opts.rlimit_nofile);
     drop_supplementary_groups()?;
     let shared_dir = opts.shared_dir.clone().ok_or("--shared-dir is needed")?;
+    // SIGTERM/SIGINT stay pending from before the socket exists until the signal thread (or
+    // the sandbox's supervisor) waits for them: a signal sent as soon as the socket appears
+    // ends the daemon cleanly, not by the default action.
+    block_shutdown_signals();
 
     // The socket and its lock live outside the share: made before the sandbox, they last
     // until the daemon exits.
@@ -481,6 +485,19 @@ fn raise_nofile(want: Option<u64>) {
             "cannot raise the open-file limit to {target}: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and the threads and children it starts).
+fn block_shutdown_signals() {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset adds valid signal numbers to it;
+    // pthread_sigmask reads it and changes only this thread's mask.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
     }
 }
 
