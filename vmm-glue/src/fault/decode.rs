@@ -1,8 +1,10 @@
 //! Best-effort decoding of the memory operand of a faulting x86-64 instruction, for exits that
 //! carry no address (a bare `EFAULT`): given the instruction bytes at RIP and the registers, the
-//! linear address, width and direction of the access. Covers the common general-purpose and SSE
-//! move/ALU forms; anything else (VEX, `movs`, x87, ...) yields `None` and the caller falls back
-//! to locating the fault by file size.
+//! linear address, width and direction of the access. Covers the common general-purpose, SSE and
+//! VEX (AVX, AVX2) move/ALU forms and the string instructions compilers emit for copies (`rep
+//! movs`, `rep stos`, `cmps`: [`decode_operands`] gives both operands of the two-operand ones);
+//! anything else (EVEX, x87, ...) yields nothing and the caller falls back to locating the
+//! fault by file size.
 
 use vfsdax_protocol::report::Access;
 
@@ -122,8 +124,39 @@ impl Cursor<'_> {
     }
 }
 
-/// Decodes the memory operand of the 64-bit-mode instruction at the start of `code`.
+/// VEX map 1 (`0F`) ModRM opcodes: (access, width for VEX.L = 0, width for VEX.L = 1). `pp` is
+/// VEX.pp (1: 66, 2: F3, 3: F2).
+fn vex_map1(op: u8, pp: u8) -> Option<(Access, u32, u32)> {
+    use Access::{Read as R, Write as W};
+    Some(match (op, pp) {
+        // vmovss / vmovsd load and store one element.
+        (0x10, 2) => (R, 4, 4),
+        (0x10, 3) => (R, 8, 8),
+        (0x11, 2) => (W, 4, 4),
+        (0x11, 3) => (W, 8, 8),
+        // vmovups/pd, vmovaps/pd, vmovdqu/dqa, vlddqu, vmovntdqa-style loads.
+        (0x10 | 0x28 | 0x6f, _) | (0xf0, 3) => (R, 16, 32),
+        (0x12 | 0x16, _) => (R, 8, 8),
+        // Stores: vmovups/pd, vmovaps/pd, vmovntps/pd, vmovdqu/dqa, vmovntdq, vmovq.
+        (0x11 | 0x29 | 0x2b | 0x7f | 0xe7, _) => (W, 16, 32),
+        (0x13 | 0x17 | 0xd6, _) => (W, 8, 8),
+        _ => return None,
+    })
+}
+
+/// Decodes the memory operand of the 64-bit-mode instruction at the start of `code` (the first
+/// of two for `movs` and `cmps`: see [`decode_operands`]).
 pub fn decode(code: &[u8], regs: &DecodeRegs) -> Option<MemAccess> {
+    decode_operands(code, regs).into_iter().next()
+}
+
+/// Every memory operand of the 64-bit-mode instruction at the start of `code`: one for most,
+/// two (`[rsi]` then `[rdi]`) for `movs` and `cmps`, none if it is not decoded.
+pub fn decode_operands(code: &[u8], regs: &DecodeRegs) -> Vec<MemAccess> {
+    decode_inner(code, regs).unwrap_or_default()
+}
+
+fn decode_inner(code: &[u8], regs: &DecodeRegs) -> Option<Vec<MemAccess>> {
     let mut c = Cursor { b: code, i: 0 };
     let (mut opsize16, mut addr32, mut seg_base) = (false, false, 0u64);
     let mut byte = c.u8()?;
@@ -138,13 +171,35 @@ pub fn decode(code: &[u8], regs: &DecodeRegs) -> Option<MemAccess> {
         }
         byte = c.u8()?;
     }
-    let rex = if (0x40..=0x4f).contains(&byte) {
+    let mut rex = if (0x40..=0x4f).contains(&byte) {
         let r = byte;
         byte = c.u8()?;
         r
     } else {
         0
     };
+    // VEX (C5: 2 bytes, C4: 3 bytes; always VEX in 64-bit mode): its R, X, B (inverted) and W
+    // are REX's, its map 1 is `0F`.
+    let mut vex: Option<(u8, bool)> = None;
+    if byte == 0xc5 || byte == 0xc4 {
+        let b1 = c.u8()?;
+        let (r_bar, xb_bar, w, tail) = if byte == 0xc5 {
+            (b1 >> 7, 3u8, false, b1)
+        } else {
+            if b1 & 0x1f != 1 {
+                return None;
+            }
+            let b2 = c.u8()?;
+            (b1 >> 7, (b1 >> 5) & 3, b2 & 0x80 != 0, b2)
+        };
+        rex = 0x40
+            | u8::from(w) << 3
+            | (r_bar ^ 1) << 2
+            | ((xb_bar >> 1) ^ 1) << 1
+            | ((xb_bar & 1) ^ 1);
+        vex = Some((tail & 3, tail & 4 != 0));
+        byte = 0x0f;
+    }
     let rex_w = rex & 8 != 0;
     let width = |byte_op: bool| -> u32 {
         if byte_op {
@@ -159,11 +214,18 @@ pub fn decode(code: &[u8], regs: &DecodeRegs) -> Option<MemAccess> {
     };
     let fin = |linear: u64, len, access| {
         let linear = if addr32 { linear & 0xffff_ffff } else { linear };
-        Some(MemAccess {
+        Some(vec![MemAccess {
             linear: linear.wrapping_add(seg_base),
             len,
             access,
-        })
+        }])
+    };
+    let rdi = || {
+        if addr32 {
+            regs.gpr[7] & 0xffff_ffff
+        } else {
+            regs.gpr[7]
+        }
     };
     // moffs moves and string stores/loads have no ModRM.
     match byte {
@@ -178,19 +240,29 @@ pub fn decode(code: &[u8], regs: &DecodeRegs) -> Option<MemAccess> {
         }
         // stos stores to ES:[rdi]: a segment prefix does not apply, and ES's base is 0.
         0xaa | 0xab => {
-            let rdi = if addr32 {
-                regs.gpr[7] & 0xffff_ffff
-            } else {
-                regs.gpr[7]
-            };
-            let len = width(byte == 0xaa);
-            return Some(MemAccess {
-                linear: rdi,
-                len,
+            return Some(vec![MemAccess {
+                linear: rdi(),
+                len: width(byte == 0xaa),
                 access: Access::Write,
-            });
+            }]);
         }
         0xac | 0xad => return fin(regs.gpr[6], width(byte == 0xac), Access::Read),
+        // movs reads DS:[rsi] (or the prefix's segment) and writes ES:[rdi]; cmps reads both.
+        // With `rep`, the registers hold the iteration that faulted.
+        0xa4..=0xa7 => {
+            let len = width(byte & 1 == 0);
+            let mut both = fin(regs.gpr[6], len, Access::Read)?;
+            both.push(MemAccess {
+                linear: rdi(),
+                len,
+                access: if byte <= 0xa5 {
+                    Access::Write
+                } else {
+                    Access::Read
+                },
+            });
+            return Some(both);
+        }
         _ => {}
     }
     let (op, two) = if byte == 0x0f {
@@ -203,7 +275,10 @@ pub fn decode(code: &[u8], regs: &DecodeRegs) -> Option<MemAccess> {
     if md == 3 {
         return None;
     }
-    let (access, imm, len) = if two {
+    let (access, imm, len) = if let Some((pp, l)) = vex {
+        let (a, l0, l1) = vex_map1(op, pp)?;
+        (a, Imm::None, if l { l1 } else { l0 })
+    } else if two {
         let (a, imm, sse) = two_byte(op, reg)?;
         let len = if sse {
             16
@@ -374,11 +449,91 @@ mod tests {
     }
 
     #[test]
+    fn vex_moves_compilers_emit_for_copies() {
+        // vmovdqu ymm0, [rdi]
+        assert_eq!(
+            d(&[0xc5, 0xfe, 0x6f, 0x07]),
+            Some((0x4000_0700, 32, Access::Read))
+        );
+        // vmovdqu [rdi], xmm1
+        assert_eq!(
+            d(&[0xc5, 0xfa, 0x7f, 0x0f]),
+            Some((0x4000_0700, 16, Access::Write))
+        );
+        // vmovups ymm0, [rsi+0x20]
+        assert_eq!(
+            d(&[0xc5, 0xfc, 0x10, 0x46, 0x20]),
+            Some((0x4000_0620, 32, Access::Read))
+        );
+        // vmovdqu ymm8, [r9]  (3-byte VEX: R and B extend the registers)
+        assert_eq!(
+            d(&[0xc4, 0x41, 0x7e, 0x6f, 0x01]),
+            Some((0x4000_0900, 32, Access::Read))
+        );
+        // vmovntdq [rdx], ymm2
+        assert_eq!(
+            d(&[0xc5, 0xfd, 0xe7, 0x12]),
+            Some((0x4000_0200, 32, Access::Write))
+        );
+        // vmovss [rax], xmm0
+        assert_eq!(
+            d(&[0xc5, 0xfa, 0x11, 0x00]),
+            Some((0x4000_0000, 4, Access::Write))
+        );
+        // vaddps (not a move) and map 2 (0F38) are not decoded.
+        assert_eq!(d(&[0xc5, 0xfc, 0x58, 0x07]), None);
+        assert_eq!(d(&[0xc4, 0xe2, 0x7d, 0x18, 0x07]), None);
+    }
+
+    #[test]
+    fn string_copies_give_both_operands() {
+        let both = |code: &[u8]| {
+            decode_operands(code, &regs())
+                .iter()
+                .map(|m| (m.linear, m.len, m.access))
+                .collect::<Vec<_>>()
+        };
+        // rep movsb: [rsi] read, [rdi] written, a byte each (the faulting iteration's).
+        assert_eq!(
+            both(&[0xf3, 0xa4]),
+            vec![
+                (0x4000_0600, 1, Access::Read),
+                (0x4000_0700, 1, Access::Write)
+            ]
+        );
+        // rep movsq
+        assert_eq!(
+            both(&[0xf3, 0x48, 0xa5]),
+            vec![
+                (0x4000_0600, 8, Access::Read),
+                (0x4000_0700, 8, Access::Write)
+            ]
+        );
+        // repe cmpsb reads both; an fs override moves the source only.
+        assert_eq!(
+            both(&[0x64, 0xf3, 0xa6]),
+            vec![
+                (0x7000_0000 + 0x4000_0600, 1, Access::Read),
+                (0x4000_0700, 1, Access::Read)
+            ]
+        );
+        assert_eq!(
+            d(&[0xa5]),
+            Some((0x4000_0600, 4, Access::Read)),
+            "decode: the first"
+        );
+    }
+
+    #[test]
     fn unsupported_or_register_forms_are_none() {
         assert_eq!(d(&[0x48, 0x89, 0xd8]), None, "mov rax, rbx");
         assert_eq!(d(&[0x48, 0x8d, 0x03]), None, "lea");
-        assert_eq!(d(&[0xc5, 0xf8, 0x10, 0x07]), None, "VEX");
-        assert_eq!(d(&[0xa5]), None, "movs");
+        assert_eq!(d(&[0x62, 0xf1, 0x7c, 0x48, 0x10, 0x07]), None, "EVEX");
+        assert_eq!(d(&[0xc5, 0xfe]), None, "truncated VEX");
+        assert!(
+            decode_operands(&[0xc5, 0xfc, 0x28, 0xc1], &regs()).is_empty(),
+            "VEX register form"
+        );
         assert_eq!(d(&[0x48, 0x8b]), None, "truncated");
         assert_eq!(d(&[]), None);
     }

@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::errno;
 
 use crate::dax::DaxWindow;
-use crate::fault::decode::{decode, DecodeRegs};
+use crate::fault::decode::{decode_operands, DecodeRegs};
 use crate::fault::{
     classify, decide, Classification, Decision, FallbackPolicy, FaultEvidence, GuestCpuState,
     Verdict, WindowGeometry, PAGE_SIZE,
@@ -416,19 +416,36 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             fs_base: snap.sregs.fs.base,
             gs_base: snap.sregs.gs.base,
         };
-        let Some(m) = decode(&code[..got], &regs) else {
-            return Ok(bare);
-        };
-        let Some(gpa) = ops.translate(m.linear).map_err(kvm)? else {
-            return Ok(bare);
-        };
-        if self.geometry.offset_of_gpa(gpa).is_none() {
-            return Ok(bare);
+        // The operands in the window (a copy may have both there): the one on a lost page if
+        // only one is, else the first.
+        let mut in_window = Vec::new();
+        for m in decode_operands(&code[..got], &regs) {
+            if let Some(gpa) = ops.translate(m.linear).map_err(kvm)? {
+                if self.geometry.offset_of_gpa(gpa).is_some() {
+                    in_window.push(FaultEvidence::Decoded {
+                        gpa,
+                        len: m.len,
+                        access: m.access,
+                    });
+                }
+            }
         }
-        Ok(FaultEvidence::Decoded {
-            gpa,
-            len: m.len,
-            access: m.access,
+        let lost: Vec<&FaultEvidence> = in_window
+            .iter()
+            .filter(|e| {
+                matches!(
+                    classify(e, &self.geometry, self.window.table(), |m| m
+                        .file
+                        .metadata()
+                        .map(|md| md.len())),
+                    Classification::TruncatedPage(_)
+                )
+            })
+            .collect();
+        Ok(match (lost.as_slice(), in_window.first()) {
+            ([one], _) => **one,
+            (_, Some(first)) => *first,
+            (_, None) => bare,
         })
     }
 

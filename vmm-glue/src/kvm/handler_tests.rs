@@ -579,11 +579,36 @@ fn bare_efault_in_long_mode_is_located_by_decoding_the_instruction() {
     v.ioctls.clear();
     v.mcg_status = 0;
     f.mem
-        .write_slice(&[0xc5, 0xf8, 0x11, 0x03], GuestAddress(0x1000))
+        // fld qword [rbx] (x87)
+        .write_slice(&[0xdd, 0x03], GuestAddress(0x1000))
         .expect("code");
     let r = resumed(&mut f, &mut v, &Exit::Efault);
     assert_eq!(r.gpa, None);
     assert_eq!(r.window_offset, 0);
+}
+
+#[test]
+fn a_string_copy_inside_the_window_blames_the_operand_on_the_lost_page() {
+    let mut f = fixture("movs", FallbackPolicy::Mce, false);
+    let mut v = vcpu();
+    v.snap.sregs.efer = 0x500;
+    v.snap.sregs.cs.l = 1;
+    v.snap.regs.rip = 0x1000;
+    // rep movsb, copying window page 1 (still in the file) to page 2 (lost).
+    f.mem
+        .write_slice(&[0xf3, 0xa4], GuestAddress(0x1000))
+        .expect("code");
+    f.file.set_len(0x2000).expect("truncate");
+    v.snap.regs.rsi = WIN_GPA + 0x1010;
+    v.snap.regs.rdi = WIN_GPA + 0x2010;
+    let r = resumed(&mut f, &mut v, &Exit::Efault);
+    assert_eq!((r.gpa, r.access), (Some(WIN_GPA + 0x2010), Access::Write));
+    // The other way round: the source is lost.
+    v.mcg_status = 0;
+    v.snap.regs.rsi = WIN_GPA + 0x3010;
+    v.snap.regs.rdi = WIN_GPA + 0x1010;
+    let r = resumed(&mut f, &mut v, &Exit::Efault);
+    assert_eq!((r.gpa, r.access), (Some(WIN_GPA + 0x3010), Access::Read));
 }
 
 #[test]
