@@ -44,6 +44,10 @@ pub struct Mapping {
     /// Which host mapping this is ([`next_map_id`] at its map request; the pieces split from it
     /// keep it): mappings of one file share its descriptor, so this tells them apart.
     pub map_id: u64,
+    /// The largest size the glue saw the file have while this range was mapped (at the map
+    /// request, then at every `fstat` of it, [`Mapping::saw_size`]): the pages between the file's
+    /// size now and this were lost under the mapping; pages past it never were in the file.
+    pub size_seen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A number no mapping has had before in this process.
@@ -56,6 +60,19 @@ impl Mapping {
     /// One past the last window offset of the range (saturating at `u64::MAX`).
     pub fn end(&self) -> u64 {
         self.window_offset.saturating_add(self.len)
+    }
+
+    /// Records that the file was `size` bytes long (keeps the largest).
+    pub fn saw_size(&self, size: u64) {
+        self.size_seen
+            .fetch_max(size, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The file's size now (`fstat`), recorded with [`Mapping::saw_size`].
+    pub fn file_size(&self) -> std::io::Result<u64> {
+        let size = self.file.metadata()?.len();
+        self.saw_size(size);
+        Ok(size)
     }
 
     /// Whether `window_offset` lies inside the range.
@@ -74,6 +91,7 @@ impl Mapping {
             identity: self.identity,
             writable: self.writable,
             map_id: self.map_id,
+            size_seen: Arc::clone(&self.size_seen),
         }
     }
 }
@@ -269,6 +287,7 @@ mod tests {
             identity: FileIdentity { dev: 1, ino: 7 },
             writable: false,
             map_id: next_map_id(),
+            size_seen: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
         }
     }
 

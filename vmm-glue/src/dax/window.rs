@@ -383,6 +383,7 @@ impl DaxWindow {
             return Err(WindowError::NotRegularFile { file_type });
         }
         let file = self.kept_file(identity, fd, flags)?;
+        let size_now = file.metadata().map_err(WindowError::Fd)?.len();
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -419,6 +420,7 @@ impl DaxWindow {
             identity,
             writable,
             map_id: next_map_id(),
+            size_seen: Arc::new(std::sync::atomic::AtomicU64::new(size_now)),
         });
         Ok(())
     }

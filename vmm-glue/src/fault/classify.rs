@@ -76,12 +76,21 @@ pub enum Located {
     Exact,
     /// A bare `EFAULT`: the culprit was found by comparing live mappings with file sizes.
     ByFileSize {
-        /// How many mappings were shorter than their files; the first one is reported.
+        /// How many mappings lost pages their file had. With more than one the search refuses
+        /// to guess ([`Located::is_ambiguous`]): the first is kept for the diagnostic only.
         candidates: usize,
     },
     /// The backend had unmapped the range (the daemon's truncation guard, before the
     /// truncation); the access lies past the end of the file that was mapped there.
     Unmapped,
+}
+
+impl Located {
+    /// Whether the fault could not be tied to one mapping (a bare `EFAULT` while several files
+    /// lost pages): no file, offset or address may be reported or acted on as the culprit.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Located::ByFileSize { candidates } if *candidates > 1)
+    }
 }
 
 /// A guest access to a page that lies beyond the current end of its file.
@@ -243,7 +252,9 @@ where
     }
 }
 
-/// A bare `EFAULT`: look for live mappings whose file is now shorter than the mapped range.
+/// A bare `EFAULT`: look for live mappings that lost pages their file had while mapped (from
+/// the file's size now up to the largest size seen, [`Mapping::size_seen`]). A mapping past the
+/// end of a file that never reached it (Linux maps 2 MiB chunks of small files) lost nothing.
 fn find_by_file_size<F>(
     window: &WindowGeometry,
     table: &MappingTable,
@@ -256,13 +267,17 @@ where
     let mut candidates = 0;
     for m in table.snapshot() {
         let size = file_size(&m).ok();
-        let last_page = m.file_offset + m.len.saturating_sub(1);
-        if matches!(size, Some(s) if page_backed(last_page, s)) {
+        let seen = m
+            .size_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(size.unwrap_or(0));
+        let first_lost = size.map_or(m.file_offset, |s| round_up(s).max(m.file_offset));
+        let lost_end = round_up(seen).min(m.file_offset.saturating_add(m.len));
+        if first_lost >= lost_end {
             continue;
         }
         candidates += 1;
         if found.is_none() {
-            let first_lost = size.map_or(m.file_offset, |s| round_up(s).max(m.file_offset));
             let window_offset = m.window_offset + (first_lost - m.file_offset);
             found = Some(TruncatedPage {
                 gpa: window.gpa_base + window_offset,
@@ -313,6 +328,7 @@ mod tests {
             identity: FileIdentity { dev: 1, ino },
             writable,
             map_id: crate::dax::table::next_map_id(),
+            size_seen: Arc::new(std::sync::atomic::AtomicU64::new(file_offset + len)),
         }
     }
 
@@ -494,6 +510,36 @@ mod tests {
         };
         assert_eq!(p.mapping.identity.ino, 10);
         assert_eq!(p.located, Located::ByFileSize { candidates: 2 });
+        assert!(p.located.is_ambiguous(), "two candidates: no guess");
+    }
+
+    #[test]
+    fn a_mapping_past_the_end_of_a_small_file_lost_nothing() {
+        // Linux maps 2 MiB chunks: a 100-byte file mapped whole is "shorter than the mapping"
+        // from the start; only pages it had and lost count.
+        let t = MappingTable::new();
+        let m = mapping(0, 0x20_0000, 0, 12, false);
+        m.size_seen.store(100, std::sync::atomic::Ordering::Relaxed);
+        t.insert(m);
+        let e = FaultEvidence::Efault { memory_fault: None };
+        assert!(matches!(
+            classify(&e, &WIN, &t, sizes(&[(12, 100)])),
+            Classification::NotDax
+        ));
+        // Truncated to 0: its one page is lost.
+        let Classification::TruncatedPage(p) = classify(&e, &WIN, &t, sizes(&[(12, 0)])) else {
+            panic!("the page it had is lost")
+        };
+        assert_eq!(p.file_offset, 0);
+        assert_eq!(p.located, Located::ByFileSize { candidates: 1 });
+        assert!(!p.located.is_ambiguous());
+        // Grown to 3 pages since (seen by an fstat), then cut to 1: pages 1 and 2 are lost.
+        t.lookup(0).expect("mapped").saw_size(0x3000);
+        let Classification::TruncatedPage(p) = classify(&e, &WIN, &t, sizes(&[(12, 0x1000)]))
+        else {
+            panic!("pages it had are lost")
+        };
+        assert_eq!(p.file_offset, 0x1000);
     }
 
     #[test]

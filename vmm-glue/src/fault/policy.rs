@@ -260,10 +260,19 @@ pub fn decide(
                 mce_refused,
             }
         }
-        Classification::TruncatedPage(_) => {
+        Classification::TruncatedPage(t) => {
             let apf_refused = apf_refusal(advertised, apf, cpu);
             if apf_refused.is_none() {
+                // The apf error goes to the task that faulted, whichever page it was.
                 return Verdict::plain(Decision::ApfError);
+            }
+            if t.located.is_ambiguous() {
+                // A machine check or zero pages need the page: the glue does not guess it.
+                return Verdict {
+                    decision: Decision::Stop,
+                    apf_refused,
+                    mce_refused: None,
+                };
             }
             let (decision, mce_refused) = match policy {
                 FallbackPolicy::Mce if !cpu.cr4_mce => {
@@ -304,6 +313,7 @@ mod tests {
                 identity: FileIdentity { dev: 1, ino: 2 },
                 writable: true,
                 map_id: 1,
+                size_seen: Arc::new(std::sync::atomic::AtomicU64::new(0x4000)),
             },
             gpa: 0x4000_2000,
             window_offset: 0x2000,
@@ -491,5 +501,29 @@ mod tests {
         }
         assert!("bogus".parse::<FallbackPolicy>().is_err());
         assert_eq!(FallbackPolicy::default(), FallbackPolicy::Mce);
+    }
+
+    #[test]
+    fn an_ambiguous_fault_gets_the_apf_error_or_stops() {
+        let Classification::TruncatedPage(mut t) = truncated() else {
+            unreachable!()
+        };
+        t.located = Located::ByFileSize { candidates: 2 };
+        let class = Classification::TruncatedPage(t);
+        let cpu = GuestCpuState {
+            cpl: 3,
+            interrupts_enabled: true,
+            cr4_mce: true,
+            mce_in_progress: false,
+        };
+        let none = ApfRegistration::default();
+        for policy in [
+            FallbackPolicy::Mce,
+            FallbackPolicy::ZeroFill,
+            FallbackPolicy::Stop,
+        ] {
+            let v = decide(&class, false, true, &none, &cpu, policy);
+            assert_eq!(v.decision, Decision::Stop, "{policy:?}: no page to act on");
+        }
     }
 }

@@ -197,7 +197,7 @@ type Lost = (u64, u64, Owner);
 fn scan(window: &DaxWindow) -> Vec<Lost> {
     let mut lost = Vec::new();
     for m in window.table().snapshot() {
-        let Ok(size) = m.file.metadata().map(|md| md.len()) else {
+        let Ok(size) = m.file_size() else {
             continue;
         };
         if let Some((offset, len)) = lost_part(&m, size) {
@@ -251,13 +251,12 @@ impl Fences {
         let host_base = window.host_addr();
         window.with_changes_held(|table| {
             let mine = table.mappings_of(identity);
-            let Some(size) = mine
-                .first()
-                .and_then(|m| m.file.metadata().ok())
-                .map(|m| m.len())
-            else {
+            let Some(size) = mine.first().and_then(|m| m.file_size().ok()) else {
                 return Ok(0);
             };
+            for m in &mine {
+                m.saw_size(size);
+            }
             let lost: Vec<Lost> = mine
                 .iter()
                 .filter_map(|m| {
@@ -458,6 +457,7 @@ mod tests {
             identity: FileIdentity { dev: 1, ino: 1 },
             writable: true,
             map_id: crate::dax::table::next_map_id(),
+            size_seen: Arc::new(std::sync::atomic::AtomicU64::new(file_offset + len)),
         }
     }
 

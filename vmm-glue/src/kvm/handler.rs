@@ -15,7 +15,7 @@ use vfsdax_protocol::report::{Access, ActionTaken, GuestMode};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::errno;
 
-use crate::dax::DaxWindow;
+use crate::dax::{DaxWindow, Mapping};
 use crate::fault::decode::{decode_operands, DecodeRegs};
 use crate::fault::{
     classify, decide, Classification, Decision, FallbackPolicy, FaultEvidence, GuestCpuState,
@@ -269,9 +269,12 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             }
             _ => return Ok(Handled::NotMine),
         };
-        let class = classify(&evidence, &self.geometry, self.window.table(), |m| {
-            m.file.metadata().map(|md| md.len())
-        });
+        let class = classify(
+            &evidence,
+            &self.geometry,
+            self.window.table(),
+            Mapping::file_size,
+        );
         if matches!(class, Classification::NotDax) {
             return Ok(Handled::NotMine);
         }
@@ -360,7 +363,18 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 let report = self
                     .build_report(&class, ActionTaken::Stop, &verdict, mode, exit_at)
                     .resolve();
-                let reason = match class {
+                let reason = match &class {
+                    Classification::TruncatedPage(t) if t.located.is_ambiguous() => {
+                        let crate::fault::Located::ByFileSize { candidates } = t.located else {
+                            unreachable!("ambiguous is by file size")
+                        };
+                        format!(
+                            "KVM gave no address and the instruction could not be decoded, \
+                             while {candidates} mapped files lost pages: the glue does not \
+                             guess which one the guest touched, and the guest cannot take an \
+                             apf error; stopping the VM"
+                        )
+                    }
                     Classification::TruncatedPage(_) => "the page lies beyond the end of the file; stopping the VM as the fault policy says".to_string(),
                     _ => "the guest touched a DAX window range it never mapped and the access cannot be completed".to_string(),
                 };
@@ -434,10 +448,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             .iter()
             .filter(|e| {
                 matches!(
-                    classify(e, &self.geometry, self.window.table(), |m| m
-                        .file
-                        .metadata()
-                        .map(|md| md.len())),
+                    classify(e, &self.geometry, self.window.table(), Mapping::file_size),
                     Classification::TruncatedPage(_)
                 )
             })

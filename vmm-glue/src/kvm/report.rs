@@ -112,13 +112,15 @@ pub fn build(
                 t.located,
                 crate::fault::Located::Exact | crate::fault::Located::Unmapped
             );
+            // Several shrunken files and no address: no file is named.
+            let named = !t.located.is_ambiguous();
             (
                 FaultKind::TruncatedPage,
                 exact.then_some(t.gpa),
                 t.window_offset,
-                Some(&t.mapping),
-                Some(t.file_offset),
-                t.file_size,
+                named.then_some(&t.mapping),
+                named.then_some(t.file_offset),
+                t.file_size.filter(|_| named),
                 t.access,
             )
         }
