@@ -135,7 +135,7 @@ fn size_after(t: Truncation) -> u64 {
 /// RIP the guest handler must see: on the load (rewound), or just past the store.
 fn expected_rip(r: &ScenarioResult, access: GuestAccess) -> u32 {
     let rip = match access {
-        GuestAccess::Load => r.access_rip,
+        GuestAccess::Load | GuestAccess::HostDriven => r.access_rip,
         GuestAccess::Store => r.access_rip + STORE_LEN,
     };
     rip as u32
@@ -308,7 +308,7 @@ fn check_no_fault(r: &ScenarioResult, access: GuestAccess, truncation: Truncatio
     let want = match (access, truncation) {
         (GuestAccess::Store, _) => STORE_VALUE,
         (GuestAccess::Load, Truncation::UnlinkAndRecreate) => original_word(ACCESS_OFFSET),
-        (GuestAccess::Load, _) => 0,
+        (GuestAccess::Load | GuestAccess::HostDriven, _) => 0,
     };
     assert_eq!(g.value, Some(want), "value seen through the window");
     match truncation {

@@ -248,7 +248,7 @@ fn check_apf(id: u32, plan: &VcpuPlan, r: &VcpuResult) -> u32 {
     assert!(is_vfsdax_token(token), "vCPU {id}: token {token:#x}");
     assert_eq!(token & 0xfff, VFSDAX_TOKEN_TAG, "vCPU field of {token:#x}");
     let rip = match plan.access {
-        GuestAccess::Load => r.access_rip,
+        GuestAccess::Load | GuestAccess::HostDriven => r.access_rip,
         GuestAccess::Store => r.access_rip + 3,
     };
     assert_eq!(

@@ -55,8 +55,8 @@ pub enum DaemonError {
     /// Reserving or wiring the window failed.
     #[error("cannot connect the DAX window")]
     Window(#[source] ConnectError),
-    /// The window cannot hold one 2 MiB mapping.
-    #[error("the daemon's DAX window is {0} bytes, smaller than one 2 MiB mapping")]
+    /// The window is smaller than the mappings need.
+    #[error("the daemon's DAX window is {0} bytes, too small for the mappings")]
     SmallWindow(u64),
     /// A FUSE request failed.
     #[error("FUSE {what} failed")]
@@ -162,47 +162,57 @@ pub fn components(name: &str) -> Vec<&str> {
         .collect()
 }
 
-fn req(what: impl Into<String>) -> impl FnOnce(ClientError) -> DaemonError {
+pub(crate) fn req(what: impl Into<String>) -> impl FnOnce(ClientError) -> DaemonError {
     let what = what.into();
     move |source| DaemonError::Request { what, source }
+}
+
+/// Connects to the daemon at `socket` as its vhost-user frontend, wires a [`DaxWindow`] to its
+/// `SHMEM_MAP`/`SHMEM_UNMAP` (the window must hold at least `min_window` bytes) and sends INIT.
+/// The connection is declared first in the pair: drop it before the client.
+pub fn connect_dax(
+    socket: &Path,
+    timeout: Duration,
+    min_window: u64,
+) -> Result<(DaxConnection, FsClient), DaemonError> {
+    let opts = ClientOptions {
+        max_io: 256 << 10,
+        batch_bytes: 4096,
+        timeout,
+        ..ClientOptions::default()
+    };
+    let mut client = FsClient::connect(socket, opts).map_err(|source| DaemonError::Connect {
+        socket: socket.to_path_buf(),
+        source,
+    })?;
+    let proto = client.frontend().protocol_features();
+    let needed = VhostUserProtocolFeatures::SHMEM
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::BACKEND_SEND_FD;
+    if !proto.contains(needed) {
+        return Err(DaemonError::NoDax(proto));
+    }
+    let dax = connect(
+        client.frontend_mut().frontend_mut(),
+        ConnectOptions {
+            reply_ack: proto.contains(VhostUserProtocolFeatures::REPLY_ACK),
+            observer: None,
+            ..Default::default()
+        },
+    )
+    .map_err(DaemonError::Window)?;
+    if dax.window().size() < min_window {
+        return Err(DaemonError::SmallWindow(dax.window().size()));
+    }
+    client.init().map_err(req("INIT"))?;
+    Ok((dax, client))
 }
 
 impl DaemonBacking {
     /// Connects to the daemon, wires the window and maps the first 2 MiB of the file at window
     /// offset 0 the way a Linux guest does.
     pub fn connect(target: DaemonTarget) -> Result<Self, DaemonError> {
-        let opts = ClientOptions {
-            max_io: 256 << 10,
-            batch_bytes: 4096,
-            timeout: target.timeout,
-            ..ClientOptions::default()
-        };
-        let mut client =
-            FsClient::connect(&target.socket, opts).map_err(|source| DaemonError::Connect {
-                socket: target.socket.clone(),
-                source,
-            })?;
-        let proto = client.frontend().protocol_features();
-        let needed = VhostUserProtocolFeatures::SHMEM
-            | VhostUserProtocolFeatures::BACKEND_REQ
-            | VhostUserProtocolFeatures::BACKEND_SEND_FD;
-        if !proto.contains(needed) {
-            return Err(DaemonError::NoDax(proto));
-        }
-        let dax = connect(
-            client.frontend_mut().frontend_mut(),
-            ConnectOptions {
-                reply_ack: proto.contains(VhostUserProtocolFeatures::REPLY_ACK),
-                observer: None,
-                ..Default::default()
-            },
-        )
-        .map_err(DaemonError::Window)?;
-        if dax.window().size() < CHUNK {
-            return Err(DaemonError::SmallWindow(dax.window().size()));
-        }
-        client.init().map_err(req("INIT"))?;
-
+        let (dax, mut client) = connect_dax(&target.socket, target.timeout, CHUNK)?;
         let parts = components(&target.name);
         let Some((leaf, dirs)) = parts.split_last() else {
             return Err(DaemonError::BadName(target.name.clone()));

@@ -2,7 +2,8 @@
 //! use it: a minimal KVM VM ([`vm`]) with a hand-written 64-bit guest ([`guest`]), truncation
 //! scenarios run in it ([`scenario`]), the DAX mapping from `vfsdaxd` through the host-side
 //! virtio-fs driver ([`daemon`]) or a local file, and the rendering of what happened
-//! ([`output`]). [`run`] ties them together; the binary is only its command line.
+//! ([`output`]). [`run`] ties them together; the binary is only its command line. [`storm`] is
+//! the truncation storm: many vCPUs and mappings while host threads change the files.
 #![warn(missing_docs)]
 
 pub mod daemon;
@@ -10,6 +11,7 @@ pub mod guest;
 pub mod output;
 pub mod run;
 pub mod scenario;
+pub mod storm;
 pub mod vm;
 
 pub use run::*;

@@ -139,6 +139,7 @@ fn describe_outcome(s: &Scenario, g: &GuestObservation, out: &mut Vec<String>) {
     let verb = match s.access {
         GuestAccess::Load => "loads from",
         GuestAccess::Store => "stores to",
+        GuestAccess::HostDriven => "accesses",
     };
     out.push(format!(
         "guest: {verb} window offset {ACCESS_OFFSET:#x} (GPA {:#x}) again",
@@ -178,7 +179,7 @@ fn describe_outcome(s: &Scenario, g: &GuestObservation, out: &mut Vec<String>) {
     }
     if let Some(v) = g.value {
         let what = match s.access {
-            GuestAccess::Load => "the load returned",
+            GuestAccess::Load | GuestAccess::HostDriven => "the load returned",
             GuestAccess::Store => "the store read back",
         };
         out.push(format!("guest: {what} {}", word(v)));

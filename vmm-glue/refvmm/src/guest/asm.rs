@@ -117,6 +117,31 @@ impl Asm {
         self.b(&[0x48, 0x8b, 0x03])
     }
 
+    /// `mov rax, [moffs64]` (`REX.W A1` with a 64-bit absolute address).
+    pub fn load_rax_abs(&mut self, addr: u64) -> &mut Self {
+        self.b(&[0x48, 0xa1]).b(&addr.to_le_bytes())
+    }
+
+    /// `mov rbx, rax` (`REX.W 89 /r`, ModRM 11 000 011).
+    pub fn mov_rbx_rax(&mut self) -> &mut Self {
+        self.b(&[0x48, 0x89, 0xc3])
+    }
+
+    /// `mov rcx, rax` (`REX.W 89 /r`, ModRM 11 000 001).
+    pub fn mov_rcx_rax(&mut self) -> &mut Self {
+        self.b(&[0x48, 0x89, 0xc1])
+    }
+
+    /// `test rax, rax` (`REX.W 85 /r`, ModRM 11 000 000).
+    pub fn test_rax_rax(&mut self) -> &mut Self {
+        self.b(&[0x48, 0x85, 0xc0])
+    }
+
+    /// `mov rsp, imm64` (`REX.W B8+4 io`).
+    pub fn mov_rsp_imm(&mut self, imm: u64) -> &mut Self {
+        self.b(&[0x48, 0xbc]).b(&imm.to_le_bytes())
+    }
+
     /// `mov [rbx], rcx` (`REX.W 89 /r`, ModRM 00 001 011).
     pub fn store_rcx_to_rbx(&mut self) -> &mut Self {
         self.b(&[0x48, 0x89, 0x0b])
@@ -305,6 +330,24 @@ mod tests {
         assert_eq!(
             a.finish().expect("no labels"),
             [0x31, 0xd2, 0x31, 0xc0, 0x51, 0x5b, 0x48, 0xcf]
+        );
+    }
+
+    #[test]
+    fn encodings_of_the_storm_loop_instructions() {
+        let mut a = Asm::new(0);
+        a.load_rax_abs(0xc000)
+            .mov_rbx_rax()
+            .mov_rcx_rax()
+            .test_rax_rax()
+            .mov_rsp_imm(0x1f000);
+        let code = a.finish().expect("no labels");
+        assert_eq!(
+            code,
+            [
+                0x48, 0xa1, 0, 0xc0, 0, 0, 0, 0, 0, 0, 0x48, 0x89, 0xc3, 0x48, 0x89, 0xc1, 0x48,
+                0x85, 0xc0, 0x48, 0xbc, 0, 0xf0, 0x01, 0, 0, 0, 0, 0
+            ]
         );
     }
 

@@ -5,9 +5,11 @@
 //!
 //! - [`asm`]: the hand-encoding assembler.
 //! - [`program`]: the program and the system tables, written into guest memory.
+//! - [`storm`]: the loop of loads and stores the VMM chooses, for the truncation storm.
 
 pub mod asm;
 pub mod program;
+pub mod storm;
 
 /// Guest-physical layout of the test guest.
 pub mod layout {
@@ -31,6 +33,9 @@ pub mod layout {
     pub const WOKEN_FLAGS: u64 = 0x9108;
     /// The 64-bit TSS (only its RSP0 matters: the kernel stack for user-mode runs).
     pub const TSS: u64 = 0x9200;
+    /// The storm loop's mailbox: the VMM writes the next access here (GPA, then the value to
+    /// store or 0 for a load) when the guest asks with [`super::port::REQUEST`].
+    pub const MAILBOX: u64 = 0xc000;
     /// Code.
     pub const CODE: u64 = 0x10000;
     /// Initial user-mode stack pointer.
@@ -112,6 +117,10 @@ pub mod port {
     pub const DONE: u16 = 0xd4;
     /// The guest registered for apf errors (value: the `MSR_KVM_ASYNC_PF_EN` low half).
     pub const OPTED_IN: u16 = 0xd6;
+    /// Storm loop: the guest asks for its next access (the VMM fills [`super::layout::MAILBOX`]).
+    pub const REQUEST: u16 = 0xd8;
+    /// Storm loop: the store completed.
+    pub const STORED: u16 = 0xda;
 }
 
 /// Whether the guest loads or stores at the access.
@@ -121,6 +130,10 @@ pub enum GuestAccess {
     Load,
     /// `mov [rbx], rcx`, then read back.
     Store,
+    /// The storm loop ([`storm`]): ask the VMM for an access, do it, report it, again; a task
+    /// killed by an apf error or a machine check is replaced by a new one. `baseline_offset`,
+    /// `access_offset` and `store_value` are not used.
+    HostDriven,
 }
 
 /// What the guest program does.

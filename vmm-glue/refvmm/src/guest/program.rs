@@ -9,7 +9,7 @@ use vfsdax_protocol::apf::{
 };
 use vm_memory::{Bytes, GuestAddress};
 
-use super::asm::{Asm, Cond, Reg};
+use super::asm::{Asm, Cond, Label, Reg};
 use super::{layout, port, GuestAccess, GuestConfig};
 use vfsdax_vmm_glue::kvm::mce;
 
@@ -61,7 +61,7 @@ pub fn apf_en_value(cfg: &GuestConfig, vcpu: u32) -> u64 {
     v
 }
 
-fn report_rax(a: &mut Asm, lo: u16, hi: u16) {
+pub(super) fn report_rax(a: &mut Asm, lo: u16, hi: u16) {
     a.out_eax(lo as u8).shr_rax_32().out_eax(hi as u8);
 }
 
@@ -74,8 +74,41 @@ pub fn build(cfg: &GuestConfig, vcpu: u32) -> Result<GuestImage, GuestError> {
     let at = |addr| layout::private(vcpu, addr);
     let mut a = Asm::new(at(layout::CODE));
     let finish = a.label();
+    let killed = a.label();
     let entry = a.here();
+    prologue(&mut a, cfg, vcpu);
+    let access_rip = match cfg.access {
+        GuestAccess::Load | GuestAccess::Store => {
+            let rip = one_access(&mut a, cfg, vcpu);
+            a.bind(killed);
+            rip
+        }
+        GuestAccess::HostDriven => super::storm::body(&mut a, cfg, vcpu, finish, killed),
+    };
+    a.bind(finish);
+    a.report(port::DONE as u8, 0);
+    let park = a.label();
+    a.bind(park);
+    a.pause().jmp(park);
+    let gates = handlers(&mut a, vcpu, killed, finish);
 
+    let code = a.finish().ok_or(GuestError::UnboundLabel)?;
+    if code.len() as u64 > layout::STACK_TOP - 0x2000 - layout::CODE {
+        return Err(GuestError::TooLarge(code.len()));
+    }
+    Ok(GuestImage {
+        code,
+        entry,
+        access_rip,
+        gates,
+        vcpu,
+    })
+}
+
+/// Enables the local APIC and (as configured) machine checks, registers for apf, enables
+/// interrupts.
+fn prologue(a: &mut Asm, cfg: &GuestConfig, vcpu: u32) {
+    let at = |addr| layout::private(vcpu, addr);
     // Software-enable the local APIC (SVR bit 8, spurious vector 0xff).
     a.mov_r32_imm(Reg::Rax, 0x100 | u32::from(layout::SPURIOUS_VECTOR))
         .store_eax_abs(LAPIC_SVR);
@@ -107,48 +140,63 @@ pub fn build(cfg: &GuestConfig, vcpu: u32) -> Result<GuestImage, GuestError> {
     if cfg.interrupts {
         a.sti();
     }
+}
+
+/// `iretq` into ring 3 at `target` on the user stack, with IOPL 3 (ports stay usable) and IF as
+/// configured.
+pub(super) fn enter_user(a: &mut Asm, cfg: &GuestConfig, vcpu: u32, target: Label) {
+    let rflags = 0x3002 | if cfg.interrupts { 0x200 } else { 0 };
+    a.mov_r32_imm(Reg::Rax, u32::from(layout::USER_DS))
+        .push(Reg::Rax);
+    a.mov_r32_imm(
+        Reg::Rax,
+        layout::private(vcpu, layout::USER_STACK_TOP) as u32,
+    )
+    .push(Reg::Rax);
+    a.mov_r32_imm(Reg::Rax, rflags).push(Reg::Rax);
+    a.mov_r32_imm(Reg::Rax, u32::from(layout::USER_CS))
+        .push(Reg::Rax);
+    a.lea_rax_label(target).push(Reg::Rax).iretq();
+}
+
+/// The scenario guest: a baseline load, stage 2 (the host changes the file), one load or store;
+/// returns the access instruction's address.
+fn one_access(a: &mut Asm, cfg: &GuestConfig, vcpu: u32) -> u64 {
     if cfg.user_mode {
-        // iretq into ring 3 with IOPL 3 (ports stay usable) and IF as configured.
         let user = a.label();
-        let rflags = 0x3002 | if cfg.interrupts { 0x200 } else { 0 };
-        a.mov_r32_imm(Reg::Rax, u32::from(layout::USER_DS))
-            .push(Reg::Rax);
-        a.mov_r32_imm(Reg::Rax, at(layout::USER_STACK_TOP) as u32)
-            .push(Reg::Rax);
-        a.mov_r32_imm(Reg::Rax, rflags).push(Reg::Rax);
-        a.mov_r32_imm(Reg::Rax, u32::from(layout::USER_CS))
-            .push(Reg::Rax);
-        a.lea_rax_label(user).push(Reg::Rax).iretq();
+        enter_user(a, cfg, vcpu, user);
         a.bind(user);
     }
     // Baseline load from a page the host keeps.
     a.mov_r64_imm(Reg::Rbx, layout::WINDOW_GPA + cfg.baseline_offset)
         .load_rax_from_rbx();
-    report_rax(&mut a, port::BASE_LO, port::BASE_HI);
+    report_rax(a, port::BASE_LO, port::BASE_HI);
     a.report(port::STAGE as u8, 2);
     // The access.
     a.mov_r64_imm(Reg::Rbx, layout::WINDOW_GPA + cfg.access_offset);
     let access_rip = match cfg.access {
-        GuestAccess::Load => {
-            let rip = a.here();
-            a.load_rax_from_rbx();
-            rip
-        }
         GuestAccess::Store => {
             a.mov_r64_imm(Reg::Rcx, cfg.store_value);
             let rip = a.here();
             a.store_rcx_to_rbx().load_rax_from_rbx();
             rip
         }
+        GuestAccess::Load | GuestAccess::HostDriven => {
+            let rip = a.here();
+            a.load_rax_from_rbx();
+            rip
+        }
     };
-    report_rax(&mut a, port::VAL_LO, port::VAL_HI);
+    report_rax(a, port::VAL_LO, port::VAL_HI);
     a.report(port::STAGE as u8, 3);
-    a.bind(finish);
-    a.report(port::DONE as u8, 0);
-    let park = a.label();
-    a.bind(park);
-    a.pause().jmp(park);
+    access_rip
+}
 
+/// The exception and interrupt handlers; returns the IDT gates. A task killed by an apf error
+/// or a machine check reports it and continues at `killed`; an unexpected exception reports its
+/// vector and ends the program at `finish`.
+fn handlers(a: &mut Asm, vcpu: u32, killed: Label, finish: Label) -> Vec<(u8, u64)> {
+    let at = |addr| layout::private(vcpu, addr);
     let mut gates = Vec::new();
 
     // #PF: an apf 'page not present' puts the "task" to sleep until its 'page ready'.
@@ -177,7 +225,7 @@ pub fn build(cfg: &GuestConfig, vcpu: u32) -> Result<GuestImage, GuestError> {
         a.load_eax_abs(at(layout::WOKEN_FLAGS))
             .test_eax_imm(KVM_PV_REASON_PAGE_ERROR)
             .jcc(Cond::Zero, resume);
-        a.report(port::SIGBUS as u8, 1).jmp(finish);
+        a.report(port::SIGBUS as u8, 1).jmp(killed);
         a.bind(resume);
         a.pop(Reg::Rdx)
             .pop(Reg::Rcx)
@@ -223,7 +271,7 @@ pub fn build(cfg: &GuestConfig, vcpu: u32) -> Result<GuestImage, GuestError> {
     a.mov_r32_imm(Reg::Rcx, mce::msr_mci_status(mce::DAX_BANK))
         .wrmsr();
     a.mov_r32_imm(Reg::Rcx, mce::MSR_MCG_STATUS).wrmsr();
-    a.report(port::SIGBUS as u8, 2).jmp(finish);
+    a.report(port::SIGBUS as u8, 2).jmp(killed);
 
     // Spurious LAPIC interrupt.
     gates.push((layout::SPURIOUS_VECTOR, a.here()));
@@ -237,18 +285,7 @@ pub fn build(cfg: &GuestConfig, vcpu: u32) -> Result<GuestImage, GuestError> {
         gates.push((v, a.here()));
         a.report(port::EXCEPTION as u8, u32::from(v)).jmp(finish);
     }
-
-    let code = a.finish().ok_or(GuestError::UnboundLabel)?;
-    if code.len() as u64 > layout::STACK_TOP - 0x2000 - layout::CODE {
-        return Err(GuestError::TooLarge(code.len()));
-    }
-    Ok(GuestImage {
-        code,
-        entry,
-        access_rip,
-        gates,
-        vcpu,
-    })
+    gates
 }
 
 /// Writes the GDT, IDT, TSS and code of `image` into its vCPU's private area of guest memory, and
