@@ -91,17 +91,19 @@ enum Guest {
     Stop,
 }
 
-fn scenario(access: GuestAccess, guest: Guest, truncation: Truncation) -> Scenario {
+/// The cell's scenario on Linux's guest model: no `SEND_ALWAYS` (Linux dropped it in 5.8), so
+/// only a user-mode access can take the apf error; `user` picks the mode of the access.
+fn scenario(access: GuestAccess, guest: Guest, truncation: Truncation, user: bool) -> Scenario {
     let dir = std::env::var_os("VFSDAX_CELL_DIR")
         .map(Into::into)
         .unwrap_or_else(|| tempdir("direct"));
     Scenario {
         access,
         opt_in: guest == Guest::OptedIn,
-        send_always: true,
+        send_always: false,
         stock_apf: false,
         guest_mce: true,
-        user_mode: false,
+        user_mode: user,
         feature_bit: Some(DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT),
         policy: match guest {
             Guest::OptedIn | Guest::Mce => FallbackPolicy::Mce,
@@ -132,17 +134,25 @@ fn size_after(t: Truncation) -> u64 {
     }
 }
 
-/// RIP the guest handler must see: on the load (rewound), or just past the store.
-fn expected_rip(r: &ScenarioResult, access: GuestAccess) -> u32 {
+/// RIP the guest handler must see: on the faulting instruction, except for a kernel-mode store
+/// on this host, which KVM completes as an MMIO write before exiting (just past the store).
+/// A user-mode access exits as a bare EFAULT before the instruction completes, loads and stores
+/// alike.
+fn expected_rip(r: &ScenarioResult, access: GuestAccess, user: bool) -> u32 {
     let rip = match access {
-        GuestAccess::Load | GuestAccess::HostDriven => r.access_rip,
-        GuestAccess::Store => r.access_rip + STORE_LEN,
+        GuestAccess::Store if !user => r.access_rip + STORE_LEN,
+        _ => r.access_rip,
     };
     rip as u32
 }
 
-fn check_cell(access: GuestAccess, guest: Guest, truncation: Truncation) {
-    let s = scenario(access, guest, truncation);
+/// Whether the frame points at the faulting instruction (MCG_STATUS.EIPV).
+fn at_the_instruction(access: GuestAccess, user: bool) -> bool {
+    user || access != GuestAccess::Store
+}
+
+fn check_cell(access: GuestAccess, guest: Guest, truncation: Truncation, user: bool) {
+    let s = scenario(access, guest, truncation, user);
     let r = run(&s);
     let g = &r.guest;
     assert_eq!(g.exception, None, "unexpected guest exception: {g:?}");
@@ -182,7 +192,12 @@ fn check_cell(access: GuestAccess, guest: Guest, truncation: Truncation) {
     assert_eq!(report.file_offset, Some(ACCESS_OFFSET));
     assert_eq!(report.file_size_now, Some(size_after(truncation)));
     assert_eq!(report.access, want_access);
-    assert_eq!(report.guest_mode, GuestMode::Kernel);
+    let mode = if user {
+        GuestMode::User
+    } else {
+        GuestMode::Kernel
+    };
+    assert_eq!(report.guest_mode, mode);
     let file = report.file.as_ref().expect("file identity");
     assert!(file.ino != 0);
     assert!(
@@ -198,7 +213,7 @@ fn check_cell(access: GuestAccess, guest: Guest, truncation: Truncation) {
             let (flags, cr2, rip) = g.page_fault.expect("the #PF handler ran");
             assert_eq!(flags, 1, "apf flags = PAGE_NOT_PRESENT");
             assert_eq!(cr2, token, "CR2 carried the token");
-            assert_eq!(rip, expected_rip(&r, access), "#PF frame RIP");
+            assert_eq!(rip, expected_rip(&r, access, user), "#PF frame RIP");
             assert!(
                 g.ready.contains(&(token, KVM_PV_REASON_PAGE_ERROR)),
                 "'page ready' with PAGE_ERROR for {token:#x}: {:?}",
@@ -231,11 +246,11 @@ fn check_cell(access: GuestAccess, guest: Guest, truncation: Truncation) {
                 "MCi_STATUS {status_hi:#x}"
             );
             let mut want_mcg = MCG_STATUS_MCIP | MCG_STATUS_RIPV;
-            if access == GuestAccess::Load {
+            if at_the_instruction(access, user) {
                 want_mcg |= MCG_STATUS_EIPV;
             }
             assert_eq!(u64::from(mcg), want_mcg, "MCG_STATUS");
-            assert_eq!(rip, expected_rip(&r, access), "#MC frame RIP");
+            assert_eq!(rip, expected_rip(&r, access, user), "#MC frame RIP");
             assert_eq!(g.sigbus, Some(2));
             assert_eq!(g.value, None);
             assert!(g.done);
@@ -335,47 +350,81 @@ fn check_no_fault(r: &ScenarioResult, access: GuestAccess, truncation: Truncatio
 }
 
 macro_rules! cells {
-    ($($name:ident: $access:ident, $guest:ident, $trunc:ident;)*) => {$(
+    ($($name:ident: $access:ident, $guest:ident, $trunc:ident, $user:expr;)*) => {$(
         #[test]
         fn $name() {
-            in_child(stringify!($name), || check_cell(GuestAccess::$access, Guest::$guest, Truncation::$trunc));
+            in_child(stringify!($name), || {
+                check_cell(GuestAccess::$access, Guest::$guest, Truncation::$trunc, $user)
+            });
         }
     )*};
 }
 
+// User mode: every truncation kind × access × policy, the apf error included (Linux takes async
+// page faults in user mode only).
 cells! {
-    load_apf_to_zero: Load, OptedIn, ToZero;
-    load_apf_below_page: Load, OptedIn, BelowAccessedPage;
-    load_apf_unlink_recreate: Load, OptedIn, UnlinkAndRecreate;
-    load_apf_reextend: Load, OptedIn, TruncateThenReextend;
-    store_apf_to_zero: Store, OptedIn, ToZero;
-    store_apf_below_page: Store, OptedIn, BelowAccessedPage;
-    store_apf_unlink_recreate: Store, OptedIn, UnlinkAndRecreate;
-    store_apf_reextend: Store, OptedIn, TruncateThenReextend;
-    load_mce_to_zero: Load, Mce, ToZero;
-    load_mce_below_page: Load, Mce, BelowAccessedPage;
-    load_mce_unlink_recreate: Load, Mce, UnlinkAndRecreate;
-    load_mce_reextend: Load, Mce, TruncateThenReextend;
-    store_mce_to_zero: Store, Mce, ToZero;
-    store_mce_below_page: Store, Mce, BelowAccessedPage;
-    store_mce_unlink_recreate: Store, Mce, UnlinkAndRecreate;
-    store_mce_reextend: Store, Mce, TruncateThenReextend;
-    load_zero_fill_to_zero: Load, ZeroFill, ToZero;
-    load_zero_fill_below_page: Load, ZeroFill, BelowAccessedPage;
-    load_zero_fill_unlink_recreate: Load, ZeroFill, UnlinkAndRecreate;
-    load_zero_fill_reextend: Load, ZeroFill, TruncateThenReextend;
-    store_zero_fill_to_zero: Store, ZeroFill, ToZero;
-    store_zero_fill_below_page: Store, ZeroFill, BelowAccessedPage;
-    store_zero_fill_unlink_recreate: Store, ZeroFill, UnlinkAndRecreate;
-    store_zero_fill_reextend: Store, ZeroFill, TruncateThenReextend;
-    load_stop_to_zero: Load, Stop, ToZero;
-    load_stop_below_page: Load, Stop, BelowAccessedPage;
-    load_stop_unlink_recreate: Load, Stop, UnlinkAndRecreate;
-    load_stop_reextend: Load, Stop, TruncateThenReextend;
-    store_stop_to_zero: Store, Stop, ToZero;
-    store_stop_below_page: Store, Stop, BelowAccessedPage;
-    store_stop_unlink_recreate: Store, Stop, UnlinkAndRecreate;
-    store_stop_reextend: Store, Stop, TruncateThenReextend;
+    user_load_apf_to_zero: Load, OptedIn, ToZero, true;
+    user_load_apf_below_page: Load, OptedIn, BelowAccessedPage, true;
+    user_load_apf_unlink_recreate: Load, OptedIn, UnlinkAndRecreate, true;
+    user_load_apf_reextend: Load, OptedIn, TruncateThenReextend, true;
+    user_store_apf_to_zero: Store, OptedIn, ToZero, true;
+    user_store_apf_below_page: Store, OptedIn, BelowAccessedPage, true;
+    user_store_apf_unlink_recreate: Store, OptedIn, UnlinkAndRecreate, true;
+    user_store_apf_reextend: Store, OptedIn, TruncateThenReextend, true;
+    user_load_mce_to_zero: Load, Mce, ToZero, true;
+    user_load_mce_below_page: Load, Mce, BelowAccessedPage, true;
+    user_load_mce_unlink_recreate: Load, Mce, UnlinkAndRecreate, true;
+    user_load_mce_reextend: Load, Mce, TruncateThenReextend, true;
+    user_store_mce_to_zero: Store, Mce, ToZero, true;
+    user_store_mce_below_page: Store, Mce, BelowAccessedPage, true;
+    user_store_mce_unlink_recreate: Store, Mce, UnlinkAndRecreate, true;
+    user_store_mce_reextend: Store, Mce, TruncateThenReextend, true;
+    user_load_zero_fill_to_zero: Load, ZeroFill, ToZero, true;
+    user_load_zero_fill_below_page: Load, ZeroFill, BelowAccessedPage, true;
+    user_load_zero_fill_unlink_recreate: Load, ZeroFill, UnlinkAndRecreate, true;
+    user_load_zero_fill_reextend: Load, ZeroFill, TruncateThenReextend, true;
+    user_store_zero_fill_to_zero: Store, ZeroFill, ToZero, true;
+    user_store_zero_fill_below_page: Store, ZeroFill, BelowAccessedPage, true;
+    user_store_zero_fill_unlink_recreate: Store, ZeroFill, UnlinkAndRecreate, true;
+    user_store_zero_fill_reextend: Store, ZeroFill, TruncateThenReextend, true;
+    user_load_stop_to_zero: Load, Stop, ToZero, true;
+    user_load_stop_below_page: Load, Stop, BelowAccessedPage, true;
+    user_load_stop_unlink_recreate: Load, Stop, UnlinkAndRecreate, true;
+    user_load_stop_reextend: Load, Stop, TruncateThenReextend, true;
+    user_store_stop_to_zero: Store, Stop, ToZero, true;
+    user_store_stop_below_page: Store, Stop, BelowAccessedPage, true;
+    user_store_stop_unlink_recreate: Store, Stop, UnlinkAndRecreate, true;
+    user_store_stop_reextend: Store, Stop, TruncateThenReextend, true;
+}
+
+// Kernel mode: what Linux can recover from. A kernel access to a lost page is a machine check
+// (recoverable where the kernel copies with an exception-table fix-up, as for user copies and
+// DAX reads), zero pages, or a VMM stop; never an apf error (the proposal panics on one).
+cells! {
+    kernel_load_mce_to_zero: Load, Mce, ToZero, false;
+    kernel_load_mce_below_page: Load, Mce, BelowAccessedPage, false;
+    kernel_load_mce_unlink_recreate: Load, Mce, UnlinkAndRecreate, false;
+    kernel_load_mce_reextend: Load, Mce, TruncateThenReextend, false;
+    kernel_store_mce_to_zero: Store, Mce, ToZero, false;
+    kernel_store_mce_below_page: Store, Mce, BelowAccessedPage, false;
+    kernel_store_mce_unlink_recreate: Store, Mce, UnlinkAndRecreate, false;
+    kernel_store_mce_reextend: Store, Mce, TruncateThenReextend, false;
+    kernel_load_zero_fill_to_zero: Load, ZeroFill, ToZero, false;
+    kernel_load_zero_fill_below_page: Load, ZeroFill, BelowAccessedPage, false;
+    kernel_load_zero_fill_unlink_recreate: Load, ZeroFill, UnlinkAndRecreate, false;
+    kernel_load_zero_fill_reextend: Load, ZeroFill, TruncateThenReextend, false;
+    kernel_store_zero_fill_to_zero: Store, ZeroFill, ToZero, false;
+    kernel_store_zero_fill_below_page: Store, ZeroFill, BelowAccessedPage, false;
+    kernel_store_zero_fill_unlink_recreate: Store, ZeroFill, UnlinkAndRecreate, false;
+    kernel_store_zero_fill_reextend: Store, ZeroFill, TruncateThenReextend, false;
+    kernel_load_stop_to_zero: Load, Stop, ToZero, false;
+    kernel_load_stop_below_page: Load, Stop, BelowAccessedPage, false;
+    kernel_load_stop_unlink_recreate: Load, Stop, UnlinkAndRecreate, false;
+    kernel_load_stop_reextend: Load, Stop, TruncateThenReextend, false;
+    kernel_store_stop_to_zero: Store, Stop, ToZero, false;
+    kernel_store_stop_below_page: Store, Stop, BelowAccessedPage, false;
+    kernel_store_stop_unlink_recreate: Store, Stop, UnlinkAndRecreate, false;
+    kernel_store_stop_reextend: Store, Stop, TruncateThenReextend, false;
 }
 
 /// Opted in without SEND_ALWAYS: a kernel-mode access goes to the fallback (mce).
@@ -384,7 +433,7 @@ fn kernel_access_without_send_always_falls_back_to_mce() {
     in_child(
         "kernel_access_without_send_always_falls_back_to_mce",
         || {
-            let mut s = scenario(GuestAccess::Load, Guest::OptedIn, Truncation::ToZero);
+            let mut s = scenario(GuestAccess::Load, Guest::OptedIn, Truncation::ToZero, false);
             s.send_always = false;
             let r = run(&s);
             assert!(r.guest.opted_in.is_some());
@@ -406,7 +455,7 @@ fn kernel_access_without_send_always_falls_back_to_mce() {
 #[test]
 fn mce_without_cr4_mce_degrades_to_zero_fill() {
     in_child("mce_without_cr4_mce_degrades_to_zero_fill", || {
-        let mut s = scenario(GuestAccess::Load, Guest::Mce, Truncation::ToZero);
+        let mut s = scenario(GuestAccess::Load, Guest::Mce, Truncation::ToZero, false);
         s.guest_mce = false;
         let r = run(&s);
         let [rep] = r.reports.as_slice() else {
@@ -431,7 +480,7 @@ fn mce_without_cr4_mce_degrades_to_zero_fill() {
 #[test]
 fn unadvertised_feature_is_not_registered() {
     in_child("unadvertised_feature_is_not_registered", || {
-        let mut s = scenario(GuestAccess::Load, Guest::OptedIn, Truncation::ToZero);
+        let mut s = scenario(GuestAccess::Load, Guest::OptedIn, Truncation::ToZero, false);
         s.feature_bit = None;
         let r = run(&s);
         let eax = r.guest.cpuid_eax.expect("guest read CPUID");
@@ -455,7 +504,7 @@ fn unadvertised_feature_is_not_registered() {
 #[test]
 fn fault_free_run_adds_no_ioctl() {
     in_child("fault_free_run_adds_no_ioctl", || {
-        let s = scenario(GuestAccess::Load, Guest::Mce, Truncation::None);
+        let s = scenario(GuestAccess::Load, Guest::Mce, Truncation::None, false);
         let r = run(&s);
         assert_eq!(r.guest.value, Some(original_word(ACCESS_OFFSET)));
         assert!(r.reports.is_empty());
@@ -473,6 +522,7 @@ fn check_user(access: GuestAccess, opt_in: bool, stock_apf: bool, policy: Fallba
         access,
         if opt_in { Guest::OptedIn } else { Guest::Mce },
         Truncation::ToZero,
+        true,
     );
     s.user_mode = true;
     s.send_always = false;
@@ -562,6 +612,7 @@ fn check_unmapped(access: GuestAccess, user: bool, opt_in: bool) {
         access,
         if opt_in { Guest::OptedIn } else { Guest::Mce },
         Truncation::UnmapBeforeAccess,
+        user,
     );
     s.user_mode = user;
     s.send_always = !user;
@@ -629,7 +680,12 @@ unmapped_cells! {
 #[test]
 fn zero_filled_store_survives_a_kick() {
     in_child("zero_filled_store_survives_a_kick", || {
-        let s = scenario(GuestAccess::Store, Guest::ZeroFill, Truncation::ToZero);
+        let s = scenario(
+            GuestAccess::Store,
+            Guest::ZeroFill,
+            Truncation::ToZero,
+            false,
+        );
         let mut local = LocalFile::create(&s.file).expect("backing file");
         let setup = VmSetup {
             feature_bit: s.feature_bit,
