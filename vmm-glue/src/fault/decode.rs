@@ -153,11 +153,53 @@ pub fn decode(code: &[u8], regs: &DecodeRegs) -> Option<MemAccess> {
 /// Every memory operand of the 64-bit-mode instruction at the start of `code`: one for most,
 /// two (`[rsi]` then `[rdi]`) for `movs` and `cmps`, none if it is not decoded.
 pub fn decode_operands(code: &[u8], regs: &DecodeRegs) -> Vec<MemAccess> {
-    decode_inner(code, regs).unwrap_or_default()
+    decode_len(code, regs).map(|d| d.0).unwrap_or_default()
 }
 
-fn decode_inner(code: &[u8], regs: &DecodeRegs) -> Option<Vec<MemAccess>> {
+/// The start of the store that ended at `end`, for an exit taken after the store retired (an
+/// MMIO write): `before` holds the (up to 15) code bytes just before `end`, `regs` the registers
+/// after the store (a plain store changes none but RIP), `width` the exit's access width. A start
+/// qualifies if the instruction decoded there ends exactly at `end` and stores at least `width`
+/// bytes to an operand `hits(linear, len)` accepts (the caller translates it and checks it
+/// covers the exit's GPA). `None` unless exactly one start qualifies: a wrong rewind would run other code.
+pub fn store_start(
+    before: &[u8],
+    end: u64,
+    regs: &DecodeRegs,
+    width: u32,
+    mut hits: impl FnMut(u64, u32) -> bool,
+) -> Option<u64> {
+    let mut found = None;
+    for k in 1..=before.len().min(15) {
+        let start = end.wrapping_sub(k as u64);
+        let at = DecodeRegs {
+            rip: start,
+            ..*regs
+        };
+        let Some((ops, n)) = decode_len(&before[before.len() - k..], &at) else {
+            continue;
+        };
+        let stores = ops
+            .iter()
+            .any(|m| m.access == Access::Write && m.len >= width && hits(m.linear, m.len));
+        if n == k && stores {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(start);
+        }
+    }
+    found
+}
+
+/// The memory operands of the instruction at the start of `code` and its length in bytes.
+fn decode_len(code: &[u8], regs: &DecodeRegs) -> Option<(Vec<MemAccess>, usize)> {
     let mut c = Cursor { b: code, i: 0 };
+    let ops = decode_inner(&mut c, regs)?;
+    Some((ops, c.i))
+}
+
+fn decode_inner(c: &mut Cursor<'_>, regs: &DecodeRegs) -> Option<Vec<MemAccess>> {
     let (mut opsize16, mut addr32, mut seg_base) = (false, false, 0u64);
     let mut byte = c.u8()?;
     loop {
@@ -333,8 +375,12 @@ fn decode_inner(code: &[u8], regs: &DecodeRegs) -> Option<Vec<MemAccess>> {
         Imm::Z if opsize16 && !rex_w => 2,
         Imm::Z => 4,
     };
+    if c.i + imm_len > c.b.len() {
+        return None;
+    }
+    c.i += imm_len;
     if rip_relative {
-        let next = regs.rip.wrapping_add((c.i + imm_len) as u64);
+        let next = regs.rip.wrapping_add(c.i as u64);
         ea = ea.wrapping_add(next as i64);
     }
     fin(ea as u64, len, access)
@@ -536,5 +582,37 @@ mod tests {
         );
         assert_eq!(d(&[0x48, 0x8b]), None, "truncated");
         assert_eq!(d(&[]), None);
+    }
+
+    #[test]
+    fn a_retired_store_is_found_by_its_length_width_and_address() {
+        let r = regs();
+        let rbx = r.gpr[3];
+        // nop; mov [rbx], rcx — ending at 0x1004.
+        let code = [0x90, 0x48, 0x89, 0x0b];
+        assert_eq!(
+            store_start(&code, 0x1004, &r, 8, |l, _| l == rbx),
+            Some(0x1001)
+        );
+        // Its address is not the exit's: no rewind.
+        assert_eq!(store_start(&code, 0x1004, &r, 8, |_, _| false), None);
+        // `89 0b` (a 4-byte store) also ends there: with a 4-byte exit both qualify, so no
+        // rewind rather than a guess.
+        assert_eq!(store_start(&code, 0x1004, &r, 4, |l, _| l == rbx), None);
+        // mov dword [rbx], imm32: the immediate is part of the length.
+        let imm = [0xc7, 0x03, 0x78, 0x56, 0x34, 0x12];
+        assert_eq!(
+            store_start(&imm, 0x2006, &r, 4, |l, _| l == rbx),
+            Some(0x2000)
+        );
+        // A load never qualifies.
+        let load = [0x48, 0x8b, 0x03];
+        assert_eq!(store_start(&load, 0x1003, &r, 8, |_, _| true), None);
+        // rip-relative store: the address depends on the start being tried.
+        let riprel = [0x48, 0x89, 0x0d, 0x10, 0, 0, 0];
+        assert_eq!(
+            store_start(&riprel, 0x3007, &r, 8, |l, _| l == 0x3007 + 0x10),
+            Some(0x3000)
+        );
     }
 }

@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::errno;
 
 use crate::dax::{DaxWindow, Mapping};
-use crate::fault::decode::{decode_operands, DecodeRegs};
+use crate::fault::decode::{decode_operands, store_start, DecodeRegs};
 use crate::fault::{
     classify, decide, Classification, Decision, FallbackPolicy, FaultEvidence, GuestCpuState,
     Verdict, WindowGeometry, PAGE_SIZE,
@@ -420,16 +420,7 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             }
             got += chunk;
         }
-        let r = &snap.regs;
-        let regs = DecodeRegs {
-            gpr: [
-                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
-                r.r12, r.r13, r.r14, r.r15,
-            ],
-            rip,
-            fs_base: snap.sregs.fs.base,
-            gs_base: snap.sregs.gs.base,
-        };
+        let regs = decode_regs(&snap);
         // The operands in the window (a copy may have both there): the one on a lost page if
         // only one is, else the first.
         let mut in_window = Vec::new();
@@ -479,6 +470,63 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         }
     }
 
+    /// A store KVM completed as an MMIO write before exiting leaves RIP past it; put RIP back on
+    /// the store, as a load is rewound, when the instruction ending there can be told for sure
+    /// (64-bit mode, [`store_start`]: the one decoding whose length ends at RIP and whose operand
+    /// covers the exit's GPA). Returns whether it did. Costs a `KVM_TRANSLATE` per code page
+    /// read and per candidate operand.
+    fn rewind_store<V: VcpuOps>(
+        &self,
+        ops: &mut V,
+        snap: &CpuSnapshot,
+        gpa: u64,
+        len: u32,
+    ) -> Result<bool, FaultError> {
+        let long_mode = snap.sregs.efer & (1 << 10) != 0 && snap.sregs.cs.l != 0;
+        if !long_mode {
+            return Ok(false);
+        }
+        let kvm = |source| FaultError::Kvm {
+            what: "translate a guest address",
+            source,
+        };
+        let rip = snap.regs.rip;
+        let mut buf = [0u8; 15];
+        let mut have = 0usize;
+        while have < buf.len() {
+            let end = rip.wrapping_sub(have as u64);
+            let page = end.wrapping_sub(1) & !(PAGE_SIZE - 1);
+            let chunk = (end.wrapping_sub(page) as usize).min(buf.len() - have);
+            let Some(code_gpa) = ops.translate(end.wrapping_sub(chunk as u64)).map_err(kvm)? else {
+                break;
+            };
+            let at = buf.len() - have - chunk;
+            if self
+                .mem
+                .read_slice(&mut buf[at..at + chunk], GuestAddress(code_gpa))
+                .is_err()
+            {
+                break;
+            }
+            have += chunk;
+        }
+        let regs = decode_regs(snap);
+        let start = store_start(
+            &buf[buf.len() - have..],
+            rip,
+            &regs,
+            len,
+            |linear, n| matches!(ops.translate(linear), Ok(Some(g)) if g <= gpa && gpa < g + u64::from(n)),
+        );
+        let Some(start) = start else {
+            return Ok(false);
+        };
+        let mut regs = snap.regs;
+        regs.rip = start;
+        ops.stage_regs(&regs);
+        Ok(true)
+    }
+
     fn retry<V: VcpuOps>(
         &self,
         ops: &mut V,
@@ -489,16 +537,29 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
         match (*exit, class) {
             (Exit::MmioRead { .. }, _) => self.rewind(ops, snap),
             (Exit::MmioWrite { gpa, len, data }, Classification::Backed { mapping, .. }) => {
-                // The store already retired; put its bytes into the file the page maps again.
+                // The store retired while the page was gone, and the page is back: run the store
+                // again against it. Writing its bytes into the file instead could extend a file
+                // truncated again in the meantime (pwrite past the end grows it).
+                if self.rewind_store(ops, snap, gpa, len)? {
+                    return Ok(());
+                }
                 let off =
                     mapping.file_offset + (gpa - self.geometry.gpa_base - mapping.window_offset);
                 let n = (len as usize).min(8);
-                mapping.file.write_all_at(&data[..n], off).map_err(|e| {
+                let stop = |e: std::io::Error| {
                     FaultError::Stop(Box::new(StopDiagnostic {
                         report: self.bare_report(class).resolve(),
                         reason: format!("cannot complete a store to a re-extended page: {e}"),
                     }))
-                })
+                };
+                // Past the end now: the store landed and a truncation cut it, as if in that
+                // order. Inside: write it (a truncation between the check and the write can
+                // still extend the file by the store; only when the store cannot be rewound).
+                let size = mapping.file.metadata().map_err(stop)?.len();
+                if off + n as u64 > size {
+                    return Ok(());
+                }
+                mapping.file.write_all_at(&data[..n], off).map_err(stop)
             }
             _ => Ok(()),
         }
@@ -522,8 +583,12 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
                 self.apf_data(APF_FLAGS_OFFSET),
             )
             .map_err(|_| FaultError::ApfData(data_gpa))?;
-        if matches!(exit, Exit::MmioRead { .. }) {
-            self.rewind(ops, snap)?;
+        match *exit {
+            Exit::MmioRead { .. } => self.rewind(ops, snap)?,
+            Exit::MmioWrite { gpa, len, .. } => {
+                self.rewind_store(ops, snap, gpa, len)?;
+            }
+            _ => {}
         }
         let mut ev = ops.snapshot().events;
         ev.exception.injected = 0;
@@ -621,16 +686,21 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
             | Classification::Backed { gpa, .. } => *gpa,
             Classification::NotDax => self.geometry.gpa_base,
         };
-        let is_load = matches!(exit, Exit::MmioRead { .. });
-        let rec = mce::srar_record(gpa, !matches!(exit, Exit::MmioWrite { .. }));
-        if is_load {
-            self.rewind(ops, snap)?;
-        }
+        let rewound = match *exit {
+            Exit::MmioRead { .. } => {
+                self.rewind(ops, snap)?;
+                true
+            }
+            Exit::MmioWrite { gpa, len, .. } => self.rewind_store(ops, snap, gpa, len)?,
+            _ => false,
+        };
+        let on_instruction = rewound || !matches!(exit, Exit::MmioWrite { .. });
+        let rec = mce::srar_record(gpa, on_instruction);
         ops.set_mce(&rec).map_err(|source| FaultError::Kvm {
             what: "inject a machine check",
             source,
         })?;
-        if is_load {
+        if rewound {
             // The staged register restore clears KVM's pending exception, so stage the #MC again
             // (events are applied after registers).
             let mut ev = ops.snapshot().events;
@@ -720,3 +790,17 @@ impl<M: Bytes<GuestAddress>> DaxFaultHandler<M> {
 #[cfg(test)]
 #[path = "handler_tests.rs"]
 mod tests;
+
+/// The registers the decoder needs, from a snapshot.
+fn decode_regs(snap: &CpuSnapshot) -> DecodeRegs {
+    let r = &snap.regs;
+    DecodeRegs {
+        gpr: [
+            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+            r.r12, r.r13, r.r14, r.r15,
+        ],
+        rip: r.rip,
+        fs_base: snap.sregs.fs.base,
+        gs_base: snap.sregs.gs.base,
+    }
+}

@@ -309,7 +309,7 @@ fn apf_error_on_a_load_rewinds_injects_pf_with_token_and_signals_page_ready() {
 }
 
 #[test]
-fn apf_error_on_a_store_needs_no_rewind() {
+fn apf_error_on_a_store_outside_long_mode_is_not_rewound() {
     let mut f = fixture("apf-store", FallbackPolicy::Mce, true);
     let mut v = vcpu();
     opt_in(&mut f, &mut v);
@@ -324,6 +324,100 @@ fn apf_error_on_a_store_needs_no_rewind() {
     assert_eq!(v.ioctls, ["signal_msi"]);
     assert!(v.staged_regs.is_none());
     assert_eq!(v.staged_events.map(|e| e.exception.nr), Some(14));
+}
+
+/// A long-mode guest whose `mov [rbx], rcx` at 0x1000 stored to `target` and exited as an MMIO
+/// write at `WIN_GPA + 0x2010`, RIP past the store (0x1003), after the file was emptied.
+fn retired_store(f: &mut Fixture, target: u64) -> (FakeVcpu, PendingReport) {
+    let mut v = vcpu();
+    v.snap.sregs.efer = 0x500;
+    v.snap.sregs.cs.l = 1;
+    v.snap.regs.rip = 0x1003;
+    v.snap.regs.rbx = target;
+    f.mem
+        .write_slice(&[0x90, 0x90, 0x90, 0x48, 0x89, 0x0b], GuestAddress(0xffd))
+        .expect("code");
+    f.file.set_len(0).expect("truncate");
+    let exit = Exit::MmioWrite {
+        gpa: WIN_GPA + 0x2010,
+        len: 8,
+        data: [1; 8],
+    };
+    let r = resumed(f, &mut v, &exit);
+    (v, r)
+}
+
+#[test]
+fn a_store_completed_as_mmio_is_rewound_onto_the_instruction() {
+    let mut f = fixture("store-rewind", FallbackPolicy::Mce, false);
+    let (v, r) = retired_store(&mut f, WIN_GPA + 0x2010);
+    assert_eq!(r.action, ActionTaken::MachineCheck { bank: 9 });
+    assert_eq!(
+        v.staged_regs.map(|r| r.rip),
+        Some(0x1000),
+        "RIP on the store"
+    );
+    assert_eq!(
+        v.mce.map(|m| m.mcg_status & super::mce::MCG_STATUS_EIPV),
+        Some(super::mce::MCG_STATUS_EIPV)
+    );
+    assert_eq!(
+        v.staged_events
+            .map(|e| (e.exception.pending, e.exception.nr)),
+        Some((1, 18)),
+        "the #MC is staged again after the register restore"
+    );
+    // The instruction ending at RIP did not write the exit's address: no guess, RIP stays.
+    let mut f = fixture("store-no-rewind", FallbackPolicy::Mce, false);
+    let (v, r) = retired_store(&mut f, WIN_GPA + 0x8000);
+    assert_eq!(r.action, ActionTaken::MachineCheck { bank: 9 });
+    assert!(v.staged_regs.is_none());
+    assert_eq!(
+        v.mce.map(|m| m.mcg_status & super::mce::MCG_STATUS_EIPV),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_store_to_a_page_that_came_back_runs_again_instead_of_writing_the_file() {
+    use std::os::unix::fs::FileExt;
+    // The page is inside the file again at classification: rewound, the file is not written
+    // (a write could extend a file truncated again meanwhile).
+    let mut f = fixture("store-backed", FallbackPolicy::Mce, false);
+    let mut v = vcpu();
+    v.snap.sregs.efer = 0x500;
+    v.snap.sregs.cs.l = 1;
+    v.snap.regs.rip = 0x1003;
+    v.snap.regs.rbx = WIN_GPA + 0x2010;
+    f.mem
+        .write_slice(&[0x90, 0x90, 0x90, 0x48, 0x89, 0x0b], GuestAddress(0xffd))
+        .expect("code");
+    let exit = Exit::MmioWrite {
+        gpa: WIN_GPA + 0x2010,
+        len: 8,
+        data: [1; 8],
+    };
+    let h = f.handler.handle(&mut v, &exit, Instant::now());
+    assert!(matches!(h, Ok(Handled::Resume(None))), "{h:?}");
+    assert_eq!(v.staged_regs.map(|r| r.rip), Some(0x1000));
+    let mut word = [0u8; 8];
+    f.file.read_exact_at(&mut word, 0x2010).expect("read");
+    assert_eq!(
+        word, [0xab; 8],
+        "the file is left to the store's second run"
+    );
+    // Outside long mode the store cannot be rewound: its bytes go into the file, which has room.
+    let mut v = vcpu();
+    let h = f.handler.handle(&mut v, &exit, Instant::now());
+    assert!(matches!(h, Ok(Handled::Resume(None))), "{h:?}");
+    assert!(v.staged_regs.is_none());
+    f.file.read_exact_at(&mut word, 0x2010).expect("read");
+    assert_eq!(word, [1; 8]);
+    assert_eq!(
+        f.file.metadata().expect("stat").len(),
+        0x4000,
+        "not extended"
+    );
 }
 
 #[test]

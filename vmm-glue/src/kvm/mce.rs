@@ -71,7 +71,8 @@ pub fn msr_mci_addr(bank: u32) -> u32 {
 }
 
 /// The SRAR record for an access to `gpa`. `ip_at_access` says whether the guest RIP is on the
-/// faulting instruction (a rewound load); after a store RIP is past it, so `EIPV` is cleared.
+/// faulting instruction (a rewound load or store); after a store that could not be rewound RIP
+/// is past it, so `EIPV` is cleared.
 pub fn srar_record(gpa: u64, ip_at_access: bool) -> kvm_x86_mce {
     let status = MCI_STATUS_VAL
         | MCI_STATUS_UC

@@ -119,6 +119,32 @@ impl SizeHistory {
         (lo.min(before), hi.max(before))
     }
 
+    /// The changes around `[t0, t1]` (times relative to `t0`), for a violation's message.
+    pub fn around(&self, t0: Instant, t1: Instant) -> String {
+        let rel = |t: Instant| {
+            if t >= t0 {
+                format!("+{:?}", t - t0)
+            } else {
+                format!("-{:?}", t0 - t)
+            }
+        };
+        let mut before = self.initial;
+        let mut shown = Vec::new();
+        for c in &self.changes {
+            if c.end + std::time::Duration::from_millis(20) <= t0 {
+                before = c.size;
+            } else if c.start <= t1 + std::time::Duration::from_millis(20) {
+                shown.push(format!("{}..{} -> {}", rel(c.start), rel(c.end), c.size));
+            }
+        }
+        format!(
+            "[{} bytes before; {}; access ended at {}]",
+            before,
+            shown.join(", "),
+            rel(t1)
+        )
+    }
+
     /// Whether the file may have been `size` bytes long at some moment in `[t0, t1]`.
     pub fn had(&self, size: u64, t0: Instant, t1: Instant) -> bool {
         let mut before = self.initial;
@@ -257,7 +283,8 @@ pub fn judge_vcpu(
                 }
                 if lost(max, a.file_offset) {
                     verdict.violations.push(format!(
-                        "{a:?} completed although the file was at most {max} bytes throughout"
+                        "{a:?} completed although the file was at most {max} bytes throughout {}",
+                        hist.around(a.t0, a.t1)
                     ));
                 } else if lost(min, a.file_offset) {
                     verdict.tally.raced_and_backed += 1;
@@ -284,7 +311,8 @@ pub fn judge_vcpu(
                 }
                 if !lost(min, a.file_offset) {
                     verdict.violations.push(format!(
-                        "{a:?} was killed although the file was at least {min} bytes throughout"
+                        "{a:?} was killed although the file was at least {min} bytes throughout {}",
+                        hist.around(a.t0, a.t1)
                     ));
                 }
                 if mine.len() != 1 {
@@ -340,7 +368,7 @@ fn check_report(
     }
     match r.file_size_now {
         Some(s) if lost(s, a.file_offset) && hist.had(s, a.t0, a.t1) => {}
-        other => wrong.push(format!("size now {other:?}")),
+        other => wrong.push(format!("size now {other:?} {}", hist.around(a.t0, a.t1))),
     }
     if r.guest_mode != model.mode {
         wrong.push(format!("guest mode {:?}", r.guest_mode));

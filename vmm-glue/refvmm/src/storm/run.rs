@@ -681,6 +681,14 @@ fn shrink_by_fuse(sh: &Shared<'_>, f: &mut StormFile, rng: &mut Rng) -> Result<(
     drop(client);
     f.history().push(SizeChange { start, end, size });
     sh.changes.lock().expect("changes").fuse_truncations += 1;
+    // The daemon changed this file, not another one.
+    let now = f.file.metadata().map_err(|e| e.to_string())?.len();
+    if now != size {
+        return Err(format!(
+            "SETATTR size={size} on node {} left the file {now} bytes long",
+            f.nodeid
+        ));
+    }
     Ok(())
 }
 
