@@ -114,6 +114,7 @@ fn scenario(access: GuestAccess, guest: Guest, truncation: Truncation, user: boo
         truncation,
         file: dir.join("backing"),
         timeout: GUEST_BOUND,
+        efault_exits: false,
     }
 }
 
@@ -144,8 +145,28 @@ fn expected_rip(r: &ScenarioResult) -> u32 {
 }
 
 fn check_cell(access: GuestAccess, guest: Guest, truncation: Truncation, user: bool) {
-    let s = scenario(access, guest, truncation, user);
+    check_scenario(
+        scenario(access, guest, truncation, user),
+        access,
+        guest,
+        truncation,
+    );
+}
+
+/// A kernel-mode cell whose DAX exits reach the glue as the bare `EFAULT` of a host with
+/// EPT/NPT (no address: the glue decodes the instruction at RIP).
+fn check_efault_cell(access: GuestAccess, guest: Guest, truncation: Truncation) {
+    let mut s = scenario(access, guest, truncation, false);
+    s.efault_exits = true;
+    let efaults = check_scenario(s, access, guest, truncation);
+    assert!(efaults >= 1, "the access reached the glue as a bare EFAULT");
+}
+
+/// Runs the cell and checks it; returns how many exits reached the glue as a bare `EFAULT`.
+fn check_scenario(s: Scenario, access: GuestAccess, guest: Guest, truncation: Truncation) -> u64 {
+    let user = s.user_mode;
     let r = run(&s);
+    let efaults = r.efaults;
     let g = &r.guest;
     assert_eq!(g.exception, None, "unexpected guest exception: {g:?}");
     assert_eq!(
@@ -165,7 +186,7 @@ fn check_cell(access: GuestAccess, guest: Guest, truncation: Truncation, user: b
     );
     if !faulting {
         check_no_fault(&r, access, truncation);
-        return;
+        return efaults;
     }
     let gpa = layout::WINDOW_GPA + ACCESS_OFFSET;
     let want_access = if access == GuestAccess::Load {
@@ -293,6 +314,7 @@ fn check_cell(access: GuestAccess, guest: Guest, truncation: Truncation, user: b
             assert_eq!(g.stage, 2);
         }
     }
+    efaults
 }
 
 fn check_no_fault(r: &ScenarioResult, access: GuestAccess, truncation: Truncation) {
@@ -414,6 +436,33 @@ cells! {
     kernel_store_stop_below_page: Store, Stop, BelowAccessedPage, false;
     kernel_store_stop_unlink_recreate: Store, Stop, UnlinkAndRecreate, false;
     kernel_store_stop_reextend: Store, Stop, TruncateThenReextend, false;
+}
+
+macro_rules! efault_cells {
+    ($($name:ident: $access:ident, $guest:ident, $trunc:ident;)*) => {$(
+        #[test]
+        fn $name() {
+            in_child(stringify!($name), || {
+                check_efault_cell(GuestAccess::$access, Guest::$guest, Truncation::$trunc)
+            });
+        }
+    )*};
+}
+
+// Kernel mode as stock KVM with EPT/NPT exits: a bare EFAULT, the address decoded.
+efault_cells! {
+    efault_load_mce_to_zero: Load, Mce, ToZero;
+    efault_load_mce_below_page: Load, Mce, BelowAccessedPage;
+    efault_store_mce_to_zero: Store, Mce, ToZero;
+    efault_store_mce_below_page: Store, Mce, BelowAccessedPage;
+    efault_load_zero_fill_to_zero: Load, ZeroFill, ToZero;
+    efault_load_zero_fill_below_page: Load, ZeroFill, BelowAccessedPage;
+    efault_store_zero_fill_to_zero: Store, ZeroFill, ToZero;
+    efault_store_zero_fill_below_page: Store, ZeroFill, BelowAccessedPage;
+    efault_load_stop_to_zero: Load, Stop, ToZero;
+    efault_load_stop_below_page: Load, Stop, BelowAccessedPage;
+    efault_store_stop_to_zero: Store, Stop, ToZero;
+    efault_store_stop_below_page: Store, Stop, BelowAccessedPage;
 }
 
 /// Opted in without SEND_ALWAYS: a kernel-mode access goes to the fallback (mce).

@@ -62,6 +62,7 @@ fn measure(path: FaultPath, iters: usize, dir: &Path) -> Samples {
             truncation: Truncation::ToZero,
             file: dir.join("backing"),
             timeout: Duration::from_secs(10),
+            efault_exits: false,
         };
         let r = match run_scenario(&scenario) {
             Ok(r) => r,

@@ -276,6 +276,7 @@ mod tests {
             },
             port_log: Vec::new(),
             report_exit_at: Vec::new(),
+            efaults: 0,
         }
     }
 
@@ -292,6 +293,7 @@ mod tests {
             truncation: crate::scenario::Truncation::ToZero,
             file: "/srv/share/data.txt".into(),
             timeout: std::time::Duration::from_secs(1),
+            efault_exits: false,
         }
     }
 

@@ -104,6 +104,9 @@ pub struct Scenario {
     pub file: PathBuf,
     /// Bound on the run.
     pub timeout: Duration,
+    /// Present DAX exits as the bare `EFAULT` of hardware virtualization
+    /// ([`ReferenceVm::efault_exits`]).
+    pub efault_exits: bool,
 }
 
 /// The state of the file at the path after the run.
@@ -138,6 +141,8 @@ pub struct ScenarioResult {
     pub port_log: Vec<(u16, u32, Instant)>,
     /// When the exit behind each report returned from `KVM_RUN` (parallel to `reports`).
     pub report_exit_at: Vec<Instant>,
+    /// DAX exits presented to the glue as a bare `EFAULT` ([`Scenario::efault_exits`]).
+    pub efaults: u64,
 }
 
 /// Errors of a scenario.
@@ -321,6 +326,9 @@ pub fn run_scenario_with(
     if let Some(ram) = backing.extra_ram() {
         vm.add_ram(&ram)?;
     }
+    if s.efault_exits {
+        vm.efault_exits();
+    }
     let mut guest = GuestObservation::default();
     let mut mutate_err = None;
     let mut port_log = Vec::new();
@@ -364,5 +372,6 @@ pub fn run_scenario_with(
         file_after: backing.file_after().map_err(ScenarioError::Backing)?,
         port_log,
         report_exit_at: outcome.report_exit_at,
+        efaults: outcome.efaults,
     })
 }

@@ -105,6 +105,8 @@ pub struct RunOutcome {
     pub runs: u64,
     /// When `KVM_RUN` returned the exit behind each report (parallel to `reports`).
     pub report_exit_at: Vec<Instant>,
+    /// DAX exits presented to the glue as a bare `EFAULT` ([`ReferenceVm::efault_exits`]).
+    pub efaults: u64,
 }
 
 /// One vCPU of the reference VM: the vCPU, its fault handler and the guest program it runs.
@@ -117,6 +119,11 @@ pub struct VmVcpu {
     pub image: GuestImage,
     /// Whether exits go through the glue's handler first (see [`ReferenceVm::without_glue`]).
     glue: bool,
+    /// Whether a DAX MMIO exit is presented as the bare `EFAULT` of hardware virtualization
+    /// (see [`ReferenceVm::efault_exits`]).
+    efault: bool,
+    /// Size of the DAX window.
+    window_size: u64,
 }
 
 /// The reference VM. Field order matters: the vCPUs and VM are dropped before the memory they map.
@@ -261,6 +268,8 @@ impl ReferenceVm {
                 handler,
                 image,
                 glue: true,
+                efault: false,
+                window_size: window.size(),
             });
         }
         // The glue's periodic duty, done on its own thread: fence a file's lost ranges when it
@@ -292,6 +301,19 @@ impl ReferenceVm {
         self._watcher = None;
         for v in &mut self.vcpus {
             v.glue = false;
+        }
+    }
+
+    /// Presents every exit on a DAX window page as the bare `EFAULT` a host with hardware
+    /// virtualization (EPT/NPT) gives (`KVM_RUN` fails, RIP on the instruction, no address):
+    /// this host's shadow MMU exits as MMIO instead. The pending MMIO load is cancelled (an
+    /// immediate-exit run, registers restored) and a store KVM already completed is put back on
+    /// the guest program's store instruction, which the reference VM knows; so the glue's
+    /// bare-EFAULT path (instruction decoding, file-size search) runs on kernel-mode accesses
+    /// too, fenced or not.
+    pub fn efault_exits(&mut self) {
+        for v in &mut self.vcpus {
+            v.efault = true;
         }
     }
 
@@ -432,6 +454,13 @@ impl VmVcpu {
                 what: "run the vCPU",
                 source,
             })?;
+            let exit = if self.efault {
+                let e = self.as_efault(exit)?;
+                out.efaults += u64::from(matches!(e, Exit::Efault));
+                e
+            } else {
+                exit
+            };
             let at = Instant::now();
             let handled = if self.glue {
                 self.handler.handle(&mut self.vcpu, &exit, at)
@@ -468,6 +497,52 @@ impl VmVcpu {
                 Exit::Efault | Exit::MemoryFault { .. } => return Err(VmError::Efault),
                 Exit::Other(what) => return Err(VmError::UnexpectedExit(what.to_string())),
             }
+        }
+    }
+}
+
+impl VmVcpu {
+    /// See [`ReferenceVm::efault_exits`].
+    fn as_efault(&mut self, exit: Exit) -> Result<Exit, VmError> {
+        let in_window =
+            |gpa: u64| gpa >= layout::WINDOW_GPA && gpa - layout::WINDOW_GPA < self.window_size;
+        match exit {
+            Exit::MmioRead { gpa, .. } if in_window(gpa) => {
+                let regs = self.vcpu.snapshot().regs;
+                self.immediate_run("complete the MMIO load")?;
+                self.vcpu.stage_regs(&regs);
+                self.immediate_run("restore the registers")?;
+                Ok(Exit::Efault)
+            }
+            Exit::MmioWrite { gpa, .. } if in_window(gpa) => {
+                let mut regs = self.vcpu.snapshot().regs;
+                // The guest program's only window store is `mov [rbx], rcx` (3 bytes).
+                if regs.rip != self.image.access_rip + 3 {
+                    return Err(VmError::UnexpectedExit(format!(
+                        "a window store at RIP {:#x}, not the program's",
+                        regs.rip
+                    )));
+                }
+                regs.rip = self.image.access_rip;
+                self.vcpu.stage_regs(&regs);
+                self.immediate_run("restore the registers")?;
+                Ok(Exit::Efault)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// One `KVM_RUN` that returns before the guest runs: KVM finishes what is pending (an MMIO
+    /// load, staged registers), so what follows sees the state as a real `EFAULT` leaves it.
+    fn immediate_run(&mut self, what: &str) -> Result<(), VmError> {
+        self.vcpu.set_immediate_exit(true);
+        let r = self.vcpu.run();
+        self.vcpu.set_immediate_exit(false);
+        match r {
+            Ok(Exit::Interrupted) => Ok(()),
+            other => Err(VmError::UnexpectedExit(format!(
+                "an immediate-exit run to {what} gave {other:?}"
+            ))),
         }
     }
 }

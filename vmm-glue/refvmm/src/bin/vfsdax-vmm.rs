@@ -74,6 +74,10 @@ struct Args {
     /// The guest's loads and stores run in user mode (CPL 3).
     #[arg(long)]
     user_mode: bool,
+    /// Present every exit on a DAX page as the bare EFAULT a host with EPT/NPT gives (this
+    /// host's shadow MMU exits as MMIO): the glue then finds the address by decoding.
+    #[arg(long)]
+    efault_exits: bool,
     /// The guest leaves CR4.MCE clear.
     #[arg(long)]
     no_guest_mce: bool,
@@ -132,6 +136,7 @@ fn scenario(args: &Args) -> Scenario {
             .or_else(|| args.path.clone().map(PathBuf::from))
             .unwrap_or_default(),
         timeout: Duration::from_millis(args.timeout_ms),
+        efault_exits: args.efault_exits,
     }
 }
 
