@@ -2,10 +2,11 @@
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vfsdax_protocol::apf::{
-    APF_ENABLED_OFFSET, APF_READY_FLAGS_OFFSET, APF_TOKEN_OFFSET, KVM_ASYNC_PF_DELIVERY_AS_INT,
-    KVM_ASYNC_PF_ENABLED, KVM_ASYNC_PF_SEND_ALWAYS, KVM_ASYNC_PF_SEND_ERROR, KVM_CPUID_FEATURES,
-    KVM_PV_REASON_PAGE_ERROR, KVM_PV_REASON_PAGE_NOT_PRESENT, MSR_KVM_ASYNC_PF_ACK,
-    MSR_KVM_ASYNC_PF_EN, MSR_KVM_ASYNC_PF_INT,
+    APF_ENABLED_OFFSET, APF_READY_FLAGS_OFFSET, APF_TOKEN_OFFSET, BROADCAST_TOKEN,
+    KVM_ASYNC_PF_DELIVERY_AS_INT, KVM_ASYNC_PF_ENABLED, KVM_ASYNC_PF_SEND_ALWAYS,
+    KVM_ASYNC_PF_SEND_ERROR, KVM_CPUID_FEATURES, KVM_PV_REASON_PAGE_ERROR,
+    KVM_PV_REASON_PAGE_NOT_PRESENT, MSR_KVM_ASYNC_PF_ACK, MSR_KVM_ASYNC_PF_EN,
+    MSR_KVM_ASYNC_PF_INT,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -214,11 +215,16 @@ fn handlers(a: &mut Asm, vcpu: u32, killed: Label, finish: Label) -> Vec<(u8, u6
             .cmp_eax_imm(KVM_PV_REASON_PAGE_NOT_PRESENT)
             .jcc(Cond::NotZero, unexpected);
         a.zero(Reg::Rax).store_eax_abs(at(layout::APF_DATA));
+        // Interrupts are off until the sleep: no 'page ready' can have come for this fault.
+        a.store_eax_abs(at(layout::WOKEN_TOKEN));
         a.mov_rax_cr2().store_eax_abs(at(layout::SLEEP_TOKEN));
         a.bind(wait);
         a.sti().hlt().cli();
+        // KVM's broadcast 'page ready' wakes every sleeper, as in Linux (the task retries).
         a.load_eax_abs(at(layout::WOKEN_TOKEN))
-            .mov_ecx_eax()
+            .cmp_eax_imm(BROADCAST_TOKEN)
+            .jcc(Cond::Zero, resume);
+        a.mov_ecx_eax()
             .load_eax_abs(at(layout::SLEEP_TOKEN))
             .cmp_eax_ecx();
         a.jcc(Cond::NotZero, wait);

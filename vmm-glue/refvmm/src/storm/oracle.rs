@@ -46,12 +46,24 @@ pub fn store_word(vcpu: u32, seq: u32, offset: u64) -> u64 {
 }
 
 /// Whether a load of file `file` at `offset` may return `v`: zero (a hole, or the file regrown),
-/// the file's own pattern there, or a storm store to that offset.
+/// the file's own pattern there, or a storm store to that offset; or the first bytes of one of
+/// those and zeros after them (a truncation to a size inside the word zeroes the rest of its
+/// page, and a regrowth keeps the zeros).
 pub fn word_ok(v: u64, file: u32, offset: u64) -> bool {
     if v == 0 {
         return true;
     }
     let tag = v >> 56;
+    if tag == 0 {
+        // Cut: only the bytes kept can be checked, the low ones holding the offset.
+        let kept = 8 - (v.leading_zeros() / 8) as u64;
+        let mask = if kept >= 4 {
+            0xffff_ffff
+        } else {
+            (1u64 << (8 * kept)) - 1
+        };
+        return (v & mask) == (offset & mask);
+    }
     (v & 0xffff_ffff) == offset
         && (tag == 0x57 || (tag == 0xf1 && ((v >> 48) & 0xff) == u64::from(file & 0xff)))
 }

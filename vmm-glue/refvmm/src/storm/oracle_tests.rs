@@ -106,6 +106,17 @@ fn words_tell_files_and_offsets_apart() {
     assert!(word_ok(store_word(2, 9, 0x1008), 3, 0x1008));
     assert!(!word_ok(store_word(2, 9, 0x2008), 3, 0x1008));
     assert!(word_ok(0, 3, 0x1008));
+    // Cut by a truncation inside the word (the kept low bytes still name the offset).
+    let w = store_word(5, 13, 0x6c840);
+    assert!(word_ok(w & 0xff_ffff_ffff, 3, 0x6c840));
+    assert!(word_ok(
+        file_word(3, 7, 0xbe78) & 0xff_ffff_ffff_ffff,
+        3,
+        0xbe78
+    ));
+    assert!(word_ok(0x40, 3, 0x6c840), "one byte kept");
+    assert!(!word_ok(w & 0xff_ffff_ffff, 3, 0x6c848), "another offset");
+    assert!(!word_ok(0x48, 3, 0x6c840));
 }
 
 #[test]

@@ -384,7 +384,7 @@ pub fn run(cfg: &StormConfig) -> Result<StormResult, StormError> {
             st.log.push(p.access);
         }
         per_vcpu.push(st.log.len() as u64);
-        let reports = match outcome {
+        let reports: Vec<SeenReport> = match outcome {
             Ok(o) => {
                 if let Some(d) = o.stop {
                     verdict
@@ -398,8 +398,13 @@ pub fn run(cfg: &StormConfig) -> Result<StormResult, StormError> {
                     .collect()
             }
             Err(e) => {
-                verdict.violations.push(format!("vCPU {vcpu} failed: {e}"));
-                Vec::new()
+                // Its reports went with the run: judge nothing else of it, say where it stuck.
+                let counters = vm.vcpus[vcpu as usize].handler.counters();
+                verdict.violations.push(format!(
+                    "vCPU {vcpu} failed: {e}; its last access: {:?}; glue counters: {counters:?}",
+                    st.log.last()
+                ));
+                continue;
             }
         };
         judge_vcpu(&st.log, &reports, guest_model(vcpu).1, &sizes, &mut verdict);
