@@ -317,6 +317,11 @@ impl ReferenceVm {
         }
     }
 
+    /// What the shrink watcher did so far, if it runs.
+    pub fn watch_stats(&self) -> Option<vfsdax_vmm_glue::kvm::WatchStats> {
+        self._watcher.as_ref().map(ShrinkWatcher::stats)
+    }
+
     /// A handle to wait until the shrink watcher has handled every file change made so far.
     pub fn watch_sync(&self) -> Option<vfsdax_vmm_glue::kvm::WatchSync> {
         self._watcher.as_ref().map(ShrinkWatcher::syncer)

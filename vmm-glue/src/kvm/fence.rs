@@ -353,9 +353,13 @@ impl Fences {
             .any(|f| window_offset >= f.start && window_offset < f.end)
     }
 
-    /// Restores the protection of the fenced range containing `window_offset` (its file grew
-    /// back) to that of the mapping now there. Returns whether a fence of the current mapping was
-    /// lifted; fences of earlier mappings are dropped without touching the range.
+    /// Restores the protection of the fenced range containing `window_offset` to that of the
+    /// mapping now there, for the part the file covers now (its size read here, under the fence
+    /// and change locks: a caller's earlier look at the size may predate a truncation the
+    /// watcher fenced since; a truncation after this read reaches the watcher, which fences
+    /// again once these locks are released). Returns whether a fence of the current mapping was
+    /// lifted (wholly or in part); fences of earlier mappings are dropped without touching the
+    /// range.
     pub fn unfence(&mut self, window: &DaxWindow, window_offset: u64) -> Result<bool, FenceError> {
         if !self.is_fenced(window_offset) {
             return Ok(false);
@@ -371,19 +375,36 @@ impl Fences {
             else {
                 return Ok(false);
             };
-            let f = &self.ranges[i];
+            let f = self.ranges.swap_remove(i);
             // Revalidated: the current entry at f.start belongs to f's mapping.
-            let writable = overlapping(&now, f.start, f.start + 1)
-                .first()
-                .is_some_and(|m| m.writable);
-            let prot = if writable {
+            let Some(m) = overlapping(&now, f.start, f.start + 1).first() else {
+                return Ok(false);
+            };
+            let lost: Vec<(u64, u64)> = match m.file_size() {
+                Ok(size) => lost_part(m, size)
+                    .map(|(s, len)| (s, s + len))
+                    .into_iter()
+                    .collect(),
+                // Cannot tell: keep the whole fence.
+                Err(_) => vec![(f.start, f.end)],
+            };
+            let prot = if m.writable {
                 libc::PROT_READ | libc::PROT_WRITE
             } else {
                 libc::PROT_READ
             };
-            protect(host_base, f.start, f.end - f.start, prot)?;
-            self.ranges.swap_remove(i);
-            Ok(true)
+            let back = uncovered(&lost, f.start, f.end);
+            for &(s, e) in &back {
+                protect(host_base, s, e - s, prot)?;
+            }
+            for (s, e) in uncovered(&back, f.start, f.end) {
+                self.ranges.push(Fence {
+                    start: s,
+                    end: e,
+                    owner: f.owner.clone(),
+                });
+            }
+            Ok(!back.is_empty())
         })
     }
 
@@ -653,6 +674,26 @@ mod tests {
         assert!(fences.unfence(&w, P).expect("unfence B"));
         assert_eq!(perms(base), "r--s");
         assert!(!fences.is_fenced(P));
+    }
+
+    /// A handler that saw the page back (a classification before a truncation) asks to
+    /// unfence after the watcher fenced that truncation: only what the file covers now opens.
+    #[test]
+    fn unfencing_rechecks_the_size_so_a_later_truncation_stays_fenced() {
+        let (w, base, mut fences, a) = window_with_shrunk_file(4 * P, 4 * P);
+        a.set_len(P).expect("truncate A");
+        assert_eq!(fences.fence_truncated(&w).expect("fence"), 1);
+        assert_eq!(perms(base + P), "---s");
+        // The file is still one page long: nothing to lift.
+        assert!(!fences.unfence(&w, 2 * P).expect("unfence"));
+        assert_eq!(perms(base + P), "---s");
+        assert!(fences.is_fenced(2 * P));
+        // Grown by one page: that page opens, the rest stays fenced.
+        a.set_len(2 * P).expect("grow A");
+        assert!(fences.unfence(&w, 2 * P).expect("unfence"));
+        assert_eq!(perms(base + P), "rw-s");
+        assert_eq!(perms(base + 2 * P), "---s");
+        assert!(!fences.is_fenced(P) && fences.is_fenced(3 * P));
     }
 
     #[test]

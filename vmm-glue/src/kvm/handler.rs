@@ -132,6 +132,12 @@ impl VmFaultState {
         self.watched.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Whether the window range at `window_offset` is fenced (made inaccessible because its file
+    /// no longer covers it), for diagnostics.
+    pub fn is_fenced(&self, window_offset: u64) -> bool {
+        self.fences().is_fenced(window_offset)
+    }
+
     /// Whether a shrink watcher runs for this VM: the handlers then skip their scans of every
     /// mapping at apf ACKs and kicks, and the VMM need not kick its vCPUs.
     pub fn is_watched(&self) -> bool {

@@ -25,6 +25,7 @@ use crate::daemon::{connect_dax, req, DaemonError, CHUNK, LINUX_FH};
 use crate::guest::{layout, port};
 use crate::vm::{ReferenceVm, VmError, VmSetup};
 use vfsdax_driver::FsClient;
+use vfsdax_vmm_glue::kvm::VcpuOps;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -399,10 +400,38 @@ pub fn run(cfg: &StormConfig) -> Result<StormResult, StormError> {
             }
             Err(e) => {
                 // Its reports went with the run: judge nothing else of it, say where it stuck.
-                let counters = vm.vcpus[vcpu as usize].handler.counters();
+                let v = &vm.vcpus[vcpu as usize];
+                let rip = v.vcpu.snapshot().regs.rip;
+                let last = st.log.last();
+                let fenced = last.map(|a| v.handler.shared().is_fenced(a.window_offset));
+                let size = last.and_then(|a| {
+                    let f = shared.files[a.file as usize].lock().ok()?;
+                    (f.gen == a.gen).then(|| f.file.metadata().ok().map(|m| m.len()))?
+                });
+                let word = |a: u64| -> u32 {
+                    mem.read_obj(GuestAddress(layout::private(vcpu, a)))
+                        .unwrap_or(u32::MAX)
+                };
+                let tokens = (
+                    word(layout::SLEEP_TOKEN),
+                    word(layout::WOKEN_TOKEN),
+                    word(layout::APF_DATA),
+                    word(layout::APF_DATA + 4),
+                );
+                let mapped = last.map(|a| {
+                    window
+                        .table()
+                        .lookup(a.window_offset)
+                        .map(|m| (m.identity, m.map_id))
+                });
                 verdict.violations.push(format!(
-                    "vCPU {vcpu} failed: {e}; its last access: {:?}; glue counters: {counters:?}",
-                    st.log.last()
+                    "vCPU {vcpu} failed: {e}; its last access: {last:?} (RIP {rip:#x}, the \
+                     access instruction at {:#x}; the range fenced: {fenced:?}; the file now \
+                     {size:?} bytes; mapped there: {mapped:?}; guest sleep/woken token, apf \
+                     flags and token: {tokens:x?}); glue counters: {:?}; watcher: {:?}",
+                    v.image.access_rip,
+                    v.handler.counters(),
+                    vm.watch_stats()
                 ));
                 continue;
             }
