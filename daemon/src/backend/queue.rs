@@ -1,7 +1,7 @@
 //! Per-queue state shared between a queue's thread and the worker pool: whether the driver
 //! broke the ring, how many of its requests are in flight, and the ring's generation.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -12,9 +12,15 @@ use vhost_user_backend::{VringRwLock, VringT};
 pub struct QueueState {
     /// The driver broke the ring; kicks are ignored until the frontend stops it.
     broken: AtomicBool,
-    /// Requests popped and not yet completed.
-    in_flight: Mutex<usize>,
-    /// Signalled when `in_flight` drops to 0.
+    /// Requests popped and not yet completed. An atomic, not a mutex-guarded count: a request
+    /// ending must not cost a futex call (a condvar's notify is one, waiters or not).
+    in_flight: AtomicUsize,
+    /// Threads in [`stopped`](Self::stopped) waiting for `in_flight` to drop to 0; only then
+    /// does a request ending take `idle_lock` and notify `idle`.
+    waiters: AtomicUsize,
+    /// The mutex `idle` waits with (it guards nothing else).
+    idle_lock: Mutex<()>,
+    /// Signalled when `in_flight` drops to 0 while someone waits.
     idle: Condvar,
     /// Incremented when the frontend stops the ring; a completion is written only into the
     /// generation of the ring it was popped from.
@@ -22,9 +28,8 @@ pub struct QueueState {
     /// Held across "same generation? then add_used" and across the increment, so a stop
     /// cannot slip between the check and the write.
     ///
-    /// Lock order: the vring lock may be held when taking `in_flight` (popping); `completing`
-    /// may be held when taking the vring lock (completing); nothing takes `completing` while
-    /// holding `in_flight` or the vring lock.
+    /// Lock order: `completing` may be held when taking the vring lock (completing); nothing
+    /// takes `completing` while holding `idle_lock` or the vring lock.
     completing: Mutex<()>,
 }
 
@@ -48,15 +53,23 @@ impl QueueState {
     /// Call it while still holding the vring lock the chain was popped under, so a stop either
     /// sees it in flight or finds the ring already not ready.
     pub fn begin(&self) -> u64 {
-        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.generation()
     }
 
     /// A request popped with [`begin`](Self::begin) is done (completed or dropped).
     pub fn end(&self) {
-        let mut n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        *n = n.saturating_sub(1);
-        if *n == 0 {
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        // SeqCst on both sides: either a waiter registered before this decrement (and is
+        // notified here), or it registers after and reads the count as 0 itself. The lock makes
+        // the notify wait until a waiter that read a count above 0 is actually waiting.
+        if before <= 1 && self.waiters.load(Ordering::SeqCst) > 0 {
+            let _idle = self.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.idle.notify_all();
         }
     }
@@ -84,11 +97,13 @@ impl QueueState {
     /// whether requests were still in flight when it gave up waiting.
     pub fn stopped(&self, wait: Duration) -> bool {
         let timed_out = {
-            let n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            let (_n, timeout) = self
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            let guard = self.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (_guard, timeout) = self
                 .idle
-                .wait_timeout_while(n, wait, |n| *n > 0)
+                .wait_timeout_while(guard, wait, |_| self.in_flight.load(Ordering::SeqCst) > 0)
                 .unwrap_or_else(|e| e.into_inner());
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
             timeout.timed_out()
         };
         {
@@ -129,6 +144,33 @@ mod tests {
         t.join().unwrap();
         assert_eq!(q.generation(), g0 + 1);
         assert!(!q.is_broken(), "a stopped ring starts afresh");
+    }
+
+    #[test]
+    fn requests_ending_on_other_threads_wake_a_waiting_stop() {
+        let q = Arc::new(QueueState::default());
+        for _ in 0..8 {
+            q.begin();
+        }
+        let ends: Vec<_> = (0..8)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || q.end())
+            })
+            .collect();
+        // The bound is only a safety net: a lost wake-up would show as a timeout.
+        assert!(
+            !q.stopped(Duration::from_secs(60)),
+            "the last end woke the stop"
+        );
+        for e in ends {
+            e.join().unwrap();
+        }
+        q.end();
+        assert!(
+            !q.stopped(Duration::from_secs(60)),
+            "an extra end does not underflow"
+        );
     }
 
     #[test]
