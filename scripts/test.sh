@@ -11,3 +11,8 @@ if [ -z "${VFSDAX_NO_LINT:-}" ]; then
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 fi
+# Fuzzing (scripts/fuzz.sh, docs/FUZZING.md): each fuzz target runs VFSDAX_FUZZ_SECONDS
+# seconds (15 by default), always in CI, locally only when VFSDAX_FUZZ_SECONDS is set.
+if [ -n "${VFSDAX_FUZZ_SECONDS:-}" ] || [ -n "${CI:-}" ]; then
+    scripts/fuzz.sh "${VFSDAX_FUZZ_SECONDS:-15}"
+fi

@@ -7,6 +7,9 @@ pub mod capabilities;
 pub mod cli;
 pub mod dax;
 pub mod filesystem;
+// Not in the unit tests, which load `server/testutil.rs` themselves.
+#[cfg(all(feature = "fuzzing", not(test)))]
+pub mod fuzzing;
 pub mod guard;
 pub mod passthrough;
 pub mod ratelimit;
