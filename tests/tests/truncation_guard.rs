@@ -21,6 +21,7 @@ use vfsdax_tests::dax::{
     start_dax_with, DaxSession, MIB2, NO_FH, R, W,
 };
 use vfsdax_tests::harness::{pattern, DaemonOptions};
+use vfsdax_tests::workload::disconnect_and_expect_success;
 
 /// Reads `[moffset, moffset + len)` of the window into a vector (a lost page kills the test).
 fn read_window(d: &DaxSession, moffset: u64, len: u64) -> Vec<u8> {
@@ -306,26 +307,30 @@ fn map_truncate_remap_cycles_leak_nothing() {
         cycle(&mut d, &f, i);
     }
     d.conn.window().table().forget_unmapped();
-    let before = (
-        fd_count(),
-        maps_count(),
-        count_dir(&format!("/proc/{pid}/fd")),
-        daemon_marks(pid),
-        daemon_memfds(pid),
-    );
+    let counts = || {
+        (
+            fd_count(),
+            maps_count(),
+            count_dir(&format!("/proc/{pid}/fd")),
+            daemon_marks(pid),
+            daemon_memfds(pid),
+        )
+    };
+    let before = counts();
     let t0 = Instant::now();
     for i in 0..CYCLES {
         cycle(&mut d, &f, i);
     }
     let took = t0.elapsed();
     d.conn.window().table().forget_unmapped();
-    let after = (
-        fd_count(),
-        maps_count(),
-        count_dir(&format!("/proc/{pid}/fd")),
-        daemon_marks(pid),
-        daemon_memfds(pid),
-    );
+    // A descriptor the guard's threads hold for a moment (the last change event being
+    // handled) is not a leak: a leak is still there a second later.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut after = counts();
+    while after != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        after = counts();
+    }
     println!(
         "{CYCLES} map/truncate/unmap cycles in {took:?}: (VMM fds, VMM maps, daemon fds, daemon \
          fanotify marks, daemon memfds) {before:?} -> {after:?}"
@@ -336,6 +341,57 @@ fn map_truncate_remap_cycles_leak_nothing() {
     assert!(!guard_reports(&d.s.daemon.log_text()).is_empty());
     assert!(d.table().is_empty());
     d.s.assert_serving();
+    // The counters are exact: one truncation before it took effect and one chunk cut a cycle.
+    let DaxSession { conn, s } = d;
+    drop(conn);
+    let daemon = disconnect_and_expect_success(s);
+    let log = daemon.log_text();
+    let c = guard_counters(&log);
+    let total = CYCLES + 16;
+    assert_eq!(
+        c,
+        GuardCounters {
+            before: total,
+            after: 0,
+            chunks_cut: total,
+            failures: 0,
+            unguarded_files: 0
+        },
+        "{log}"
+    );
+}
+
+/// The guard's counters from the daemon's exit line.
+#[derive(Debug, PartialEq, Eq)]
+struct GuardCounters {
+    before: u64,
+    after: u64,
+    chunks_cut: u64,
+    failures: u64,
+    unguarded_files: u64,
+}
+
+/// Parses "truncation guard: B truncations handled before they took effect, A after; C chunks
+/// cut, F failures, U files not guarded before a truncation, ..." (the daemon's exit line).
+#[track_caller]
+fn guard_counters(log: &str) -> GuardCounters {
+    let line = log
+        .lines()
+        .find(|l| l.contains("truncations handled before they took effect"))
+        .unwrap_or_else(|| panic!("no guard counters in the log:\n{log}"));
+    let tail = &line[line.find("truncation guard:").expect("prefix")..];
+    let n: Vec<u64> = tail
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(n.len() >= 5, "{line}");
+    GuardCounters {
+        before: n[0],
+        after: n[1],
+        chunks_cut: n[2],
+        failures: n[3],
+        unguarded_files: n[4],
+    }
 }
 
 #[test]
@@ -373,7 +429,20 @@ fn a_file_on_tmpfs_is_guarded_after_the_fact_and_required_declines_it() {
     let w = read_window(&d, 0, MIB2);
     assert_eq!(w[..4096], data[..4096]);
     assert!(w[4096..].iter().all(|&b| b == 0));
-    drop(d);
+    let DaxSession { conn, s } = d;
+    drop(conn);
+    let log = disconnect_and_expect_success(s).log_text();
+    assert_eq!(
+        guard_counters(&log),
+        GuardCounters {
+            before: 0,
+            after: 1,
+            chunks_cut: 1,
+            failures: 0,
+            unguarded_files: 1
+        },
+        "{log}"
+    );
 
     // --truncate-guard required: no DAX for a file that cannot be guarded before.
     let opts = DaemonOptions {

@@ -75,6 +75,38 @@ impl DaxState {
         action: GuardAction,
     ) -> Shrunk {
         let _order = self.serialize();
+        self.shrink_ordered(mapper, id, new_size, action)
+    }
+
+    /// The file `id`, open as `file`, changed (seen after the fact): [`DaxState::shrink`] to
+    /// its size read with the request order held, so that a chunk mapped after the file grew
+    /// again is never cut to an older, smaller size. The size read, `None` (nothing cut) if
+    /// `fstat` failed.
+    pub fn shrink_to_size_of(
+        &self,
+        mapper: &dyn Mapper,
+        id: FileId,
+        file: &std::fs::File,
+        action: GuardAction,
+    ) -> (Option<u64>, Shrunk) {
+        let _order = self.serialize();
+        match file.metadata() {
+            Ok(m) => (
+                Some(m.len()),
+                self.shrink_ordered(mapper, id, m.len(), action),
+            ),
+            Err(_) => (None, Shrunk::default()),
+        }
+    }
+
+    /// [`DaxState::shrink`] with the request order held.
+    fn shrink_ordered(
+        &self,
+        mapper: &dyn Mapper,
+        id: FileId,
+        new_size: u64,
+        action: GuardAction,
+    ) -> Shrunk {
         let inside_file = self.frontend() == FrontendMapping::InsideFileWritable;
         let page = host_page_size();
         let doomed: Vec<_> = self

@@ -666,3 +666,37 @@ fn a_required_guard_declines_files_it_cannot_guard_before() {
     s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, C4, R))
         .expect("not required: mapped");
 }
+
+#[test]
+fn after_the_fact_shrinks_read_the_size_in_request_order() {
+    let s = four_page_chunks();
+    let m = Recorder::default();
+    let path = std::env::temp_dir().join(format!("vfsdax-shrink-order-{}", std::process::id()));
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("a file");
+    std::fs::remove_file(&path).expect("unlinked, still open");
+    let id = FileId::of(&f).unwrap();
+    // The file grew to two chunks, then they were mapped: the size is read with the request
+    // order held, so it is the size the mapping saw (a size read before the growth, as the
+    // guard's worker once did, cut chunks mapped in between).
+    f.set_len(2 * C4).expect("grow");
+    s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 2 * C4, R))
+        .expect("two chunks");
+    let n = m.calls().len();
+    let (size, out) = s.shrink_to_size_of(&m, id, &f, GuardAction::Zero);
+    assert_eq!(size, Some(2 * C4));
+    assert!(out.ranges.is_empty() && out.error.is_none());
+    assert_eq!(m.calls().len(), n, "no request to the frontend");
+    // Shrunk now: cut at the size it has.
+    f.set_len(P).expect("shrink");
+    let (size, out) = s.shrink_to_size_of(&m, id, &f, GuardAction::Unmap);
+    assert_eq!(size, Some(P));
+    assert_eq!(out.ranges.len(), 2, "{:?}", out.ranges);
+    assert_eq!(out.ranges[0].kept, P);
+    assert_eq!(out.ranges[1].kept, 0);
+}

@@ -566,29 +566,40 @@ impl Shared {
                     None => continue,
                 },
             };
-            let size_now = file
-                .as_deref()
-                .and_then(|f| f.metadata().ok())
-                .map(|m| m.len());
-            let new_size = match w.new_size {
-                NewSize::Exact(n) => Some(n),
-                NewSize::Shorter(n) => size_now.map(|s| s.saturating_sub(n)),
-                NewSize::Current => size_now,
-            };
-            let shrunk = new_size.map(|n| self.dax.shrink(&*self.mapper, id, n, self.action));
-            self.answer_work(&w.source);
-            let (Some(new_size), Some(shrunk)) = (new_size, shrunk) else {
-                continue;
-            };
-            let before = match w.new_size {
+            // The size before a truncation announced before it takes effect.
+            let size_now = match w.new_size {
                 NewSize::Current => None,
-                _ => size_now,
+                _ => file
+                    .as_deref()
+                    .and_then(|f| f.metadata().ok())
+                    .map(|m| m.len()),
+            };
+            let (new_size, shrunk) = match w.new_size {
+                // After the fact the size is read under the request order: read before it, a
+                // size the file has since grown past would cut a chunk mapped in between.
+                NewSize::Current => match file.as_deref() {
+                    Some(f) => self
+                        .dax
+                        .shrink_to_size_of(&*self.mapper, id, f, self.action),
+                    None => (None, Shrunk::default()),
+                },
+                // The truncation waits for the answer: the size cannot change meanwhile.
+                NewSize::Exact(n) => (Some(n), self.dax.shrink(&*self.mapper, id, n, self.action)),
+                NewSize::Shorter(n) => {
+                    let n = size_now.map(|s| s.saturating_sub(n));
+                    let shrunk = n.map(|n| self.dax.shrink(&*self.mapper, id, n, self.action));
+                    (n, shrunk.unwrap_or_default())
+                }
+            };
+            self.answer_work(&w.source);
+            let Some(new_size) = new_size else {
+                continue;
             };
             self.reported(
                 id,
                 file.as_deref()
                     .and_then(|f| path_of(self.proc_self_fd.as_ref(), f)),
-                before,
+                size_now,
                 new_size,
                 w.trigger,
                 pid,
