@@ -222,7 +222,7 @@ fn run(opts: Options) -> Result<(), String> {
 
     // Before seccomp (and before capabilities go): creating the fanotify groups needs
     // CAP_SYS_ADMIN.
-    let _guard = start_truncation_guard(guard_setup, &opts, &server, &backend);
+    let _guard = start_truncation_guard(guard_setup, &opts, &server, &backend)?;
 
     if !sandboxed {
         notify_ready();
@@ -313,19 +313,25 @@ impl Drop for Listening {
 }
 
 /// Starts the truncation guard for a DAX window (`--truncate-guard`, on by default); its
-/// reports are logged as JSON lines, rate-limited (a guest can trigger them).
+/// reports are logged as JSON lines, rate-limited (a guest can trigger them). A guard that
+/// cannot start is an error under `--truncate-guard required` (the daemon must not serve DAX
+/// unguarded), a logged one under `on`.
 fn start_truncation_guard(
     setup: Option<GuardSetup>,
     opts: &Options,
     server: &Server<PassthroughFs>,
     backend: &FsBackend<PassthroughFs>,
-) -> Option<TruncationGuard> {
-    let dax = server.fs().dax_shared()?;
+) -> Result<Option<TruncationGuard>, String> {
+    let Some(dax) = server.fs().dax_shared() else {
+        return Ok(None);
+    };
     if opts.truncate_guard == TruncateGuard::Off {
         log::info!("truncation guard off (--truncate-guard off): a host truncation under a live DAX mapping reaches the VMM");
-        return None;
+        return Ok(None);
     }
-    let setup = setup?;
+    let Some(setup) = setup else {
+        return Ok(None);
+    };
     let action = match opts.truncate_guard_action {
         TruncateGuardAction::Zero => GuardAction::Zero,
         TruncateGuardAction::Unmap => GuardAction::Unmap,
@@ -386,13 +392,26 @@ fn start_truncation_guard(
                     "truncations are only seen after they took effect"
                 }
             );
-            Some(g)
+            Ok(Some(g))
         }
-        Err(e) => {
-            log::error!("cannot start the truncation guard: {}", chain(&e));
-            None
-        }
+        Err(e) => guard_start_failed(opts.truncate_guard, &chain(&e)),
     }
+}
+
+/// What a truncation guard that could not start means for the daemon: it does not serve under
+/// `--truncate-guard required`; under `on` it serves DAX unguarded and says so.
+fn guard_start_failed(mode: TruncateGuard, error: &str) -> Result<Option<TruncationGuard>, String> {
+    if mode == TruncateGuard::Required {
+        return Err(format!(
+            "cannot start the truncation guard, which --truncate-guard required asks for: \
+             {error} (--truncate-guard on serves DAX without it)"
+        ));
+    }
+    log::error!(
+        "cannot start the truncation guard: {error}; DAX mappings are served unguarded \
+         (--truncate-guard required refuses to serve instead)"
+    );
+    Ok(None)
 }
 
 /// One line with what the DAX window served in this session (nothing without a window).
@@ -540,4 +559,24 @@ fn spawn_signal_thread(
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guard_that_cannot_start_stops_the_daemon_only_when_required() {
+        match guard_start_failed(TruncateGuard::Required, "no eventfd") {
+            Err(e) => assert!(
+                e.contains("no eventfd") && e.contains("--truncate-guard required"),
+                "{e}"
+            ),
+            Ok(_) => panic!("required serves without its guard"),
+        }
+        assert!(matches!(
+            guard_start_failed(TruncateGuard::On, "no eventfd"),
+            Ok(None)
+        ));
+    }
 }
