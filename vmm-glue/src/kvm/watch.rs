@@ -8,9 +8,11 @@
 //! [`super::fence::Fences::fence_file`] for it, which reads the size under the window's change lock and fences
 //! only what that file lacks now. KVM drops its translations of a fenced range (`mprotect`), so
 //! the next guest access exits, also when KVM would otherwise have retried an async page fault on
-//! the lost page forever: no vCPU kick is needed. While a watcher runs, the fault handlers skip
-//! their scans (see [`VmFaultState::is_watched`]); a file that shrank before its watch was added
-//! is checked when the watch is added.
+//! the lost page forever: no vCPU kick is needed. While a watcher runs and watches every mapped
+//! file, the fault handlers skip their scans (see [`VmFaultState::is_watched`]); a file that
+//! shrank before its watch was added is checked when the watch is added. A file that cannot be
+//! watched (the inotify watch limit, for instance) turns the handlers' scans back on until it is
+//! watched (retried with every new file) or no longer mapped.
 //!
 //! What it costs a VM with nothing faulting: one inotify event per write to a mapped file (the
 //! guest's writes through FUSE, the host's) and one `fstat` per such event on this thread.
@@ -48,8 +50,8 @@ pub struct WatchStats {
     pub changes: u64,
     /// Lost ranges fenced.
     pub fenced: u64,
-    /// Files that could not be watched (the inotify watch limit, for instance); the fault
-    /// handlers' scans cover them while they are mapped.
+    /// Mapped files not watched now (the inotify watch limit, for instance); while there is
+    /// one, the fault handlers scan every mapping at apf ACKs and kicks, as without a watcher.
     pub unwatched: u64,
     /// Fencing failures (`mprotect`).
     pub failures: u64,
@@ -96,6 +98,16 @@ impl WatchSync {
     }
 }
 
+/// Adds an inotify watch (first argument) on a file (second); the watch descriptor or -1.
+type AddWatch = Box<dyn FnMut(i32, i32) -> i32 + Send>;
+
+/// `inotify_add_watch(IN_MODIFY)` on the file through its `/proc/self/fd` name.
+fn add_watch(inotify: i32, fd: i32) -> i32 {
+    let path = format!("/proc/self/fd/{fd}\0");
+    // SAFETY: `path` is NUL-terminated and alive for the call; the rest are integers.
+    unsafe { libc::inotify_add_watch(inotify, path.as_ptr().cast(), libc::IN_MODIFY) }
+}
+
 /// The running watcher of one window. Dropping it stops the thread and lets the handlers scan
 /// again.
 #[derive(Debug)]
@@ -112,6 +124,15 @@ impl ShrinkWatcher {
     pub fn start(
         state: &Arc<VmFaultState>,
         window: Arc<DaxWindow>,
+    ) -> Result<ShrinkWatcher, WatchError> {
+        Self::start_with(state, window, Box::new(add_watch))
+    }
+
+    /// [`ShrinkWatcher::start`] with the call that adds a watch (tests make it fail).
+    fn start_with(
+        state: &Arc<VmFaultState>,
+        window: Arc<DaxWindow>,
+        add_watch: AddWatch,
     ) -> Result<ShrinkWatcher, WatchError> {
         // SAFETY: inotify_init1 takes an integer and returns a new descriptor or -1.
         let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
@@ -141,6 +162,8 @@ impl ShrinkWatcher {
             counters: Arc::clone(&counters),
             by_wd: HashMap::new(),
             by_file: HashMap::new(),
+            unwatched: HashMap::new(),
+            add_watch,
         };
         state.set_watched(true);
         let thread = std::thread::Builder::new()
@@ -198,6 +221,9 @@ struct Watch {
     counters: Arc<Counters>,
     by_wd: HashMap<i32, FileIdentity>,
     by_file: HashMap<FileIdentity, (i32, Weak<File>)>,
+    /// Mapped files without a watch (adding it failed, or the kernel dropped it).
+    unwatched: HashMap<FileIdentity, Weak<File>>,
+    add_watch: AddWatch,
 }
 
 impl Watch {
@@ -248,33 +274,35 @@ impl Watch {
         self.sync.0.cv.notify_all();
     }
 
-    /// Watches the files the window started keeping; each is checked once right away (it may
-    /// have shrunk before the watch was there).
+    /// Watches the files the window started keeping, and tries again those it could not
+    /// watch before; each is checked once right away (it may have shrunk before the watch was
+    /// there).
     fn new_files(&mut self) {
         self.forget_unmapped();
-        for (id, weak) in self.feed.drain() {
+        let retry: Vec<(FileIdentity, Weak<File>)> = self.unwatched.drain().collect();
+        for (id, weak) in retry.into_iter().chain(self.feed.drain()) {
             let Some(file) = weak.upgrade() else { continue };
-            let path = format!("/proc/self/fd/{}\0", file.as_raw_fd());
-            // SAFETY: `path` is NUL-terminated and alive for the call; the rest are integers.
-            let wd = unsafe {
-                libc::inotify_add_watch(
-                    self.inotify.as_raw_fd(),
-                    path.as_ptr().cast(),
-                    libc::IN_MODIFY,
-                )
-            };
+            let wd = (self.add_watch)(self.inotify.as_raw_fd(), file.as_raw_fd());
             if wd < 0 {
-                self.counters.unwatched.fetch_add(1, Ordering::Relaxed);
-                continue;
+                self.unwatched.insert(id, weak);
+            } else {
+                // A replaced descriptor of the same file gets the same watch descriptor.
+                self.by_wd.insert(wd, id);
+                self.by_file.insert(id, (wd, weak));
             }
-            // A replaced descriptor of the same file gets the same watch descriptor.
-            self.by_wd.insert(wd, id);
-            self.by_file.insert(id, (wd, weak));
             self.fence(id);
         }
-        self.counters
-            .files
-            .store(self.by_file.len() as u64, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Counts the files watched and not, and lets the handlers skip their scans only while
+    /// every mapped file is watched.
+    fn publish(&self) {
+        let c = &self.counters;
+        c.files.store(self.by_file.len() as u64, Ordering::Relaxed);
+        c.unwatched
+            .store(self.unwatched.len() as u64, Ordering::Relaxed);
+        self.state.set_watched(self.unwatched.is_empty());
     }
 
     /// Stops watching files the window no longer maps.
@@ -291,6 +319,7 @@ impl Watch {
             self.by_wd.remove(&wd);
             self.by_file.remove(&id);
         }
+        self.unwatched.retain(|_, f| f.strong_count() > 0);
     }
 
     /// Handles one read of change events; whether there were any.
@@ -303,8 +332,11 @@ impl Watch {
         let mut files: Vec<FileIdentity> = Vec::new();
         for (wd, mask) in vfsdax_protocol::inotify::parse_events(&buf[..n]) {
             if mask & libc::IN_IGNORED != 0 {
+                // The kernel dropped the watch; a file still mapped is scanned by the handlers.
                 if let Some(id) = self.by_wd.remove(&wd) {
-                    self.by_file.remove(&id);
+                    if let Some((_, weak)) = self.by_file.remove(&id) {
+                        self.unwatched.insert(id, weak);
+                    }
                 }
             } else if let Some(id) = self.by_wd.get(&wd) {
                 if !files.contains(id) {
@@ -317,6 +349,7 @@ impl Watch {
             self.fence(id);
         }
         self.forget_unmapped();
+        self.publish();
         n > 0
     }
 

@@ -140,3 +140,69 @@ fn a_file_that_grows_back_is_unfenced_and_sync_waits_for_it() {
     assert!(sync.sync(Duration::from_secs(5)));
     assert_eq!(at(3), "rw-s");
 }
+
+#[test]
+fn a_file_that_cannot_be_watched_turns_the_handlers_scans_back_on() {
+    use std::sync::atomic::AtomicBool;
+    let page = host_page_size();
+    let window = Arc::new(DaxWindow::new(16 * page).expect("reserve"));
+    let state = Arc::new(VmFaultState::default());
+    // The inotify watch limit, reached while `full` is set.
+    let full = Arc::new(AtomicBool::new(true));
+    let limit = Arc::clone(&full);
+    let watcher = ShrinkWatcher::start_with(
+        &state,
+        Arc::clone(&window),
+        Box::new(move |inotify, fd| {
+            if limit.load(Ordering::SeqCst) {
+                -1
+            } else {
+                add_watch(inotify, fd)
+            }
+        }),
+    )
+    .expect("start");
+    let sync = watcher.syncer();
+    let at = |p: u64| perms_at(window.host_addr() + p * page).unwrap_or_default();
+    let a = tmpfile(&pattern(4 * page as usize, 7));
+    window.map(0, 4 * page, &a, 0, false).expect("map a");
+    assert!(sync.sync(Duration::from_secs(5)));
+    assert_eq!((watcher.stats().files, watcher.stats().unwatched), (0, 1));
+    assert!(
+        !state.is_watched(),
+        "a mapped file nobody watches: the handlers scan"
+    );
+    // No event tells the watcher of a's shrink: the handlers' scan (what a kick or an apf ACK
+    // runs) fences it.
+    a.set_len(page).expect("truncate a");
+    assert_eq!(at(1), "r--s", "not watched, not fenced");
+    assert_eq!(state.fences().fence_truncated(&window).expect("scan"), 1);
+    assert_eq!(at(1), "---s");
+
+    // Room again: the next file announced brings a's watch with it.
+    full.store(false, Ordering::SeqCst);
+    let b = tmpfile(&pattern(4 * page as usize, 8));
+    window.map(8 * page, 4 * page, &b, 0, false).expect("map b");
+    assert!(sync.sync(Duration::from_secs(5)));
+    assert_eq!((watcher.stats().files, watcher.stats().unwatched), (2, 0));
+    assert!(state.is_watched());
+    b.set_len(page).expect("truncate b");
+    assert!(sync.sync(Duration::from_secs(5)));
+    assert_eq!(at(9), "---s", "the watcher fences b");
+
+    // Full again: a file that cannot be watched holds the scans on only while it is mapped.
+    full.store(true, Ordering::SeqCst);
+    let c = tmpfile(&pattern(2 * page as usize, 9));
+    window
+        .map(12 * page, 2 * page, &c, 0, false)
+        .expect("map c");
+    assert!(sync.sync(Duration::from_secs(5)));
+    assert!(!state.is_watched());
+    window.unmap(12 * page, 2 * page).expect("unmap c");
+    window.table().forget_unmapped();
+    assert!(sync.sync(Duration::from_secs(5)));
+    assert_eq!(watcher.stats().unwatched, 0);
+    assert!(state.is_watched());
+    drop(watcher);
+    assert!(!state.is_watched());
+}
