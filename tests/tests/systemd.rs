@@ -213,7 +213,7 @@ fn socket_activation_serves_a_share_under_the_units_hardening() {
     assert_eq!((md.uid(), md.gid()), (1000, 1000), "created as the caller");
 
     // Guest root gives it away (CAP_CHOWN) and makes an overlayfs whiteout, which needs no
-    // CAP_MKNOD; a real device node stays refused.
+    // CAP_MKNOD; a real device node is refused under the unit, which drops CAP_MKNOD.
     s.client.set_caller(Caller {
         uid: 0,
         gid: 0,
