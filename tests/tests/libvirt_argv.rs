@@ -336,6 +336,7 @@ fn separate_options_as_libvirt_passes_them() {
     // --cache never: nothing cached (zero timeouts, direct I/O), no READDIRPLUS (virtiofsd).
     assert_eq!((e.entry_valid, e.attr_valid), (0, 0), "{e:?}");
     let o = c.open(e.nodeid, libc::O_RDONLY as u32).expect("open");
+    assert_eq!(c.read(e.nodeid, o.fh, 0, 4096).expect("READ"), b"data");
     assert_ne!(o.open_flags & fopen::DIRECT_IO, 0, "{o:?}");
     assert_eq!(f & init::DO_READDIRPLUS, 0, "{f:#x}");
     // Defaults of virtiofsd 1.14: submounts announced, KILLPRIV_V2 not, no POSIX ACLs.
@@ -404,6 +405,7 @@ fn legacy_o_options_as_libvirt_passes_them() {
     // cache=always: a day of caching, pages kept across opens, READDIRPLUS.
     assert_eq!((e.entry_valid, e.attr_valid), (86400, 86400), "{e:?}");
     let o = c.open(e.nodeid, libc::O_RDONLY as u32).expect("open");
+    assert_eq!(c.read(e.nodeid, o.fh, 0, 4096).expect("READ"), b"data");
     assert_ne!(o.open_flags & fopen::KEEP_CACHE, 0, "{o:?}");
     assert_ne!(f & init::DO_READDIRPLUS, 0, "{f:#x}");
     assert_ne!(f & init::SUBMOUNTS, 0, "{f:#x}");
