@@ -25,7 +25,7 @@ use vfsdax_vmm_glue::kvm::{
 /// Where the VMM puts the window in guest-physical memory (its device's shared memory BAR).
 const WINDOW_GPA: u64 = 1 << 32;
 /// The CPUID bit the VMM gives `ASYNC_PF_ERROR` (a free bit of the KVM features leaf).
-const APF_ERROR_BIT: u32 = vfsdax_protocol::apf::DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT;
+const APF_ERROR_BIT: u32 = vfsdax_vmm_glue::protocol::apf::DEFAULT_FEATURE_ASYNC_PF_ERROR_BIT;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let socket = std::env::args()

@@ -14,3 +14,7 @@
 pub mod dax;
 pub mod fault;
 pub mod kvm;
+
+/// The wire formats the glue's API speaks (fault reports, the apf error ABI and its CPUID bit,
+/// the vhost-user mapping rules), re-exported so that a VMM needs no other vfsdax crate.
+pub use vfsdax_protocol as protocol;
