@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # vfsdaxd in a container: build with `docker build -t vfsdaxd .`, run with the share and the
 # socket directory bound in, e.g.
 #   docker run --rm -v /srv/share:/share -v /run/vfsdaxd:/run/vfsdaxd vfsdaxd \
@@ -11,11 +12,16 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # The whole workspace (cargo loads every member's manifest and target, so no stand-ins that
-# could drift from them); .dockerignore keeps build output and the fuzz corpus out.
+# could drift from them); .dockerignore keeps build output and the fuzz corpus out. The
+# downloaded and built dependencies live in BuildKit cache mounts (Docker >= 23 builds with
+# BuildKit by default), so a change of vfsdax's sources rebuilds only its own crates.
 COPY . .
-RUN cargo build --release --locked -p vfsdax-daemon --bin vfsdaxd
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p vfsdax-daemon --bin vfsdaxd \
+ && cp target/release/vfsdaxd /usr/local/bin/vfsdaxd
 
 FROM debian:bookworm-slim
-COPY --from=build /src/target/release/vfsdaxd /usr/libexec/vfsdaxd
+COPY --from=build /usr/local/bin/vfsdaxd /usr/libexec/vfsdaxd
 ENTRYPOINT ["/usr/libexec/vfsdaxd"]
 CMD ["--help"]
