@@ -532,3 +532,153 @@ fn in_a_namespace_sandbox_an_open_with_o_trunc_is_caught_before() {
     assert!(w.iter().all(|&b| b == 0));
     assert!(d.s.daemon.is_alive(), "seccomp allowed the relay");
 }
+
+#[test]
+fn a_collapsed_range_is_guarded_before() {
+    // fallocate(FALLOC_FL_COLLAPSE_RANGE) shortens the file: the last chunk loses its end.
+    use std::os::fd::AsRawFd;
+    let _alone = serialized();
+    let mut d = start_dax(&[], 0);
+    let (_, path) = mapped_file(&mut d, "f", 4);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let collapse = 1 << 20;
+    // SAFETY: fallocate takes the descriptor, a mode and two offsets; `f` stays open.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_COLLAPSE_RANGE,
+            0,
+            collapse as libc::off_t,
+        )
+    };
+    assert_eq!(rc, 0, "collapse: {}", std::io::Error::last_os_error());
+    let new_size = 4 * MIB2 - collapse;
+    assert_eq!(f.metadata().expect("stat").len(), new_size);
+    one_report(&d, "pre-content", new_size, &[(3 * MIB2, MIB2 - collapse)]);
+    // What the window shows inside the file is the file now (its bytes moved down).
+    let mut now = vec![0u8; new_size as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut now, 0).expect("read");
+    let w = read_window(&d, 0, 4 * MIB2);
+    assert!(
+        w[..new_size as usize] == now[..],
+        "the file's bytes up to its end"
+    );
+    assert!(
+        w[new_size as usize..].iter().all(|&b| b == 0),
+        "zeros after it"
+    );
+    d.s.assert_serving();
+}
+
+/// A file system of `kind` in a 320 MiB image, loop-mounted for the test's life.
+struct LoopFs {
+    dir: std::path::PathBuf,
+    image: std::path::PathBuf,
+}
+
+impl LoopFs {
+    /// `None` (with a printed skip, a failure under `CI`) without root, loop devices or
+    /// `mkfs.<kind>`.
+    fn mount(kind: &str, test: &str) -> Option<LoopFs> {
+        use vfsdax_tests::require::skip;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            skip(test, "loop-mounting a file system needs root");
+            return None;
+        }
+        let base = std::env::temp_dir().join(format!("vfsdax-{kind}-{}", std::process::id()));
+        let (dir, image) = (base.with_extension("mnt"), base.with_extension("img"));
+        std::fs::create_dir_all(&dir).expect("mount point");
+        File::create(&image)
+            .and_then(|f| f.set_len(320 << 20))
+            .expect("image");
+        let run = |cmd: &mut Command| cmd.output().map_err(|e| e.to_string());
+        let made = run(Command::new(format!("mkfs.{kind}")).arg("-q").arg(&image));
+        let mounted = match &made {
+            Ok(o) if o.status.success() => run(Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&image)
+                .arg(&dir)),
+            _ => made.clone(),
+        };
+        let fs = LoopFs { dir, image };
+        match mounted {
+            Ok(o) if o.status.success() => Some(fs),
+            Ok(o) => {
+                skip(
+                    test,
+                    &format!(
+                        "cannot make or mount {kind}: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                skip(
+                    test,
+                    &format!("mkfs.{kind} or mount: {e} (scripts/deps.sh installs them)"),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// On a share on `kind`: a host truncation to a page-aligned size and an `open(O_TRUNC)` are
+/// made safe before they take effect (the README's table names these file systems).
+fn guarded_before_on(kind: &str) {
+    let test = format!("guarded_before_on_{kind}");
+    let _alone = serialized();
+    let Some(fs) = LoopFs::mount(kind, &test) else {
+        return;
+    };
+    let opts = DaemonOptions {
+        temp_in: Some(fs.dir.clone()),
+        ..Default::default()
+    };
+    let mut d = start_dax_with(&opts, 0);
+    let (data, path) = mapped_file(&mut d, "f", 2);
+    host_truncate(&path, MIB2);
+    one_report(&d, "pre-content", MIB2, &[(MIB2, 0)]);
+    let w = read_window(&d, 0, 2 * MIB2);
+    assert!(w[..MIB2 as usize] == data[..MIB2 as usize]);
+    assert!(w[MIB2 as usize..].iter().all(|&b| b == 0));
+    let (_, path) = mapped_file(&mut d, "g", 1);
+    // Chunk 0 of g lands where f's first chunk was.
+    File::options()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("open(O_TRUNC)");
+    let r = reports(&d, 2, Duration::from_secs(5));
+    assert_eq!(r.len(), 2, "{}", d.s.daemon.log_text());
+    assert_eq!(r[1]["trigger"], "open-truncate", "{}", r[1]);
+    assert!(read_window(&d, 0, MIB2).iter().all(|&b| b == 0));
+    d.s.assert_serving();
+    drop(d);
+    drop(fs);
+}
+
+#[test]
+fn guarded_before_on_xfs() {
+    guarded_before_on("xfs");
+}
+
+#[test]
+fn guarded_before_on_btrfs() {
+    guarded_before_on("btrfs");
+}

@@ -19,11 +19,14 @@ pub enum NewSize {
 
 /// The truncation `event` announces, if any: the new size and how it was learnt. `page` is the
 /// host page size; `intent` tells what the calling thread is doing (read from its `/proc`
-/// entries), asked only for an open or a one-page pre-content event.
+/// entries), asked only for an open or a pre-content event over whole pages.
 ///
 /// - pre-content `(size, 0)`: `truncate(2)`/`ftruncate(2)` to a page-aligned `size`;
-/// - pre-content `(page-aligned offset, one page)`: a one-page write, or a truncation to a
-///   size inside that page, or a collapsed range: the caller's call says which;
+/// - pre-content `(page-aligned offset, one page)`: a one-page read or write, or a truncation
+///   to a size inside that page: the caller's call says which;
+/// - pre-content `(page-aligned offset, whole pages)`: a read or write, or a collapsed range
+///   (`fallocate(FALLOC_FL_COLLAPSE_RANGE)` announces the range it removes; file systems take
+///   only block-aligned ranges, so whole pages): the caller's call says which;
 /// - open permission: a truncation to 0 if the caller opens with `O_TRUNC`;
 /// - anything else is an access to let through.
 pub fn truncation_of(
@@ -34,15 +37,17 @@ pub fn truncation_of(
     if event.mask & FAN_PRE_ACCESS != 0 {
         return match event.range {
             Some((size, 0)) => Some((NewSize::Exact(size), GuardTrigger::PreContent)),
-            Some((off, count)) if count == page && off % page == 0 => match intent() {
-                OpenIntent::TruncatesTo(size) => {
-                    Some((NewSize::Exact(size), GuardTrigger::PreContent))
+            Some((off, count)) if count > 0 && count % page == 0 && off % page == 0 => {
+                match intent() {
+                    OpenIntent::TruncatesTo(size) => {
+                        Some((NewSize::Exact(size), GuardTrigger::PreContent))
+                    }
+                    OpenIntent::Collapses(len) => {
+                        Some((NewSize::Shorter(len), GuardTrigger::PreContent))
+                    }
+                    _ => None,
                 }
-                OpenIntent::Collapses(len) => {
-                    Some((NewSize::Shorter(len), GuardTrigger::PreContent))
-                }
-                _ => None,
-            },
+            }
             _ => None,
         };
     }
@@ -101,8 +106,20 @@ mod tests {
         ] {
             assert_eq!(truncation_of(&one_page, PAGE, || other), None, "{other:?}");
         }
+        // A range of whole pages is a read, a write or a collapsed range.
+        let pages = ev(FAN_PRE_ACCESS, Some((4096, 8192)));
+        assert_eq!(
+            truncation_of(&pages, PAGE, || OpenIntent::Collapses(8192)),
+            Some((NewSize::Shorter(8192), GuardTrigger::PreContent))
+        );
+        assert_eq!(truncation_of(&pages, PAGE, || OpenIntent::Keeps), None);
         // Reads and writes of other shapes are let through without asking.
-        for range in [Some((4096, 8192)), Some((100, 4096)), None] {
+        for range in [
+            Some((100, 4096)),
+            Some((4096, 100)),
+            Some((4096, 6000)),
+            None,
+        ] {
             assert_eq!(
                 truncation_of(&ev(FAN_PRE_ACCESS, range), PAGE, unasked),
                 None
