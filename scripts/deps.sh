@@ -2,7 +2,8 @@
 # Installs what the test suite needs, only what is missing, and says what it did:
 #  - Debian packages: qemu-system-x86, busybox-static, cpio, libseccomp-dev, libcap-ng-dev, and
 #    systemd for systemd-analyze and systemd-socket-activate (tests/tests/systemd.rs and
-#    package.rs check the units offline: systemd need not run);
+#    package.rs check the units offline: systemd need not run), xfsprogs and btrfs-progs (the
+#    truncation guard is checked on loop-mounted xfs and btrfs shares);
 #  - a Debian 6.1 cloud kernel (vmlinuz + modules), extracted into a cache directory:
 #    $VFSDAX_GUEST_DIR, or target/guest-kernel/ under the repository;
 #  - a QEMU >= 11.1 from Debian sid for the DAX tests (the generic vhost-user device with a
@@ -105,7 +106,8 @@ apt_install() {
 # 1. Debian packages.
 install_packages() {
     local pkg missing=()
-    local pkgs=(qemu-system-x86 busybox-static cpio libseccomp-dev libcap-ng-dev systemd)
+    local pkgs=(qemu-system-x86 busybox-static cpio libseccomp-dev libcap-ng-dev systemd
+        xfsprogs btrfs-progs)
     for pkg in "${pkgs[@]}"; do
         is_installed "$pkg" || missing+=("$pkg")
     done
