@@ -4,7 +4,7 @@
 # memory (vmm-glue/fsbench, binary vfsdax-fsbench). Rows: GETATTR, LOOKUP, CREATE+RELEASE+UNLINK,
 # READ and WRITE of 4 KiB and 1 MiB, READDIRPLUS of 1,000 entries, SETATTR, a small-file mix;
 # each at queue depth 1 and 32, with 1 and 2 worker threads; the daemons alternate, both with
-# --cache auto and their default sandbox and seccomp, on the same share. Prints the medians,
+# --cache auto and their default sandbox and seccomp, each on its own copy of the share. Prints the medians,
 # their spread, the ratio vfsdaxd/virtiofsd per cell and the host's memcpy bandwidth.
 # See docs/PERFORMANCE.md, "Side by side with virtiofsd".
 #
@@ -12,7 +12,7 @@
 #        --depths LIST, --threads LIST, --share-in DIR, --no-pin, --reference PATH]
 # Needs root (both daemons' default sandboxes do). Installs virtiofsd 1.14.0 with
 # `cargo install` when it is missing (after the Debian packages its build needs). About 5
-# minutes with the defaults (5 runs); --quick is a smoke check of about 15 s.
+# minutes with the defaults (5 runs); --quick is a smoke check of about 35 s.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -169,6 +169,36 @@ fn main() -> ExitCode {
         }
     }
     let (ton, toff) = (median_us(&mut truncate_on), median_us(&mut truncate_off));
+
+    // 4. A host process reading a guarded file: every read waits for the guard's answer, reads
+    // of whole pages also for a look at the caller's call (a collapsed range has their shape).
+    let reads: [(u64, usize); 3] = [(10, 100), (0, 4096), (0, 65536)];
+    let mut read_us = [[0.0f64; 2]; 3];
+    for (col, d) in [&mut on, &mut off].into_iter().enumerate() {
+        let victim = d.file_lookup("m0");
+        let path = d.s.host("m0");
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(MIB2))
+            .expect("extend the victim");
+        d.map(victim, NO_FH, 0, 0, MIB2, R).expect("map the victim");
+        // Opened after the mark: the kernel decides at open whether a file's accesses notify.
+        let f = std::fs::File::open(&path).expect("open the victim");
+        let mut buf = vec![0u8; 65536];
+        for (row, &(off, len)) in reads.iter().enumerate() {
+            let mut samples = Vec::new();
+            for i in 0..(n + 20) {
+                let t = Instant::now();
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf[..len], off).expect("pread");
+                if i >= 20 {
+                    samples.push(t.elapsed());
+                }
+            }
+            read_us[row][col] = median_us(&mut samples);
+        }
+        d.unmap(&[(0, MIB2)]).expect("unmap the victim");
+    }
     let mut sorted = truncate_on.clone();
     sorted.sort_unstable();
     let p99 = sorted[sorted.len() * 99 / 100].as_secs_f64() * 1e6;
@@ -206,6 +236,12 @@ fn main() -> ExitCode {
         (rss1.saturating_sub(rss0) * 1024) as f64 / guarded_files as f64,
         (slab1.saturating_sub(slab0) * 1024) as f64 / guarded_files as f64
     );
+    for (&(off, len), [ron, roff]) in reads.iter().zip(read_us) {
+        println!(
+            "  host pread of {len} bytes at {off} of a mapped file: guard on {ron:8.1} us   off \
+             {roff:8.1} us"
+        );
+    }
     println!(
         "  after the fact, ftruncate returned to the chunk cut: tmpfs share {tmpfs:.1} us (max \
          {tmpfs_max:.1}); unaligned size by a process outside the daemon's PID namespace \
