@@ -4,8 +4,8 @@
 # memory (vmm-glue/fsbench, binary vfsdax-fsbench). Rows: GETATTR, LOOKUP, CREATE+RELEASE+UNLINK,
 # READ and WRITE of 4 KiB and 1 MiB, READDIRPLUS of 1,000 entries, SETATTR, a small-file mix;
 # each at queue depth 1 and 32, with 1 and 2 worker threads; the daemons alternate, both with
-# --cache auto and their default sandbox and seccomp, each on its own copy of the share. Prints the medians,
-# their spread, the ratio vfsdaxd/virtiofsd per cell and the host's memcpy bandwidth.
+# --cache auto and their default sandbox and seccomp, each on its own copy of the share. Prints
+# the medians, their spread, the ratio vfsdaxd/virtiofsd per cell and the host's memcpy bandwidth.
 # See docs/PERFORMANCE.md, "Side by side with virtiofsd".
 #
 # Usage: scripts/bench.sh [--quick] [vfsdax-fsbench options: --runs N, --secs S, --rows LIST,

@@ -4,8 +4,8 @@
 //! virtiofsd") and `scripts/bench.sh`.
 //!
 //! Per run, per worker configuration, the daemons take turns (the first one alternates between
-//! runs); each gets a fresh process on its own copy of the share and runs every row at every queue depth.
-//! The table gives medians over the runs, their min..max, and the ratio vfsdaxd/reference.
+//! runs); each gets a fresh process on its own copy of the share and runs every row at every
+//! queue depth. The table gives medians over the runs, their min..max, and the ratio vfsdaxd/reference.
 
 mod conn;
 mod daemon;
