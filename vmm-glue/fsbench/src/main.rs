@@ -5,7 +5,8 @@
 //!
 //! Per run, per worker configuration, the daemons take turns (the first one alternates between
 //! runs); each gets a fresh process on its own copy of the share and runs every row at every
-//! queue depth. The table gives medians over the runs, their min..max, and the ratio vfsdaxd/reference.
+//! queue depth. The table gives medians over the runs, their min..max, and the ratio
+//! vfsdaxd/reference.
 
 mod conn;
 mod daemon;
