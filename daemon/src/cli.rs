@@ -248,6 +248,10 @@ pub struct Options {
     /// (`unmap`).
     #[arg(long, value_enum, default_value_t = TruncateGuardAction::Zero)]
     pub truncate_guard_action: TruncateGuardAction,
+    /// Also append every truncation guard report to FILE, one JSON line each, none dropped
+    /// (the log's copies are rate-limited). Opened before the sandbox is entered.
+    #[arg(long, value_name = "FILE")]
+    pub truncate_guard_reports: Option<PathBuf>,
     /// Worker threads serving the request queues; 0 serves each request on its queue's thread.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,

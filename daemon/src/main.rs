@@ -150,6 +150,17 @@ fn run(opts: Options) -> Result<(), String> {
             .map(|r| Box::new(r) as Box<dyn sandbox::SupervisorDuty>),
         _ => None,
     };
+    // Opened before the sandbox: its path may be outside the share.
+    let guard_reports = match (&guard_setup, &opts.truncate_guard_reports) {
+        (Some(_), Some(path)) => Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?,
+        ),
+        _ => None,
+    };
     let sandbox = sandbox::enter(opts.sandbox, &shared_dir, &on_exit, duty, &mut guard_setup)
         .map_err(|e| chain(&e))?;
     if sandboxed {
@@ -222,7 +233,7 @@ fn run(opts: Options) -> Result<(), String> {
 
     // Before seccomp (and before capabilities go): creating the fanotify groups needs
     // CAP_SYS_ADMIN.
-    let _guard = start_truncation_guard(guard_setup, &opts, &server, &backend)?;
+    let _guard = start_truncation_guard(guard_setup, guard_reports, &opts, &server, &backend)?;
 
     if !sandboxed {
         notify_ready();
@@ -315,9 +326,10 @@ impl Drop for Listening {
 /// Starts the truncation guard for a DAX window (`--truncate-guard`, on by default); its
 /// reports are logged as JSON lines, rate-limited (a guest can trigger them). A guard that
 /// cannot start is an error under `--truncate-guard required` (the daemon must not serve DAX
-/// unguarded), a logged one under `on`.
+/// unguarded), a logged one under `on`. With `reports`, every report is also appended there.
 fn start_truncation_guard(
     setup: Option<GuardSetup>,
+    reports: Option<std::fs::File>,
     opts: &Options,
     server: &Server<PassthroughFs>,
     backend: &FsBackend<PassthroughFs>,
@@ -336,9 +348,18 @@ fn start_truncation_guard(
         TruncateGuardAction::Zero => GuardAction::Zero,
         TruncateGuardAction::Unmap => GuardAction::Unmap,
     };
-    let sink: EventSink = Box::new(|ev| match ev {
+    let sink: EventSink = Box::new(move |ev| match ev {
         GuardEvent::Report(r) => {
             let json = serde_json::to_string(&r).unwrap_or_default();
+            if let Some(mut f) = reports.as_ref() {
+                // One write per line: lines appended by a single writer never interleave.
+                if let Err(e) = std::io::Write::write_all(&mut f, format!("{json}\n").as_bytes()) {
+                    guest_log!(
+                        log::Level::Error,
+                        "truncation guard: cannot write a report: {e}"
+                    );
+                }
+            }
             guest_log!(log::Level::Warn, "truncation guard: {json}");
         }
         GuardEvent::Unguarded {

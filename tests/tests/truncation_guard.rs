@@ -288,7 +288,16 @@ fn daemon_memfds(pid: u32) -> usize {
 fn map_truncate_remap_cycles_leak_nothing() {
     const CYCLES: u64 = 10_000;
     let _alone = serialized();
-    let mut d = start_dax(&[], 0);
+    let report_file =
+        std::env::temp_dir().join(format!("vfsdax-guard-reports-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&report_file);
+    let mut d = start_dax(
+        &[
+            "--truncate-guard-reports",
+            report_file.to_str().expect("utf-8"),
+        ],
+        0,
+    );
     let (node, _) = d.file("f", &pattern(MIB2 as usize, 1));
     let f = OpenOptions::new()
         .read(true)
@@ -359,6 +368,15 @@ fn map_truncate_remap_cycles_leak_nothing() {
         },
         "{log}"
     );
+    // And every report is in the reports file (the log's copies are rate-limited).
+    let lines = std::fs::read_to_string(&report_file).expect("the reports file");
+    let _ = std::fs::remove_file(&report_file);
+    let reports: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(reports.len() as u64, total);
+    assert!(reports.iter().all(|r| r["trigger"] == "pre-content"));
 }
 
 /// The guard's counters from the daemon's exit line.
