@@ -227,8 +227,8 @@ fn main() -> ExitCode {
     );
 
     println!("guard_cost: medians of {n} samples, 2 MiB chunks, window 4 GiB, release vfsdaxd");
-    println!("  SETUPMAPPING, first chunk of a file:  guard on {mon:8.1} us   off {moff:8.1} us   +{:.1} % ", (mon / moff - 1.0) * 100.0);
-    println!("  REMOVEMAPPING, last chunk of a file:  guard on {uon:8.1} us   off {uoff:8.1} us   +{:.1} %", (uon / uoff - 1.0) * 100.0);
+    println!("  SETUPMAPPING, first chunk of a file:  guard on {mon:8.1} us   off {moff:8.1} us   {:+.1} % ", (mon / moff - 1.0) * 100.0);
+    println!("  REMOVEMAPPING, last chunk of a file:  guard on {uon:8.1} us   off {uoff:8.1} us   {:+.1} %", (uon / uoff - 1.0) * 100.0);
     println!(
         "  ftruncate of a mapped file to 0 with {guarded_files} other guarded files mapped: guard \
          on {ton:8.1} us (p99 {p99:.1})   off {toff:8.1} us"
