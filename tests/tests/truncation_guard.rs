@@ -552,6 +552,31 @@ fn in_a_namespace_sandbox_an_open_with_o_trunc_is_caught_before() {
 }
 
 #[test]
+fn an_unlinked_and_recreated_file_leaves_the_mapped_one_alone() {
+    // The VMM maps the file it was given: a new file under the same name is another file, and
+    // truncating it takes nothing from the window.
+    let _alone = serialized();
+    let mut d = start_dax(&[], 0);
+    let (data, path) = mapped_file(&mut d, "f", 1);
+    let table = d.table();
+    std::fs::remove_file(&path).expect("unlink");
+    std::fs::write(&path, pattern(MIB2 as usize, 3)).expect("recreate");
+    host_truncate(&path, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        guard_reports(&d.s.daemon.log_text()).is_empty(),
+        "{}",
+        d.s.daemon.log_text()
+    );
+    assert_eq!(d.table(), table, "the window is as it was");
+    assert!(
+        read_window(&d, 0, MIB2) == data,
+        "the unlinked file's bytes"
+    );
+    d.s.assert_serving();
+}
+
+#[test]
 fn a_collapsed_range_is_guarded_before() {
     // fallocate(FALLOC_FL_COLLAPSE_RANGE) shortens the file: the last chunk loses its end.
     use std::os::fd::AsRawFd;
