@@ -352,7 +352,8 @@ fn start_truncation_guard(
         GuardEvent::Report(r) => {
             let json = serde_json::to_string(&r).unwrap_or_default();
             if let Some(mut f) = reports.as_ref() {
-                // One write per line: lines appended by a single writer never interleave.
+                // One write per line to an O_APPEND file: lines from several threads (the
+                // guard's worker, the FUSE threads' own truncations) do not interleave.
                 if let Err(e) = std::io::Write::write_all(&mut f, format!("{json}\n").as_bytes()) {
                     guest_log!(
                         log::Level::Error,
