@@ -74,39 +74,25 @@ impl DaxState {
         new_size: u64,
         action: GuardAction,
     ) -> Shrunk {
-        let _order = self.serialize();
-        self.shrink_ordered(mapper, id, new_size, action)
+        self.shrink_to(mapper, id, || Some(new_size), action).1
     }
 
-    /// The file `id`, open as `file`, changed (seen after the fact): [`DaxState::shrink`] to
-    /// its size read with the request order held, so that a chunk mapped after the file grew
-    /// again is never cut to an older, smaller size. The size read, `None` (nothing cut) if
-    /// `fstat` failed.
-    pub fn shrink_to_size_of(
+    /// [`DaxState::shrink`] to the size `new_size` gives when asked, with the request order
+    /// held: a size read from the file (seen changed after the fact) is then never older than
+    /// the chunks it is compared with (read before, it could be one the file has since grown
+    /// past, and cut a chunk mapped in between). The size used, `None` (nothing cut) if
+    /// `new_size` had none.
+    pub fn shrink_to(
         &self,
         mapper: &dyn Mapper,
         id: FileId,
-        file: &std::fs::File,
+        new_size: impl FnOnce() -> Option<u64>,
         action: GuardAction,
     ) -> (Option<u64>, Shrunk) {
         let _order = self.serialize();
-        match file.metadata() {
-            Ok(m) => (
-                Some(m.len()),
-                self.shrink_ordered(mapper, id, m.len(), action),
-            ),
-            Err(_) => (None, Shrunk::default()),
-        }
-    }
-
-    /// [`DaxState::shrink`] with the request order held.
-    fn shrink_ordered(
-        &self,
-        mapper: &dyn Mapper,
-        id: FileId,
-        new_size: u64,
-        action: GuardAction,
-    ) -> Shrunk {
+        let Some(new_size) = new_size() else {
+            return (None, Shrunk::default());
+        };
         let inside_file = self.frontend() == FrontendMapping::InsideFileWritable;
         let page = host_page_size();
         let doomed: Vec<_> = self
@@ -135,7 +121,7 @@ impl DaxState {
                 }
             }
         }
-        out
+        (Some(new_size), out)
     }
 
     /// Cuts the chunk at `moffset` after `kept` bytes. Call with the request order held.

@@ -681,6 +681,7 @@ fn after_the_fact_shrinks_read_the_size_in_request_order() {
         .expect("a file");
     std::fs::remove_file(&path).expect("unlinked, still open");
     let id = FileId::of(&f).unwrap();
+    let size_of = || f.metadata().ok().map(|m| m.len());
     // The file grew to two chunks, then they were mapped: the size is read with the request
     // order held, so it is the size the mapping saw (a size read before the growth, as the
     // guard's worker once did, cut chunks mapped in between).
@@ -688,13 +689,13 @@ fn after_the_fact_shrinks_read_the_size_in_request_order() {
     s.setup_mapping(&m, &setup(&f, 1, None, 0, 0, 2 * C4, R))
         .expect("two chunks");
     let n = m.calls().len();
-    let (size, out) = s.shrink_to_size_of(&m, id, &f, GuardAction::Zero);
+    let (size, out) = s.shrink_to(&m, id, size_of, GuardAction::Zero);
     assert_eq!(size, Some(2 * C4));
     assert!(out.ranges.is_empty() && out.error.is_none());
     assert_eq!(m.calls().len(), n, "no request to the frontend");
     // Shrunk now: cut at the size it has.
     f.set_len(P).expect("shrink");
-    let (size, out) = s.shrink_to_size_of(&m, id, &f, GuardAction::Unmap);
+    let (size, out) = s.shrink_to(&m, id, size_of, GuardAction::Unmap);
     assert_eq!(size, Some(P));
     assert_eq!(out.ranges.len(), 2, "{:?}", out.ranges);
     assert_eq!(out.ranges[0].kept, P);

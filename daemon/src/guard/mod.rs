@@ -566,30 +566,24 @@ impl Shared {
                     None => continue,
                 },
             };
+            let size_of = || file.as_deref()?.metadata().ok().map(|m| m.len());
             // The size before a truncation announced before it takes effect.
             let size_now = match w.new_size {
                 NewSize::Current => None,
-                _ => file
-                    .as_deref()
-                    .and_then(|f| f.metadata().ok())
-                    .map(|m| m.len()),
+                _ => size_of(),
             };
+            // The new size is computed with the request order held (DaxState::shrink_to): a
+            // size read from the file before could be older than a chunk mapped since.
+            let (mapper, action) = (&*self.mapper, self.action);
             let (new_size, shrunk) = match w.new_size {
-                // After the fact the size is read under the request order: read before it, a
-                // size the file has since grown past would cut a chunk mapped in between.
-                NewSize::Current => match file.as_deref() {
-                    Some(f) => self
-                        .dax
-                        .shrink_to_size_of(&*self.mapper, id, f, self.action),
-                    None => (None, Shrunk::default()),
-                },
-                // The truncation waits for the answer: the size cannot change meanwhile.
-                NewSize::Exact(n) => (Some(n), self.dax.shrink(&*self.mapper, id, n, self.action)),
-                NewSize::Shorter(n) => {
-                    let n = size_now.map(|s| s.saturating_sub(n));
-                    let shrunk = n.map(|n| self.dax.shrink(&*self.mapper, id, n, self.action));
-                    (n, shrunk.unwrap_or_default())
-                }
+                NewSize::Current => self.dax.shrink_to(mapper, id, size_of, action),
+                NewSize::Exact(n) => self.dax.shrink_to(mapper, id, || Some(n), action),
+                NewSize::Shorter(n) => self.dax.shrink_to(
+                    mapper,
+                    id,
+                    || size_of().map(|s| s.saturating_sub(n)),
+                    action,
+                ),
             };
             self.answer_work(&w.source);
             let Some(new_size) = new_size else {
