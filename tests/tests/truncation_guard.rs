@@ -22,6 +22,7 @@ use vfsdax_tests::dax::{
 };
 use vfsdax_tests::harness::{pattern, DaemonOptions};
 use vfsdax_tests::workload::disconnect_and_expect_success;
+use vfsdax_vmm_glue::dax::FileIdentity;
 
 /// Reads `[moffset, moffset + len)` of the window into a vector (a lost page kills the test).
 fn read_window(d: &DaxSession, moffset: u64, len: u64) -> Vec<u8> {
@@ -75,6 +76,19 @@ fn mapped_file(d: &mut DaxSession, name: &str, chunks: u64) -> (Vec<u8>, std::pa
             .expect("SETUPMAPPING");
     }
     (data, d.s.host(name))
+}
+
+/// After a change that must take nothing from the window: no guard report (200 ms given to
+/// the guard) and the glue's table as `table` was before.
+#[track_caller]
+fn assert_nothing_cut(d: &DaxSession, table: &[(u64, u64, u64, bool, FileIdentity)]) {
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        guard_reports(&d.s.daemon.log_text()).is_empty(),
+        "{}",
+        d.s.daemon.log_text()
+    );
+    assert_eq!(d.table(), table, "the window is as it was");
 }
 
 fn host_truncate(path: &std::path::Path, size: u64) {
@@ -188,13 +202,7 @@ fn truncations_that_keep_the_mapped_range_change_nothing() {
         )
     };
     assert_eq!(r, 0, "punch a hole");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        guard_reports(&d.s.daemon.log_text()).is_empty(),
-        "{}",
-        d.s.daemon.log_text()
-    );
-    assert_eq!(d.table(), table, "the window is as it was");
+    assert_nothing_cut(&d, &table);
     let w = read_window(&d, 0, MIB2);
     assert_eq!(w[..8192], data[..8192]);
     assert!(w[8192..12288].iter().all(|&b| b == 0), "the hole");
@@ -562,13 +570,7 @@ fn an_unlinked_and_recreated_file_leaves_the_mapped_one_alone() {
     std::fs::remove_file(&path).expect("unlink");
     std::fs::write(&path, pattern(MIB2 as usize, 3)).expect("recreate");
     host_truncate(&path, 0);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        guard_reports(&d.s.daemon.log_text()).is_empty(),
-        "{}",
-        d.s.daemon.log_text()
-    );
-    assert_eq!(d.table(), table, "the window is as it was");
+    assert_nothing_cut(&d, &table);
     assert!(
         read_window(&d, 0, MIB2) == data,
         "the unlinked file's bytes"
@@ -639,34 +641,26 @@ impl LoopFs {
         File::create(&image)
             .and_then(|f| f.set_len(320 << 20))
             .expect("image");
-        let run = |cmd: &mut Command| cmd.output().map_err(|e| e.to_string());
-        let made = run(Command::new(format!("mkfs.{kind}")).arg("-q").arg(&image));
-        let mounted = match &made {
-            Ok(o) if o.status.success() => run(Command::new("mount")
-                .arg("-o")
-                .arg("loop")
-                .arg(&image)
-                .arg(&dir)),
-            _ => made.clone(),
+        // A command's failure: it could not run, or its standard error.
+        let run = |cmd: &mut Command| match cmd.output() {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Err(format!("{e} (scripts/deps.sh installs mkfs.{kind})")),
         };
         let fs = LoopFs { dir, image };
-        match mounted {
-            Ok(o) if o.status.success() => Some(fs),
-            Ok(o) => {
-                skip(
-                    test,
-                    &format!(
-                        "cannot make or mount {kind}: {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    ),
-                );
-                None
-            }
+        let made = run(Command::new(format!("mkfs.{kind}"))
+            .arg("-q")
+            .arg(&fs.image));
+        match made.and_then(|()| {
+            run(Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&fs.image)
+                .arg(&fs.dir))
+        }) {
+            Ok(()) => Some(fs),
             Err(e) => {
-                skip(
-                    test,
-                    &format!("mkfs.{kind} or mount: {e} (scripts/deps.sh installs them)"),
-                );
+                skip(test, &format!("cannot make or mount {kind}: {e}"));
                 None
             }
         }
